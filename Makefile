@@ -1,0 +1,106 @@
+# FMA genre toolkit. `make help` lists the targets; the logic lives in Python.
+# Variables can be set on the command line: make train EXP=crnn SUBSET=medium
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON_SYSTEM ?= python3.11
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+DATA      ?= data
+SUBSET    ?= medium
+EXP       ?= crnn
+CONFIG    ?= experiments/configs/$(EXP).yaml
+CACHE     ?= cache
+RUNS      ?= runs
+K         ?= 5
+FOLDS     ?= $(DATA)/folds-$(SUBSET)-k$(K).csv
+FOLD      ?=
+JOBS      ?= -1
+SCHEDULER ?=
+TEST_DIR  ?= $(DATA)/crowdai_fma_test
+SUBMISSION ?= $(lastword $(sort $(wildcard submissions/*.csv)))
+LABELS    ?=
+FILE      ?=
+OUT       ?= out
+PYTEST_ARGS ?=
+
+DEMO_DATA := data/demo
+DEMO_RUNS := runs/demo
+
+SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
+FOLD_ARG = $(if $(FOLD),--fold $(FOLD),)
+
+.PHONY: help setup demo-data features plots folds train compare submit validate score tag \
+        weights demo test bench bench-features bench-train bench-predict bench-tag clean
+
+help: ## List the targets and what they do
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "Variables (current value): DATA=$(DATA) SUBSET=$(SUBSET) EXP=$(EXP) CACHE=$(CACHE) RUNS=$(RUNS) K=$(K) FOLD=$(FOLD) JOBS=$(JOBS) SCHEDULER=$(SCHEDULER) TEST_DIR=$(TEST_DIR) FILE=$(FILE) OUT=$(OUT)"
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+setup: $(VENV)/.installed ## Create .venv and install the toolkit (fast when nothing changed)
+
+demo-data: setup ## Generate the mini-FMA (metadata, mp3s, crowdAI-style test folder) under data/demo
+	$(PY) -m common.demo_data --out $(DEMO_DATA)
+
+features: setup ## Log-mel cache for DATA/fma_SUBSET (or TEST_DIR with SOURCE=test) with EXP's feature settings
+	$(PY) -m common.features --config $(CONFIG) --cache $(CACHE) --jobs $(JOBS) $(SCHEDULER_ARG) \
+	  $(if $(filter test,$(SOURCE)),--audio-dir $(TEST_DIR),--data $(DATA) --subset $(SUBSET))
+
+plots: setup ## Genre histogram of SUBSET and the log-mel image of one track, as PNGs in OUT
+	$(PY) -m common.plots --data $(DATA) --subset $(SUBSET) --config $(CONFIG) --out $(OUT)
+
+folds: setup ## Write the K-fold file (stratified by genre, grouped by artist) once
+	$(PY) -m experiments.folds --data $(DATA) --subset $(SUBSET) --k $(K) --out $(FOLDS)
+
+train: setup ## Train every fold (or FOLD) of experiment EXP; finished folds are kept, interrupted ones resume
+	$(PY) -m experiments.runner --config $(CONFIG) --data $(DATA) --subset $(SUBSET) --folds $(FOLDS) \
+	  --cache $(CACHE) --runs $(RUNS) $(FOLD_ARG) $(SCHEDULER_ARG)
+
+compare: setup ## Table of all experiments in RUNS (CSV, Markdown, learning curves, confusion matrix)
+	$(PY) -m experiments.compare --runs $(RUNS) --out $(RUNS)/compare
+
+submit: setup ## crowdAI CSV for TEST_DIR from the fold ensembles of EXP (comma-separated)
+	$(PY) -m crowdai.submit --exp $(EXP) --runs $(RUNS) --test-dir $(TEST_DIR) --cache $(CACHE) --out submissions
+
+validate: setup ## Check SUBMISSION (default: newest) against TEST_DIR before upload
+	$(PY) -m crowdai.validate $(SUBMISSION) --test-dir $(TEST_DIR)
+
+score: setup ## Leaderboard metrics of SUBMISSION against LABELS
+	$(PY) -m crowdai.score $(SUBMISSION) --labels $(LABELS)
+
+tag: setup ## Genre tags over time for FILE with EXP's fold ensemble (musicnn zero-shot when EXP=musicnn)
+	$(PY) -m crowdai.tag $(FILE) --exp $(EXP) --runs $(RUNS) --out $(OUT)
+
+demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, train, compare, submit, validate, tag
+	$(MAKE) demo-data
+	$(MAKE) features DATA=$(DEMO_DATA) SUBSET=small EXP=demo
+	$(MAKE) folds DATA=$(DEMO_DATA) SUBSET=small
+	$(MAKE) train DATA=$(DEMO_DATA) SUBSET=small EXP=demo RUNS=$(DEMO_RUNS)
+	$(MAKE) compare RUNS=$(DEMO_RUNS)
+
+test: setup ## Run the test suite (small sizes; about 10 minutes on 2 cores)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench-features: setup ## Feature extraction clips/s: toolkit vs single-process librosa vs decode only
+	$(PY) -m bench.features --out bench/features.json
+
+bench-train: setup ## Training samples/s: toolkit pipeline vs naive per-file loop
+	$(PY) -m bench.train --out bench/train.json
+
+bench-predict: setup ## Submission clips/s for a K-fold ensemble, feature vs model time
+	$(PY) -m bench.predict --out bench/predict.json
+
+bench-tag: setup ## Seconds of audio tagged per second: our musicnn vs the original
+	$(PY) -m bench.tag --out bench/tag.json
+
+bench: bench-features bench-train bench-predict ## All benchmarks, summarised in bench/summary.json and bench/summary.md
+	$(PY) -m bench.summary --dir bench
+
+clean: ## Remove generated demo data, caches and runs (never submissions/)
+	rm -rf $(DEMO_DATA) $(CACHE) $(DEMO_RUNS) $(OUT)

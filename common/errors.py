@@ -1,0 +1,64 @@
+"""The toolkit's exception types.
+
+Every error names the file or field it is about, so that a user reading it knows
+what to fix. Audio failures carry a short machine-readable ``reason`` that ends up
+in ``failures.csv`` of a feature cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ToolkitError(Exception):
+    """Base class of every error this toolkit raises on purpose."""
+
+
+class ConfigError(ToolkitError):
+    """An experiment or feature configuration is invalid (unknown key, bad value)."""
+
+
+class MetadataError(ToolkitError):
+    """FMA metadata is missing, malformed, or asked for something it does not have."""
+
+
+class FeatureCacheError(ToolkitError):
+    """A feature cache is missing, incomplete, or does not match the requested settings."""
+
+
+class AudioError(ToolkitError):
+    """An audio file cannot be turned into a usable clip.
+
+    Parameters
+    ----------
+    path : path-like
+        The offending file.
+    detail : str
+        Human-readable explanation (decoder message, measured level or length).
+    """
+
+    reason = "audio_error"
+
+    def __init__(self, path: str | Path, detail: str = "") -> None:
+        self.path = Path(path)
+        self.detail = detail
+        message = f"{self.path}: {self.reason}"
+        super().__init__(f"{message} ({detail})" if detail else message)
+
+
+class UnreadableAudioError(AudioError):
+    """Missing, zero-byte, truncated beyond decoding, or not audio at all."""
+
+    reason = "unreadable"
+
+
+class SilentAudioError(AudioError):
+    """Decodes, but holds no signal above the silence threshold."""
+
+    reason = "silent"
+
+
+class TooShortAudioError(AudioError):
+    """Decodes, but is shorter than the configured minimum duration."""
+
+    reason = "too_short"
