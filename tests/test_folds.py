@@ -1,0 +1,94 @@
+"""Folds: grouped by artist, stratified by genre, official test split excluded, written once."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.errors import MetadataError, ToolkitError
+from common.folds import (FOLD_COLUMNS, fold_track_ids, make_folds, read_folds, sidecar_path,
+                          write_folds)
+from common.metadata import TOP_GENRES
+
+
+def fake_tracks(*, n_artists: int = 80, seed: int = 1, start_id: int = 2) -> pd.DataFrame:
+    """An FMA-like nested tracks table: artists with 2-9 tracks, one genre each, artist-level split."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    track_id = start_id
+    for artist in range(n_artists):
+        genre = TOP_GENRES[artist % 4] if artist % 10 else None  # 4 genres + some without a genre
+        split = rng.choice(["training", "validation", "test"], p=[0.7, 0.15, 0.15])
+        for _ in range(rng.integers(2, 10)):
+            rows.append((track_id, 1000 + artist, genre, split))
+            track_id += 1
+    frame = pd.DataFrame(rows, columns=["track_id", "artist", "genre", "split"]).set_index("track_id")
+    columns = pd.MultiIndex.from_tuples([("artist", "id"), ("track", "genre_top"), ("set", "split")])
+    tracks = pd.DataFrame(frame.to_numpy(), index=frame.index, columns=columns)
+    tracks[("artist", "id")] = tracks[("artist", "id")].astype(np.int64)
+    tracks[("set", "split")] = pd.Categorical(tracks[("set", "split")], categories=["training", "validation", "test"])
+    return tracks
+
+
+@pytest.fixture(scope="module")
+def tracks() -> pd.DataFrame:
+    return fake_tracks()
+
+
+def test_folds_group_artists_exclude_test_and_stratify(tracks):
+    folds = make_folds(tracks, k=5, seed=0)
+    assert tuple(folds.columns) == FOLD_COLUMNS
+    # Every training/validation track exactly once; no official test track.
+    split = tracks[("set", "split")]
+    expected = sorted(tracks.index[split.isin(["training", "validation"])])
+    assert folds["track_id"].tolist() == expected
+    assert not set(folds["track_id"]) & set(tracks.index[split == "test"])
+    # No artist in two folds.
+    assert (folds.groupby("artist_id")["fold"].nunique() == 1).all()
+    assert sorted(folds["fold"].unique()) == [0, 1, 2, 3, 4]
+    # Stratified: every genre (and the no-genre stratum) is in at least 4 of the 5 folds.
+    strata = folds["genre_top"].fillna("none")
+    assert (folds.groupby(strata)["fold"].nunique() >= 4).all()
+    assert folds["genre_top"].isna().any()  # tracks without a genre got folds too
+
+
+def test_folds_are_reproducible_and_seeded(tracks):
+    a, b = make_folds(tracks, k=5, seed=0), make_folds(tracks, k=5, seed=0)
+    pd.testing.assert_frame_equal(a, b)
+    assert not make_folds(tracks, k=5, seed=1)["fold"].equals(a["fold"])
+
+
+def test_write_read_round_trip_and_never_overwrite(tracks, tmp_path):
+    folds = make_folds(tracks, k=3, seed=0)
+    path = write_folds(tmp_path / "folds.csv", folds, subset="small", k=3, seed=0)
+    meta = json.loads(sidecar_path(path).read_text())
+    assert meta["k"] == 3 and meta["subset"] == "small" and meta["n_tracks"] == len(folds)
+    read = read_folds(path, tracks=tracks)
+    assert read.index.name == "track_id"
+    assert read["fold"].tolist() == folds["fold"].tolist()
+    train, val = fold_track_ids(read, 1)
+    assert len(train) + len(val) == len(folds) and not set(train) & set(val)
+    before = path.read_text()
+    with pytest.raises(ToolkitError, match="folds.csv already exists"):
+        write_folds(path, make_folds(tracks, k=3, seed=5), subset="small", k=3, seed=5)
+    assert path.read_text() == before
+    write_folds(path, make_folds(tracks, k=3, seed=5), subset="small", k=3, seed=5, overwrite=True)
+    assert path.read_text() != before
+
+
+def test_read_folds_rejects_other_metadata(tracks, tmp_path):
+    path = write_folds(tmp_path / "folds-small-k3.csv", make_folds(tracks, k=3, seed=0),
+                       subset="small", k=3, seed=0)
+    other = fake_tracks(n_artists=60, seed=2, start_id=5000)
+    with pytest.raises(MetadataError, match=r"folds-small-k3\.csv.*do not match the metadata"):
+        read_folds(path, tracks=other)
+    with pytest.raises(MetadataError, match="folds file not found"):
+        read_folds(tmp_path / "nope.csv", tracks=tracks)
+    # A hand-edited file no longer matches its checksum.
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(MetadataError, match="checksum"):
+        read_folds(path, tracks=tracks)
