@@ -1,0 +1,179 @@
+"""Model registry: build any of the toolkit's models by name.
+
+Every model takes a batch of RAW features, exactly as the feature cache stores
+them: log-mel ``(batch, n_mels, frames)`` or waveform ``(batch, samples)``.
+Standardisation with the training folds' statistics happens in the model's first
+layer, so a saved ``model.keras`` is self-contained; the last layer returns
+float32 probabilities (softmax for ``single``, sigmoid for ``multi``), also under a
+mixed-precision policy. ``keras.models.load_model(path)`` works after
+``import common.models``.
+
+Adding a model
+--------------
+Write a *body* ``body(x, *, param=default, ...) -> KerasTensor`` that maps the
+standardised input ``x`` (shape as above, float32) to a ``(batch, d)`` embedding
+(dropout included), with every hyper-parameter a keyword-only argument whose
+default is the paper's value; then add one line to ``MODELS``. The registry adds
+the input, the standardisation and the output layers, and rejects parameters the
+body does not declare.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import keras
+import numpy as np
+
+from common.errors import ConfigError
+from common.models import crnn, samplecnn, shortchunk
+from common.models.layers import classifier_output, standardize
+
+InputKind = Literal["logmel", "waveform"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One registry entry.
+
+    Attributes
+    ----------
+    body : callable
+        ``body(x, **params) -> (batch, d)`` tensor, see the module docstring.
+    input_kind : {"logmel", "waveform"}
+        Which feature cache the model reads: ``(n_mels, frames)`` or ``(samples,)``.
+    """
+
+    body: Callable[..., keras.KerasTensor]
+    input_kind: InputKind
+
+    def param_names(self) -> list[str]:
+        """Names of the hyper-parameters ``body`` accepts (keyword-only arguments)."""
+        return [
+            p.name
+            for p in inspect.signature(self.body).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        ]
+
+
+MODELS: dict[str, ModelSpec] = {
+    "crnn": ModelSpec(crnn.crnn_body, "logmel"),
+    "shortchunk": ModelSpec(shortchunk.shortchunk_body, "logmel"),
+    "samplecnn": ModelSpec(samplecnn.samplecnn_body, "waveform"),
+}
+MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The registry entry of ``name``; ConfigError listing the known names otherwise."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(
+            f"model.name: unknown model {name!r} (known: {', '.join(sorted(MODELS))})"
+        ) from None
+
+
+def build_model(
+    name: str,
+    *,
+    input_shape: Sequence[int],
+    n_outputs: int,
+    activation: str,
+    feature_mean: np.ndarray | float | None = None,
+    feature_std: np.ndarray | float | None = None,
+    **params: Any,
+) -> keras.Model:
+    """Build the model ``name`` of the registry (not compiled).
+
+    Parameters
+    ----------
+    name : str
+        One of ``MODEL_NAMES``.
+    input_shape : sequence of int
+        Shape of one example without the batch axis: ``(n_mels, frames)`` for
+        log-mel models, ``(samples,)`` for waveform models.
+    n_outputs : int
+        Number of classes or tags.
+    activation : {"softmax", "sigmoid"}
+        ``softmax`` for single-label, ``sigmoid`` for multi-label.
+    feature_mean, feature_std : array-like, shape (n_mels,), or float, optional
+        Per-frequency (log-mel) or scalar (waveform) statistics of the training
+        data; when given, the model standardises its input with them.
+    **params
+        Hyper-parameters of the model's body (see each body's docstring).
+
+    Returns
+    -------
+    keras.Model
+        Input ``(batch, *input_shape)`` float32, output ``(batch, n_outputs)`` float32 probabilities.
+
+    Raises
+    ------
+    ConfigError
+        Unknown model or parameter, input shape of the wrong rank, bad statistics,
+        or hyper-parameters that do not fit the input size.
+    """
+    spec = model_spec(name)
+    known = spec.param_names()
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"model.params: unknown parameter(s) {', '.join(map(repr, unknown))} for model "
+            f"{name!r} (known: {', '.join(known)})"
+        )
+    shape = tuple(int(s) for s in input_shape)
+    rank = 2 if spec.input_kind == "logmel" else 1
+    if len(shape) != rank or min(shape) < 1:
+        layout = "(n_mels, frames)" if rank == 2 else "(samples,)"
+        raise ConfigError(
+            f"input_shape: model {name!r} takes {spec.input_kind} input {layout}, got {shape}"
+        )
+    inputs = keras.Input(shape=shape, name=spec.input_kind)
+    x = standardize(
+        inputs, kind=spec.input_kind, feature_mean=feature_mean, feature_std=feature_std
+    )
+    x = spec.body(x, **params)
+    outputs = classifier_output(x, n_outputs=n_outputs, activation=activation)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def count_params(model: keras.Model) -> int:
+    """Total number of parameters, trainable or not (batch-norm statistics included)."""
+    return int(model.count_params())
+
+
+def model_summary_dict(model: keras.Model) -> dict[str, Any]:
+    """JSON-ready description of ``model`` for run summaries.
+
+    Returns
+    -------
+    dict
+        ``name``, ``input_shape``, ``output_shape`` (batch axis as ``None``),
+        ``params``, ``trainable_params``, ``non_trainable_params``, ``layers``.
+    """
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    total = count_params(model)
+    return {
+        "name": model.name,
+        "input_shape": list(model.input_shape),
+        "output_shape": list(model.output_shape),
+        "params": total,
+        "trainable_params": trainable,
+        "non_trainable_params": total - trainable,
+        "layers": len(model.layers),
+    }
+
+
+__all__ = [
+    "MODELS",
+    "MODEL_NAMES",
+    "ModelSpec",
+    "build_model",
+    "count_params",
+    "model_spec",
+    "model_summary_dict",
+]
