@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +14,7 @@ from common.errors import MetadataError, ToolkitError
 from common.folds import (FOLD_COLUMNS, fold_track_ids, make_folds, read_folds, sidecar_path,
                           write_folds)
 from common.metadata import TOP_GENRES
+from experiments import folds as folds_cli
 
 
 def fake_tracks(*, n_artists: int = 80, seed: int = 1, start_id: int = 2) -> pd.DataFrame:
@@ -92,3 +95,22 @@ def test_read_folds_rejects_other_metadata(tracks, tmp_path):
     path.write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(MetadataError, match="checksum"):
         read_folds(path, tracks=tracks)
+
+
+def test_cli_writes_once_and_checks_existing_file(tmp_path, capsys):
+    metadata = tmp_path / "data" / "fma_metadata"
+    metadata.mkdir(parents=True)
+    for name in ("tracks.csv", "genres.csv"):
+        shutil.copy(Path(__file__).parent / "data" / name, metadata / name)
+    out = tmp_path / "folds.csv"
+    argv = ["--data", str(tmp_path / "data"), "--subset", "small", "--k", "2", "--out", str(out)]
+    assert folds_cli.main(argv) == 0
+    written = out.read_text()
+    assert "wrote" in capsys.readouterr().out
+    assert folds_cli.main(argv) == 0
+    assert "exists and matches" in capsys.readouterr().out
+    assert out.read_text() == written
+    # Same file used with another subset's metadata: refused, file kept.
+    assert folds_cli.main(argv[:3] + ["medium"] + argv[4:]) == 1
+    assert "do not match the metadata" in capsys.readouterr().err
+    assert out.read_text() == written
