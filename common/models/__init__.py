@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from common.errors import ConfigError
-from common.models import crnn, samplecnn, shortchunk
+from common.models import crnn, musicnn, samplecnn, shortchunk
 from common.models.layers import classifier_output, standardize
 
 InputKind = Literal["logmel", "waveform"]
@@ -63,6 +63,7 @@ MODELS: dict[str, ModelSpec] = {
     "crnn": ModelSpec(crnn.crnn_body, "logmel"),
     "shortchunk": ModelSpec(shortchunk.shortchunk_body, "logmel"),
     "samplecnn": ModelSpec(samplecnn.samplecnn_body, "waveform"),
+    "musicnn": ModelSpec(musicnn.musicnn_body, "logmel"),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
 
