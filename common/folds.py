@@ -22,6 +22,7 @@ never replaces an existing file unless asked to.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -122,11 +123,18 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _write_atomic(path: Path, text: str, *, overwrite: bool) -> None:
+def write_text_atomic(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
     """Write ``text`` to a temporary file next to ``path``, then move it in place.
 
-    Without ``overwrite``, the move is a hard link, which fails if ``path`` exists.
+    Readers never see a half-written file. Without ``overwrite`` the move is a hard link,
+    which fails atomically when ``path`` exists.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is false; it is left untouched.
     """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -135,12 +143,14 @@ def _write_atomic(path: Path, text: str, *, overwrite: bool) -> None:
         if overwrite:
             os.replace(tmp, path)
         else:
-            os.link(tmp, path)
-    except FileExistsError:
-        raise ToolkitError(f"{path} already exists; not overwriting it") from None
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FileExistsError(errno.EEXIST, "already exists; not overwriting it", str(path)) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return path
 
 
 def write_folds(path: str | Path, folds: pd.DataFrame, *, subset: str, k: int, seed: int,
@@ -175,8 +185,11 @@ def write_folds(path: str | Path, folds: pd.DataFrame, *, subset: str, k: int, s
         "splits": list(FOLD_SPLITS), "stratified_by": "genre_top (none for tracks without one)",
         "grouped_by": "artist_id",
     }
-    _write_atomic(sidecar_path(path), json.dumps(meta, indent=2) + "\n", overwrite=overwrite)
-    _write_atomic(path, folds[list(FOLD_COLUMNS)].to_csv(index=False), overwrite=overwrite)
+    try:
+        write_text_atomic(sidecar_path(path), json.dumps(meta, indent=2) + "\n", overwrite=overwrite)
+        write_text_atomic(path, folds[list(FOLD_COLUMNS)].to_csv(index=False), overwrite=overwrite)
+    except FileExistsError as error:
+        raise ToolkitError(f"{error.filename} already exists; not overwriting it") from None
     return path
 
 
