@@ -1,0 +1,195 @@
+"""Feature cache: failures, resume after a kill, settings digests, random access."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import yaml
+
+from common.audio import features_for, load_clip
+from common.errors import FeatureCacheError
+from common.features import FeatureCache, cache_dir_for, extract, folder_items, main
+from common.settings import FeatureSettings
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = FeatureSettings(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16,
+                           clip_seconds=2.0, min_seconds=1.0)
+BROKEN = {"b_empty": "unreadable", "b_text": "unreadable", "b_head": "unreadable",
+          "b_silent": "silent", "b_short": "too_short"}
+
+
+def _tone(rng: np.random.Generator, rate: int, seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (rng.uniform(0.1, 0.5) * np.sin(2 * np.pi * rng.uniform(100, 2000) * t)
+            + 0.02 * rng.standard_normal(t.size))
+
+
+@pytest.fixture(scope="module")
+def audio_folder(tmp_path_factory) -> Path:
+    """24 good clips of mixed formats, rates and lengths, plus one file of every broken kind."""
+    folder = tmp_path_factory.mktemp("features") / "songs"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    formats = [(".wav", "WAV", 8000), (".flac", "FLAC", 16000), (".ogg", "OGG", 22050), (".mp3", "MP3", 44100)]
+    for i in range(24):
+        suffix, fmt, rate = formats[i % 4]
+        y = _tone(rng, rate, rng.uniform(1.5, 3.0))
+        sf.write(folder / f"song{i:02d}{suffix}", np.stack([y, y], axis=1), rate, format=fmt)
+    good_mp3 = (folder / "song03.mp3").read_bytes()
+    (folder / "b_empty.mp3").write_bytes(b"")
+    (folder / "b_text.wav").write_text("this is not audio\n" * 40)
+    (folder / "b_head.mp3").write_bytes(good_mp3[:300])
+    sf.write(folder / "b_silent.wav", np.zeros(3 * 8000), 8000)
+    sf.write(folder / "b_short.flac", _tone(rng, 8000, 0.4), 8000)
+    (folder / "notes.txt").write_text("ignored: not an audio suffix\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "exp.yaml"
+    path.write_text(yaml.safe_dump({"features": SETTINGS.to_dict(), "model": {"name": "crnn"}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def clean_cache(audio_folder, config_file, tmp_path_factory) -> Path:
+    """One uninterrupted CLI run on two workers."""
+    root = tmp_path_factory.mktemp("clean")
+    assert main(["--config", str(config_file), "--audio-dir", str(audio_folder), "--cache", str(root),
+                 "--jobs", "2", "--shard-size", "4", "--no-progress"]) == 0
+    return cache_dir_for(root, "songs", SETTINGS)
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+
+
+def test_folder_items_are_every_audio_file_by_stem(audio_folder):
+    items = folder_items(audio_folder)
+    assert len(items) == 24 + len(BROKEN)
+    assert items[0] == ("b_empty", audio_folder / "b_empty.mp3")
+    assert "notes" not in {item_id for item_id, _ in items}
+
+
+def test_every_broken_kind_is_a_failure_row_and_the_run_completes(clean_cache, audio_folder):
+    cache = FeatureCache.open(clean_cache)
+    assert cache.settings == SETTINGS
+    assert sorted(cache.ids) == [f"song{i:02d}" for i in range(24)]
+    failures = cache.failures.set_index("id")
+    assert failures["reason"].to_dict() == BROKEN
+    assert (failures["detail"].str.len() > 0).all()
+    assert failures.loc["b_short", "path"] == str(audio_folder / "b_short.flac")
+    assert (clean_cache / "settings.json").exists() and len(list(clean_cache.glob("shard_*.npy"))) == 8
+    shard = np.load(clean_cache / "shard_00000.npy")
+    assert shard.dtype == np.float16 and shard.shape == (4, *SETTINGS.clip_shape)
+
+
+def test_get_returns_the_right_rows_in_the_order_asked(clean_cache, audio_folder):
+    cache = FeatureCache.open(clean_cache)
+    ids = ["song17", "song02", "song17", "song23", "song00"]
+    batch = cache.get(ids)
+    assert batch.shape == (5, *SETTINGS.clip_shape) and batch.dtype == np.float16
+    for row, item_id in zip(batch, ids):
+        path = next(audio_folder.glob(f"{item_id}.*"))
+        expected = features_for(load_clip(path, settings=SETTINGS), settings=SETTINGS).astype(np.float16)
+        np.testing.assert_array_equal(row, expected)
+    assert cache.load().shape == (24, *SETTINGS.clip_shape)
+    np.testing.assert_array_equal(cache.load(["song02"])[0], batch[1])
+    with pytest.raises(KeyError, match="b_silent"):
+        cache.get(["song01", "b_silent"])
+
+
+def test_killed_run_resumes_to_the_same_cache_as_a_clean_run(clean_cache, audio_folder, config_file, tmp_path):
+    root = tmp_path / "cache"
+    cache_dir = cache_dir_for(root, "songs", SETTINGS)
+    args = ["--config", str(config_file), "--audio-dir", str(audio_folder), "--cache", str(root),
+            "--jobs", "1", "--shard-size", "4", "--no-progress"]
+    # One job runs the shards in this subprocess; each shard is slowed down so that the
+    # kill surely lands mid-run, after the first shard and before the last.
+    slow = ("import sys, time, common.features as f; run = f._extract_shard; "
+            "f._extract_shard = lambda *a: (time.sleep(0.5), run(*a))[1]; "
+            "raise SystemExit(f.main(sys.argv[1:]))")
+    process = subprocess.Popen([sys.executable, "-c", slow, *args], cwd=REPO, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (cache_dir / "shard_00000.json").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "first shard never appeared"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    process.stdout.close()
+    assert not (cache_dir / "index.csv").exists()
+    with pytest.raises(FeatureCacheError, match="make features"):
+        FeatureCache.open(cache_dir)
+    done = len(list(cache_dir.glob("shard_*.json")))
+    assert 1 <= done < 8
+
+    result = subprocess.run([sys.executable, "-m", "common.features", *args], cwd=REPO,
+                            capture_output=True, text=True, check=True)
+    summary = result.stdout.strip().splitlines()
+    assert len(summary) == 1 and summary[0].startswith("features: 24 ok, 5 failed, ")
+    cached = int(summary[0].split(", ")[2].split()[0])
+    assert cached == 4 * done
+    assert not list(cache_dir.glob("*.tmp-*"))
+    assert _files(cache_dir) == _files(clean_cache)
+
+
+def test_a_finished_cache_is_all_cached_on_rerun(clean_cache, audio_folder, capsys):
+    items = folder_items(audio_folder)
+    summary = extract(items, settings=SETTINGS, cache_dir=clean_cache, shard_size=4, progress=False)
+    assert (summary.n_ok, summary.n_failed, summary.n_cached) == (24, 5, 29)
+    assert capsys.readouterr().out == "features: 24 ok, 5 failed, 29 cached, 0.0 clips/s\n"
+
+
+def test_another_item_list_or_shard_size_for_the_same_cache_is_refused(clean_cache, audio_folder):
+    items = folder_items(audio_folder)
+    before = _files(clean_cache)
+    with pytest.raises(FeatureCacheError, match="another item list"):
+        extract(items[:-1], settings=SETTINGS, cache_dir=clean_cache, shard_size=4, progress=False)
+    with pytest.raises(FeatureCacheError, match="another item list"):
+        extract(items, settings=SETTINGS, cache_dir=clean_cache, shard_size=8, progress=False)
+    with pytest.raises(FeatureCacheError, match="other settings"):
+        extract(items, settings=FeatureSettings(sample_rate=8000, n_fft=256, hop_length=128, n_mels=20,
+                                                clip_seconds=2.0, min_seconds=1.0),
+                cache_dir=clean_cache, shard_size=4, progress=False)
+    assert _files(clean_cache) == before
+
+
+def test_a_settings_change_makes_a_new_cache_dir(tmp_path, audio_folder):
+    other = FeatureSettings(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16, clip_seconds=2.0,
+                            min_seconds=1.0, log_scale="log1p")
+    first, second = cache_dir_for(tmp_path, "songs", SETTINGS), cache_dir_for(tmp_path, "songs", other)
+    assert first != second and first.parent == second.parent == tmp_path
+    assert first.name.startswith("songs-logmel-") and first.name == cache_dir_for(tmp_path, "songs", SETTINGS).name
+    waveform = FeatureSettings(kind="waveform", sample_rate=8000, clip_seconds=2.0, min_seconds=1.0)
+    waveform_dir = cache_dir_for(tmp_path, "songs", waveform)
+    assert waveform_dir.name.startswith("songs-waveform-")
+    items = [item for item in folder_items(audio_folder) if item[0].startswith("song0")]
+    extract(items, settings=waveform, cache_dir=waveform_dir, n_jobs=1, progress=False)
+    cache = FeatureCache.open(waveform_dir)
+    assert cache.get(["song05"]).shape == (1, 16000)
+
+
+def test_open_names_the_command_when_the_cache_is_missing(tmp_path):
+    with pytest.raises(FeatureCacheError, match="make features"):
+        FeatureCache.open(tmp_path / "nothing")
+
+
+def test_cli_reports_bad_input_with_the_file_name(tmp_path, config_file, capsys):
+    assert main(["--config", str(config_file), "--audio-dir", str(tmp_path / "absent"),
+                 "--cache", str(tmp_path)]) == 1
+    assert str(tmp_path / "absent") in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("features:\n  n_melz: 3\n")
+    assert main(["--config", str(bad), "--audio-dir", str(tmp_path), "--cache", str(tmp_path)]) == 1
+    assert "n_melz" in capsys.readouterr().err
