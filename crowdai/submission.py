@@ -1,0 +1,294 @@
+"""The crowdAI "Learning to Recognize Musical Genre" (WWW 2018) submission format.
+
+A submission is a CSV whose header is exactly :data:`SUBMISSION_COLUMNS`
+(``file_id`` then the 16 top genres in leaderboard order), with one row per mp3 of the
+test folder: ``file_id`` is the file name without ``.mp3``, every value is a probability
+in ``[0, 1]`` (no NaN, no empty cell) and every row sums to 1 within
+:data:`ROW_SUM_TOLERANCE`.
+
+Problems are reported with their *row*: row 1 is the first data row (line 2 of the
+file, under the header).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.errors import ToolkitError
+from common.folds import write_text_atomic
+from common.metadata import TOP_GENRES
+
+#: Header of a submission, exactly and in this order.
+SUBMISSION_COLUMNS: tuple[str, ...] = ("file_id",) + TOP_GENRES
+
+#: Largest allowed ``|row sum - 1|``.
+ROW_SUM_TOLERANCE = 1e-6
+
+#: Significant digits written per probability (rounding keeps row sums well within tolerance).
+_FLOAT_FORMAT = "%.12g"
+
+
+class SubmissionExistsError(ToolkitError, FileExistsError):
+    """A submission file would be overwritten."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a submission file.
+
+    Attributes
+    ----------
+    kind : str
+        ``unreadable``, ``header``, ``row_length``, ``empty``, ``not_numeric``, ``nan``,
+        ``out_of_range``, ``row_sum``, ``duplicate_id``, ``extra_id``, ``missing_id``.
+    message : str
+        What is wrong, in words.
+    row : int or None
+        Data row (1 = first row under the header); None for the header or a missing id.
+    file_id : str or None
+        The row's ``file_id``.
+    """
+
+    kind: str
+    message: str
+    row: int | None = None
+    file_id: str | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.row is not None:
+            where.append(f"row {self.row} (line {self.row + 1})")
+        if self.file_id is not None:
+            where.append(f"file_id {self.file_id!r}")
+        place = "header" if self.kind == "header" else "file"
+        return f"{', '.join(where) or place}: {self.message}"
+
+
+def list_test_ids(test_dir: str | Path) -> list[str]:
+    """Sorted ``file_id`` of every ``*.mp3`` in a test folder (file name without ``.mp3``).
+
+    Raises
+    ------
+    ToolkitError
+        The folder does not exist or holds no mp3.
+    """
+    test_dir = Path(test_dir)
+    if not test_dir.is_dir():
+        raise ToolkitError(f"{test_dir}: test folder not found")
+    ids = sorted(path.stem for path in test_dir.glob("*.mp3"))
+    if not ids:
+        raise ToolkitError(f"{test_dir}: no .mp3 files in the test folder")
+    return ids
+
+
+def write_submission(path: str | Path, ids: Sequence[str], probs: np.ndarray) -> Path:
+    """Write a submission CSV; never overwrites.
+
+    Parameters
+    ----------
+    path : path-like
+        New file (its folder is created).
+    ids : sequence of str, length n
+        ``file_id`` of each row, unique.
+    probs : np.ndarray, shape (n, 16)
+        Probabilities in :data:`TOP_GENRES` order, rows summing to 1.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    SubmissionExistsError
+        ``path`` exists (it is left untouched).
+    ValueError
+        Wrong shape, duplicated ids, or values that would not pass validation.
+    """
+    path = Path(path)
+    if path.exists():
+        raise SubmissionExistsError(f"{path} already exists; not overwriting it")
+    probs = np.asarray(probs, dtype=np.float64)
+    ids = [str(i) for i in ids]
+    if probs.shape != (len(ids), len(TOP_GENRES)):
+        raise ValueError(f"probs has shape {probs.shape}, expected ({len(ids)}, {len(TOP_GENRES)})")
+    if len(set(ids)) != len(ids) or any(not i for i in ids):
+        raise ValueError("ids must be unique and non-empty")
+    if not np.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
+        raise ValueError("probs must be finite and in [0, 1]")
+    worst = np.abs(probs.sum(axis=1) - 1).max(initial=0.0)
+    if worst > ROW_SUM_TOLERANCE:
+        raise ValueError(f"rows must sum to 1 within {ROW_SUM_TOLERANCE}; worst is off by {worst:.3g}")
+    frame = pd.DataFrame(probs, columns=list(TOP_GENRES))
+    frame.insert(0, "file_id", ids)
+    try:
+        return write_text_atomic(path, frame.to_csv(index=False, float_format=_FLOAT_FORMAT))
+    except FileExistsError:
+        raise SubmissionExistsError(f"{path} already exists; not overwriting it") from None
+
+
+def _check_value(text: str) -> tuple[float | None, tuple[str, str] | None]:
+    """Parse one probability cell: ``(value, None)`` or ``(None, (kind, message))``."""
+    if not text.strip():
+        return None, ("empty", "empty cell")
+    try:
+        value = float(text)
+    except ValueError:
+        return None, ("not_numeric", f"{text!r} is not a number")
+    if math.isnan(value):
+        return None, ("nan", "NaN value")
+    if not 0.0 <= value <= 1.0:
+        return None, ("out_of_range", f"{text} is outside [0, 1]")
+    return value, None
+
+
+def _parse(path: Path) -> tuple[list[tuple[int, str, np.ndarray | None]], list[Problem]]:
+    """Check the structure and values of a submission, row by row.
+
+    Returns
+    -------
+    rows : list of (row, file_id, values or None)
+        ``values`` (16,) when every cell of the row is a valid probability.
+    problems : list of Problem
+        Everything except id checks against a test folder.
+    """
+    problems: list[Problem] = []
+    rows: list[tuple[int, str, np.ndarray | None]] = []
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                return rows, [Problem("unreadable", f"{path} is empty: no header")]
+            if tuple(header) != SUBMISSION_COLUMNS:
+                problems.append(Problem("header", _header_message(header)))
+            for row, cells in enumerate(reader, start=1):
+                file_id = cells[0] if cells else ""
+                if len(cells) != len(SUBMISSION_COLUMNS):
+                    problems.append(Problem("row_length", f"{len(cells)} cells, expected "
+                                            f"{len(SUBMISSION_COLUMNS)}", row, file_id))
+                    rows.append((row, file_id, None))
+                    continue
+                values, row_ok = np.empty(len(TOP_GENRES)), True
+                for column, (name, text) in enumerate(zip(SUBMISSION_COLUMNS[1:], cells[1:])):
+                    value, problem = _check_value(text)
+                    if problem is not None:
+                        problems.append(Problem(problem[0], f"column {name!r}: {problem[1]}", row, file_id))
+                        row_ok = False
+                    else:
+                        values[column] = value
+                if row_ok and abs(values.sum() - 1.0) > ROW_SUM_TOLERANCE:
+                    problems.append(Problem("row_sum", f"values sum to {values.sum():.9g}, not 1 "
+                                            f"(tolerance {ROW_SUM_TOLERANCE})", row, file_id))
+                rows.append((row, file_id, values if row_ok else None))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        return rows, problems + [Problem("unreadable", f"cannot read {path}: {error}")]
+    if not rows:
+        problems.append(Problem("unreadable", f"{path} has a header but no rows"))
+    return rows, problems
+
+
+def _header_message(header: list[str]) -> str:
+    expected = list(SUBMISSION_COLUMNS)
+    missing = [c for c in expected if c not in header]
+    unexpected = [c for c in header if c not in expected]
+    parts = []
+    if missing:
+        parts.append(f"missing columns {missing}")
+    if unexpected:
+        parts.append(f"unexpected columns {unexpected}")
+    if not parts:
+        position = next(i for i, (a, b) in enumerate(zip(header, expected)) if a != b)
+        parts.append(f"columns in the wrong order: column {position + 1} is {header[position]!r}, "
+                     f"expected {expected[position]!r}")
+    return f"{'; '.join(parts)}. Expected exactly: {','.join(expected)}"
+
+
+def _id_problems(rows: list[tuple[int, str, np.ndarray | None]], expected_ids: Sequence[str],
+                 test_dir: Path) -> list[Problem]:
+    problems = []
+    expected = set(expected_ids)
+    first_row: dict[str, int] = {}
+    for row, file_id, _ in rows:
+        if not file_id:
+            problems.append(Problem("empty", "empty file_id", row, file_id))
+        elif file_id in first_row:
+            problems.append(Problem("duplicate_id", f"duplicate of row {first_row[file_id]}", row, file_id))
+        else:
+            first_row[file_id] = row
+            if file_id not in expected:
+                problems.append(Problem("extra_id", f"no {file_id}.mp3 in {test_dir}", row, file_id))
+    problems += [Problem("missing_id", f"no row for {test_dir / (file_id + '.mp3')}", None, file_id)
+                 for file_id in expected_ids if file_id not in first_row]
+    return problems
+
+
+def validate_submission(path: str | Path, *, test_dir: str | Path) -> list[Problem]:
+    """Every problem of a submission file against a test folder.
+
+    Checks the header (exactly :data:`SUBMISSION_COLUMNS`, in order), the ids (exactly the
+    stems of ``test_dir/*.mp3``: missing, extra and duplicated ids), that every value is a
+    number in [0, 1] (no NaN, no empty cell) and that each row sums to 1 within
+    :data:`ROW_SUM_TOLERANCE`.
+
+    Parameters
+    ----------
+    path : path-like
+        Submission CSV.
+    test_dir : path-like
+        Folder of the test mp3s.
+
+    Returns
+    -------
+    list of Problem
+        Empty when the file is valid; otherwise ordered: file-level, row problems by row,
+        then missing ids.
+    """
+    path, test_dir = Path(path), Path(test_dir)
+    if not path.is_file():
+        return [Problem("unreadable", f"{path}: file not found")]
+    rows, problems = _parse(path)
+    problems += _id_problems(rows, list_test_ids(test_dir), test_dir)
+    return sorted(problems, key=lambda p: (p.row is None and p.kind == "missing_id", p.row or 0))
+
+
+def read_submission(path: str | Path) -> pd.DataFrame:
+    """Read a submission after checking its format (not its ids against a test folder).
+
+    Parameters
+    ----------
+    path : path-like
+
+    Returns
+    -------
+    pd.DataFrame
+        Index ``file_id`` (str, unique), columns :data:`TOP_GENRES` (float64).
+
+    Raises
+    ------
+    ToolkitError
+        The file is missing or not a valid submission; the message lists the first problems.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: submission file not found")
+    rows, problems = _parse(path)
+    seen: set[str] = set()
+    for row, file_id, _ in rows:
+        if not file_id or file_id in seen:
+            problems.append(Problem("duplicate_id" if file_id else "empty",
+                                    "duplicated file_id" if file_id else "empty file_id", row, file_id))
+        seen.add(file_id)
+    if problems:
+        shown = "\n  ".join(str(p) for p in problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise ToolkitError(f"{path}: not a valid submission ({len(problems)} problems; run "
+                           f"python -m crowdai.validate):\n  {shown}{more}")
+    return pd.DataFrame(np.stack([values for _, _, values in rows]), columns=list(TOP_GENRES),
+                        index=pd.Index([file_id for _, file_id, _ in rows], name="file_id"))
