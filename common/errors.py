@@ -62,3 +62,11 @@ class TooShortAudioError(AudioError):
     """Decodes, but is shorter than the configured minimum duration."""
 
     reason = "too_short"
+
+
+class OutputExistsError(ToolkitError, FileExistsError):
+    """An output file already exists; the toolkit never silently overwrites one."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        super().__init__(f"{self.path} already exists; not overwriting it")

@@ -22,11 +22,8 @@ never replaces an existing file unless asked to.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -34,7 +31,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from common.errors import ConfigError, MetadataError, ToolkitError
+from common.errors import ConfigError, MetadataError, OutputExistsError
+from common.io import write_text_atomic
 
 #: Columns of the folds CSV, in order.
 FOLD_COLUMNS: tuple[str, ...] = ("track_id", "fold", "artist_id", "genre_top")
@@ -123,36 +121,6 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def write_text_atomic(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
-    """Write ``text`` to a temporary file next to ``path``, then move it in place.
-
-    Readers never see a half-written file. Without ``overwrite`` the move is a hard link,
-    which fails atomically when ``path`` exists.
-
-    Raises
-    ------
-    FileExistsError
-        ``path`` exists and ``overwrite`` is false; it is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise FileExistsError(errno.EEXIST, "already exists; not overwriting it", str(path)) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def write_folds(path: str | Path, folds: pd.DataFrame, *, subset: str, k: int, seed: int,
                 overwrite: bool = False) -> Path:
     """Write a folds CSV and its sidecar JSON.
@@ -177,7 +145,7 @@ def write_folds(path: str | Path, folds: pd.DataFrame, *, subset: str, k: int, s
     if not overwrite:
         for existing in (path, sidecar_path(path)):
             if existing.exists():
-                raise ToolkitError(f"{existing} already exists; not overwriting it")
+                raise OutputExistsError(existing)
     meta = {
         "k": int(k), "seed": int(seed), "subset": subset, "n_tracks": int(len(folds)),
         "checksum": track_ids_checksum(folds["track_id"]),
@@ -185,11 +153,8 @@ def write_folds(path: str | Path, folds: pd.DataFrame, *, subset: str, k: int, s
         "splits": list(FOLD_SPLITS), "stratified_by": "genre_top (none for tracks without one)",
         "grouped_by": "artist_id",
     }
-    try:
-        write_text_atomic(sidecar_path(path), json.dumps(meta, indent=2) + "\n", overwrite=overwrite)
-        write_text_atomic(path, folds[list(FOLD_COLUMNS)].to_csv(index=False), overwrite=overwrite)
-    except FileExistsError as error:
-        raise ToolkitError(f"{error.filename} already exists; not overwriting it") from None
+    write_text_atomic(sidecar_path(path), json.dumps(meta, indent=2) + "\n", overwrite=overwrite)
+    write_text_atomic(path, folds[list(FOLD_COLUMNS)].to_csv(index=False), overwrite=overwrite)
     return path
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import ToolkitError
-from common.folds import write_text_atomic
+from common.io import write_text_atomic
 from common.metadata import TOP_GENRES
 from common.metrics import per_class_table, score
 from crowdai.submission import read_submission
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             record = {"submission": str(args.file), "labels": str(args.labels), **scores,
                       "per_genre": table.reset_index().to_dict(orient="records")}
             write_text_atomic(args.json, json.dumps(record, indent=2) + "\n")
-    except (ToolkitError, FileExistsError) as error:
+    except ToolkitError as error:
         print(f"score: error: {error}", file=sys.stderr)
         return 1
     print(f"log loss (primary):   {scores['log_loss']:.4f}")

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.errors import ToolkitError
-from common.folds import write_text_atomic
+from common.errors import OutputExistsError, ToolkitError
+from common.io import write_text_atomic
 from common.metadata import TOP_GENRES
 
 #: Header of a submission, exactly and in this order.
@@ -33,10 +33,6 @@ ROW_SUM_TOLERANCE = 1e-6
 
 #: Significant digits written per probability (rounding keeps row sums well within tolerance).
 _FLOAT_FORMAT = "%.12g"
-
-
-class SubmissionExistsError(ToolkitError, FileExistsError):
-    """A submission file would be overwritten."""
 
 
 @dataclass(frozen=True)
@@ -106,14 +102,14 @@ def write_submission(path: str | Path, ids: Sequence[str], probs: np.ndarray) ->
 
     Raises
     ------
-    SubmissionExistsError
+    OutputExistsError
         ``path`` exists (it is left untouched).
     ValueError
         Wrong shape, duplicated ids, or values that would not pass validation.
     """
     path = Path(path)
     if path.exists():
-        raise SubmissionExistsError(f"{path} already exists; not overwriting it")
+        raise OutputExistsError(path)
     probs = np.asarray(probs, dtype=np.float64)
     ids = [str(i) for i in ids]
     if probs.shape != (len(ids), len(TOP_GENRES)):
@@ -127,10 +123,7 @@ def write_submission(path: str | Path, ids: Sequence[str], probs: np.ndarray) ->
         raise ValueError(f"rows must sum to 1 within {ROW_SUM_TOLERANCE}; worst is off by {worst:.3g}")
     frame = pd.DataFrame(probs, columns=list(TOP_GENRES))
     frame.insert(0, "file_id", ids)
-    try:
-        return write_text_atomic(path, frame.to_csv(index=False, float_format=_FLOAT_FORMAT))
-    except FileExistsError:
-        raise SubmissionExistsError(f"{path} already exists; not overwriting it") from None
+    return write_text_atomic(path, frame.to_csv(index=False, float_format=_FLOAT_FORMAT))
 
 
 def _check_value(text: str) -> tuple[float | None, tuple[str, str] | None]:

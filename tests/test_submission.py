@@ -9,11 +9,11 @@ import uuid
 import numpy as np
 import pytest
 
-from common.errors import ToolkitError
+from common.errors import OutputExistsError, ToolkitError
 from common.metadata import TOP_GENRES
 from crowdai import score as score_cli
 from crowdai import validate as validate_cli
-from crowdai.submission import (SUBMISSION_COLUMNS, SubmissionExistsError, read_submission,
+from crowdai.submission import (SUBMISSION_COLUMNS, read_submission,
                                 validate_submission, write_submission)
 
 N_FILES = 6
@@ -68,7 +68,7 @@ def test_good_file_passes_and_round_trips(good, test_dir, ids):
 
 def test_writer_never_overwrites_and_rejects_bad_rows(good, ids):
     before = good.read_text()
-    with pytest.raises(SubmissionExistsError, match="sub.csv already exists") as info:
+    with pytest.raises(OutputExistsError, match="sub.csv already exists") as info:
         write_submission(good, ids, np.full((len(ids), 16), 1 / 16))
     assert isinstance(info.value, FileExistsError) and isinstance(info.value, ToolkitError)
     assert good.read_text() == before

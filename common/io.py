@@ -1,0 +1,39 @@
+"""Small file helpers shared by every step that writes results."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from common.errors import OutputExistsError
+
+
+def write_text_atomic(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
+    """Write ``text`` to a temporary file next to ``path``, then move it in place.
+
+    Readers never see a half-written file. Without ``overwrite`` the move is a hard link,
+    which fails atomically when ``path`` exists.
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is false; it is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise OutputExistsError(path) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
