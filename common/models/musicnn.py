@@ -31,14 +31,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+import numpy as np
 
+from common.audio import mel_spectrogram
 from common.errors import ConfigError, ToolkitError
+from common.settings import FeatureSettings
 from common.pretrained import DEFAULT_WEIGHTS_DIR, MUSICNN_CHECKPOINTS, load_musicnn_checkpoint
 
 #: Mel bands, frames per 3-s patch and tag count of the published models.
 N_MELS = 96
 PATCH_FRAMES = 187
 N_TAGS = 50
+
+#: The published models' analysis: 16 kHz, n_fft 512, hop 256, 96 Slaney mel bands.
+MUSICNN_FEATURES = FeatureSettings(sample_rate=16000, n_fft=512, hop_length=256, n_mels=96,
+                                   log_scale="log1p", clip_seconds=3.0, min_seconds=3.0)
 
 #: Keras layer -> TF-1 variable scope in the published checkpoints.
 CHECKPOINT_LAYERS: dict[str, str] = {
@@ -88,6 +95,39 @@ MTT_TAGS: tuple[str, ...] = (
     "weird", "country", "metal", "female voice", "choral",
 )
 TAGS: dict[str, tuple[str, ...]] = {"MSD_musicnn": MSD_TAGS, "MTT_musicnn": MTT_TAGS}
+
+
+def musicnn_logmel(y: np.ndarray) -> np.ndarray:
+    """musicnn's input representation of a 16-kHz signal.
+
+    ``log10(1 + 10000 * mel)`` of the mel *power* spectrogram (``librosa.feature.melspectrogram``
+    defaults, as musicnn computes it), with the mel power rounded to float16 first as
+    musicnn does (its arithmetic then runs in float32, as it did under numpy < 2).
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n,)
+        Mono signal at :data:`MUSICNN_FEATURES` ``.sample_rate`` (16 kHz).
+
+    Returns
+    -------
+    np.ndarray, shape (96, 1 + n // 256), float32
+    """
+    mel = mel_spectrogram(y, settings=MUSICNN_FEATURES, power=2.0)
+    mel = mel.astype(np.float16).astype(np.float32)
+    return np.log10(np.float32(10000.0) * mel + np.float32(1.0))
+
+
+def patches(logmel: np.ndarray, *, frames: int = PATCH_FRAMES, hop: int = PATCH_FRAMES) -> np.ndarray:
+    """Cut a log-mel ``(n_mels, n_frames)`` into full patches ``(n_patches, n_mels, frames)``.
+
+    Patch ``i`` starts at frame ``i * hop``; a last incomplete patch is dropped (as
+    musicnn does). Returns an empty ``(0, n_mels, frames)`` array when the input is
+    shorter than one patch.
+    """
+    starts = range(0, logmel.shape[1] - frames + 1, hop)
+    return np.stack([logmel[:, start:start + frames] for start in starts]) if len(starts) else \
+        np.empty((0, logmel.shape[0], frames), dtype=logmel.dtype)
 
 
 def musicnn_body(
