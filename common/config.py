@@ -1,0 +1,323 @@
+"""Experiment configuration: one YAML file per experiment, parsed into frozen records.
+
+An experiment file has the sections ``features`` (:class:`~common.settings.FeatureSettings`),
+``task``, ``model``, ``data`` and ``training``; every section and every key is optional
+and falls back to the defaults below. The experiment's name is the file's stem.
+Unknown keys, values of the wrong type and names outside a fixed set raise
+:class:`~common.errors.ConfigError` naming the offending key, e.g. ``data.specaugment.time_width``.
+
+Example
+-------
+>>> cfg = load_config("experiments/configs/crnn.yaml")      # doctest: +SKIP
+>>> cfg.name, cfg.model.name, cfg.data.crop_frames(cfg.features)  # doctest: +SKIP
+('crnn', 'crnn', 1366)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from common.errors import ConfigError
+from common.settings import FeatureSettings
+
+TaskName = Literal["single", "multi"]
+EvalMode = Literal["center", "chunks"]
+Balance = Literal["none", "class_weights", "sampling"]
+InMemory = Literal["auto", True, False]
+OptimizerName = Literal["adam", "adamw", "sgd"]
+Schedule = Literal["constant", "cosine", "reduce_on_plateau"]
+Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
+Strategy = Literal["auto", "default", "mirrored"]
+JitCompile = Literal["auto", True, False]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """Which labels are learnt.
+
+    Attributes
+    ----------
+    name : {"single", "multi"}
+        ``single``: the 16 top-level genres (softmax); ``multi``: every genre of
+        ``genres_all`` with at least ``min_tracks`` training tracks (sigmoid).
+    min_tracks : int
+        ``multi`` only: minimum number of training tracks per genre.
+    """
+
+    name: TaskName = "single"
+    min_tracks: int = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A model of the registry in :mod:`common.models` and its keyword parameters."""
+
+    name: str = "crnn"
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecAugmentConfig:
+    """SpecAugment masks applied to training crops (log-mel only).
+
+    ``time_width`` is in frames and ``freq_width`` in mel bands: each mask has a width
+    drawn uniformly from ``[0, width]``. Masked cells get the training mean of their band.
+    """
+
+    time_masks: int = 0
+    time_width: int = 0
+    freq_masks: int = 0
+    freq_width: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return (self.time_masks > 0 and self.time_width > 0) or (self.freq_masks > 0 and self.freq_width > 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Input pipeline.
+
+    Attributes
+    ----------
+    crop_seconds : float or None
+        Length of the random training crop; ``None`` uses the whole clip.
+    eval : {"center", "chunks"}
+        Evaluation of a clip: one centre crop, or the mean of the predictions of crops
+        every ``chunk_hop_seconds`` (default: ``crop_seconds``, i.e. no overlap).
+    chunk_hop_seconds : float or None
+    batch_size : int
+    mixup_alpha : float
+        Beta(alpha, alpha) mixup of training pairs; 0 disables it.
+    specaugment : SpecAugmentConfig
+    balance : {"none", "class_weights", "sampling"}
+        Inverse-frequency sample weights, or batches drawn with inverse-frequency probabilities.
+    in_memory : {"auto", True, False}
+        Hold the features in memory (``auto``: when they take less than a quarter of RAM)
+        or gather each batch from the memory-mapped cache.
+    """
+
+    crop_seconds: float | None = None
+    eval: EvalMode = "center"
+    chunk_hop_seconds: float | None = None
+    batch_size: int = 32
+    mixup_alpha: float = 0.0
+    specaugment: SpecAugmentConfig = dataclasses.field(default_factory=SpecAugmentConfig)
+    balance: Balance = "none"
+    in_memory: InMemory = "auto"
+
+    def crop_frames(self, features: FeatureSettings) -> int:
+        """Frames (log-mel) or samples (waveform) of one crop, at most the whole clip."""
+        whole = features.clip_shape[-1]
+        return whole if self.crop_seconds is None else min(whole, features.frames_for(self.crop_seconds))
+
+    def chunk_hop_frames(self, features: FeatureSettings) -> int:
+        """Hop between evaluation chunks in frames (or samples)."""
+        if self.chunk_hop_seconds is None:
+            return self.crop_frames(features)
+        hop = features.frames_for(self.chunk_hop_seconds)
+        return max(1, hop - 1 if features.kind == "logmel" else hop)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    name: OptimizerName = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation and runtime.
+
+    Attributes
+    ----------
+    epochs : int
+    optimizer : OptimizerConfig
+    schedule : {"constant", "cosine", "reduce_on_plateau"}
+    early_stopping_patience : int
+        Epochs without a better validation log loss before stopping; 0 disables it.
+    seed : int
+    precision : {"auto", "float32", "mixed_float16", "mixed_bfloat16"}
+        ``auto``: mixed precision on GPUs (bfloat16 where supported), float32 on CPU.
+    strategy : {"auto", "default", "mirrored"}
+        ``auto``: ``MirroredStrategy`` with more than one GPU, the default strategy otherwise.
+    jit_compile : {"auto", True, False}
+        ``auto``: Keras' own choice (XLA) on GPUs, off on CPU.
+    """
+
+    epochs: int = 50
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    schedule: Schedule = "constant"
+    early_stopping_patience: int = 10
+    seed: int = 0
+    precision: Precision = "auto"
+    strategy: Strategy = "auto"
+    jit_compile: JitCompile = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: everything that determines its run directories."""
+
+    name: str
+    features: FeatureSettings = dataclasses.field(default_factory=FeatureSettings)
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data, without the name (which is the file stem)."""
+        values = dataclasses.asdict(self)
+        del values["name"]
+        return values
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+_SECTIONS: dict[str, type] = {
+    "task": TaskConfig, "model": ModelConfig, "data": DataConfig, "training": TrainingConfig,
+}
+
+
+def _check_value(value: Any, annotation: Any, key: str) -> Any:
+    """Validate ``value`` against a field annotation; return it (ints widened to float)."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if not any(value == a and type(value) is type(a) for a in allowed):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check_value(value, inner, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation in (int, str):
+        if isinstance(value, bool) or not isinstance(value, annotation):
+            raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, key)
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # programming error
+
+
+def _build(cls: type, values: Any, section: str) -> Any:
+    """Build the dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{section}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = [field.name for field in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{section}.{unknown[0]}: unknown key (known: {known})")
+    kwargs = {k: _check_value(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _check_ranges(cfg: ExperimentConfig) -> None:
+    checks = [
+        ("task.min_tracks", cfg.task.min_tracks >= 1),
+        ("data.batch_size", cfg.data.batch_size >= 1),
+        ("data.crop_seconds", cfg.data.crop_seconds is None or cfg.data.crop_seconds > 0),
+        ("data.chunk_hop_seconds", cfg.data.chunk_hop_seconds is None or cfg.data.chunk_hop_seconds > 0),
+        ("data.mixup_alpha", cfg.data.mixup_alpha >= 0),
+        ("training.epochs", cfg.training.epochs >= 1),
+        ("training.optimizer.learning_rate", cfg.training.optimizer.learning_rate > 0),
+        ("training.optimizer.weight_decay", cfg.training.optimizer.weight_decay >= 0),
+        ("training.early_stopping_patience", cfg.training.early_stopping_patience >= 0),
+    ]
+    sa = cfg.data.specaugment
+    checks += [(f"data.specaugment.{k}", getattr(sa, k) >= 0) for k in ("time_masks", "time_width", "freq_masks", "freq_width")]
+    for key, ok in checks:
+        if not ok:
+            raise ConfigError(f"{key}: value out of range")
+    if sa.enabled and cfg.features.kind != "logmel":
+        raise ConfigError("data.specaugment: SpecAugment needs logmel features, not waveform")
+    if sa.freq_width > cfg.features.n_mels:
+        raise ConfigError(f"data.specaugment.freq_width: {sa.freq_width} exceeds features.n_mels {cfg.features.n_mels}")
+
+
+def _check_model_name(name: str) -> None:
+    from common import models  # deferred: imports Keras
+
+    names = models.MODEL_NAMES
+    if name not in names:
+        raise ConfigError(f"model.name: unknown model {name!r} (registered: {list(names)})")
+
+
+def config_from_dict(values: dict[str, Any] | None, *, name: str, check_model: bool = True) -> ExperimentConfig:
+    """Resolve an experiment config from plain data.
+
+    Parameters
+    ----------
+    values : dict or None
+        Parsed YAML with the sections ``features``, ``task``, ``model``, ``data``, ``training``.
+    name : str
+        Experiment name (the config file's stem).
+    check_model : bool
+        Check ``model.name`` against the model registry (imports Keras).
+
+    Raises
+    ------
+    ConfigError
+        Unknown section or key, wrong type, unknown task or model name, value out of range.
+    """
+    values = dict(values or {})
+    if not isinstance(name, str) or not name:
+        raise ConfigError("experiment name must be a non-empty string")
+    unknown = sorted(set(values) - {"features", *_SECTIONS})
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown section (known: {['features', *_SECTIONS]})")
+    features = values.get("features") or {}
+    if not isinstance(features, dict):
+        raise ConfigError(f"features: expected a mapping, got {features!r}")
+    sections = {key: _build(cls, values.get(key), key) for key, cls in _SECTIONS.items()}
+    cfg = ExperimentConfig(name=name, features=FeatureSettings.from_dict(features), **sections)
+    _check_ranges(cfg)
+    if check_model:
+        _check_model_name(cfg.model.name)
+    return cfg
+
+
+def load_config(path: str | Path, *, check_model: bool = True) -> ExperimentConfig:
+    """Read and resolve ``experiments/configs/<name>.yaml``; the name is the file stem.
+
+    Raises
+    ------
+    ConfigError
+        Missing or unparsable file (named), or any error of :func:`config_from_dict`.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read experiment config ({exc.strerror})") from exc
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    try:
+        return config_from_dict(values, name=path.stem, check_model=check_model)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

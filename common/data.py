@@ -1,0 +1,291 @@
+"""``tf.data`` training pipelines over a feature cache.
+
+Batches are gathered whole, never sample by sample: a batch of row positions goes
+through one ``tf.numpy_function`` that fancy-indexes an in-memory float16 array (when the
+features fit in memory) or the memory-mapped cache shards, and every random operation
+after it (time crop, SpecAugment, mixup) is a vectorised TensorFlow op over the batch,
+seeded statelessly from a per-batch seed so that a run is reproducible.
+
+Feature arrays have the cache's orientation: ``(n, n_mels, n_frames)`` for log-mel,
+``(n, n_samples)`` for waveforms; crops are taken along the last axis.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from common.config import SpecAugmentConfig
+from common.errors import FeatureCacheError
+
+
+def physical_memory_bytes() -> int:
+    """Installed RAM in bytes (POSIX ``sysconf``)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class ClipStore:
+    """Rows of a feature cache addressed by position, in memory or memory-mapped.
+
+    Parameters
+    ----------
+    cache : common.features.FeatureCache
+        Opened cache (``.get(ids)``, ``.load(ids)``, ``.settings``).
+    ids : sequence of str
+        Feature ids, in the order positions refer to.
+    in_memory : {"auto", True, False}
+        ``auto`` loads the rows when they take less than a quarter of physical memory.
+    """
+
+    def __init__(self, cache, ids: Sequence[str], *, in_memory: bool | str = "auto") -> None:
+        self.cache = cache
+        self.ids = np.asarray([str(i) for i in ids], dtype=object)
+        self.clip_shape = tuple(cache.settings.clip_shape)
+        n_bytes = len(self.ids) * int(np.prod(self.clip_shape)) * 2
+        if in_memory == "auto":
+            in_memory = n_bytes <= physical_memory_bytes() // 4
+        self.in_memory = bool(in_memory)
+        self._array = cache.load(list(self.ids)) if self.in_memory else None
+
+    @classmethod
+    def from_array(cls, array: np.ndarray, ids: Sequence[str] | None = None) -> "ClipStore":
+        """A store over an in-memory array ``(n, *clip_shape)`` (tests, benchmarks)."""
+        store = cls.__new__(cls)
+        store.cache = None
+        store.ids = np.asarray([str(i) for i in (range(len(array)) if ids is None else ids)], dtype=object)
+        store.clip_shape = tuple(array.shape[1:])
+        store.in_memory = True
+        store._array = np.asarray(array)
+        return store
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.ids), *self.clip_shape)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """Rows at ``positions``, shape ``(len(positions), *clip_shape)``, float16."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if self._array is not None:
+            return np.take(self._array, positions, axis=0)
+        return np.asarray(self.cache.get(list(self.ids[positions])))
+
+    def subset(self, positions: np.ndarray) -> "ClipStore":
+        """A store over the rows at ``positions`` (copied when in memory)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        store = ClipStore.__new__(ClipStore)
+        store.cache, store.clip_shape, store.in_memory = self.cache, self.clip_shape, self.in_memory
+        store.ids = self.ids[positions]
+        store._array = None if self._array is None else np.take(self._array, positions, axis=0)
+        return store
+
+    def __getitem__(self, index: slice | np.ndarray) -> np.ndarray:
+        if isinstance(index, slice):
+            return self.gather(np.arange(len(self))[index])
+        return self.gather(index)
+
+
+def feature_stats(store: ClipStore, positions: np.ndarray, *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frequency mean and standard deviation over the given rows.
+
+    Parameters
+    ----------
+    store : ClipStore
+    positions : np.ndarray, shape (n,)
+        Rows to use: the training folds only.
+
+    Returns
+    -------
+    mean, std : np.ndarray, shape (n_mels,) for log-mel or (1,) for waveforms, float32
+        ``std`` is at least 1e-6.
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(positions) == 0:
+        raise FeatureCacheError("feature statistics: no training clips")
+    total = sq = count = 0.0
+    for start in range(0, len(positions), batch_size):
+        x = store.gather(positions[start:start + batch_size]).astype(np.float64)
+        x = x.reshape(len(x), -1, x.shape[-1]) if x.ndim == 3 else x.reshape(len(x), 1, -1)
+        total = total + x.sum(axis=(0, 2))
+        sq = sq + np.square(x).sum(axis=(0, 2))
+        count += x.shape[0] * x.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(sq / count - mean ** 2, 0.0))
+    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+def class_sample_weights(y: np.ndarray) -> np.ndarray:
+    """Inverse-frequency weight of each example, mean 1.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n, n_classes)
+        One-hot or multi-hot targets.
+
+    Returns
+    -------
+    np.ndarray, shape (n,), float32
+        ``single``: ``n / (n_classes * count[class])`` ("balanced"); ``multi``: the mean of
+        that weight over the example's positive classes. Rescaled to mean 1.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    counts = y.sum(axis=0)
+    present = counts > 0
+    class_w = np.zeros_like(counts)
+    class_w[present] = len(y) / (present.sum() * counts[present])
+    positives = np.maximum(y.sum(axis=1), 1.0)
+    w = (y @ class_w) / positives
+    w[w == 0] = 1.0
+    return (w / w.mean()).astype(np.float32)
+
+
+def random_crop(x: tf.Tensor, seed: tf.Tensor, *, crop_frames: int) -> tf.Tensor:
+    """One random crop of ``crop_frames`` along the last axis of each example.
+
+    Parameters
+    ----------
+    x : tf.Tensor, shape (batch, ..., n_frames)
+    seed : tf.Tensor, shape (2,), int
+    """
+    n_frames = x.shape[-1]
+    if crop_frames >= n_frames:
+        return x
+    starts = tf.random.stateless_uniform([tf.shape(x)[0]], seed, 0, n_frames - crop_frames + 1, dtype=tf.int32)
+    index = starts[:, None] + tf.range(crop_frames)[None, :]
+    return tf.gather(x, index, axis=x.shape.rank - 1, batch_dims=1)
+
+
+def _band_masks(batch: tf.Tensor, size: int, n_masks: int, width: int, seed: tf.Tensor) -> tf.Tensor:
+    """Boolean ``(batch, size)``: union of ``n_masks`` random bands of width ``[0, width]``."""
+    positions = tf.range(size)[None, :]
+    masked = tf.zeros([batch, size], dtype=tf.bool)
+    for i in range(n_masks):
+        u = tf.random.stateless_uniform([2, batch], seed + tf.constant([0, 1 + i], dtype=seed.dtype))
+        w = tf.cast(tf.floor(u[0] * (width + 1)), tf.int32)
+        start = tf.cast(tf.floor(u[1] * tf.cast(size - w + 1, tf.float32)), tf.int32)
+        masked |= (positions >= start[:, None]) & (positions < (start + w)[:, None])
+    return masked
+
+
+def spec_augment(x: tf.Tensor, seed: tf.Tensor, *, config: SpecAugmentConfig, fill: tf.Tensor) -> tf.Tensor:
+    """SpecAugment time and frequency masks.
+
+    Parameters
+    ----------
+    x : tf.Tensor, shape (batch, n_mels, n_frames), float32
+    seed : tf.Tensor, shape (2,), int
+    config : SpecAugmentConfig
+    fill : tf.Tensor, shape (n_mels,)
+        Value of masked cells per band (the training mean, i.e. 0 after standardisation).
+    """
+    batch = tf.shape(x)[0]
+    freq = _band_masks(batch, x.shape[1], config.freq_masks, config.freq_width, seed)
+    time = _band_masks(batch, x.shape[2], config.time_masks, config.time_width, seed + tf.constant([1, 0], seed.dtype))
+    mask = freq[:, :, None] | time[:, None, :]
+    return tf.where(mask, tf.cast(fill, x.dtype)[None, :, None], x)
+
+
+def mixup(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None, seed: tf.Tensor, *, alpha: float):
+    """Mix each example with a random partner of the batch, weight ``lam ~ Beta(alpha, alpha)``.
+
+    Returns ``(x, y, w)`` mixed with the same ``lam`` (``w`` stays None when None).
+    """
+    batch = tf.shape(x)[0]
+    g = tf.random.stateless_gamma([2, batch], seed, alpha=alpha)
+    lam = g[0] / (g[0] + g[1])
+    partner = tf.argsort(tf.random.stateless_uniform([batch], seed + tf.constant([0, 7], seed.dtype)))
+
+    def mix(t):
+        lam_t = tf.reshape(tf.cast(lam, t.dtype), [-1] + [1] * (t.shape.rank - 1))
+        return lam_t * t + (1 - lam_t) * tf.gather(t, partner)
+
+    return mix(x), mix(y), None if w is None else mix(w)
+
+
+def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, crop_frames: int,
+                  batch_size: int, seed: int, mixup_alpha: float = 0.0,
+                  specaugment: SpecAugmentConfig | None = None, fill: np.ndarray | None = None,
+                  balance: str = "none") -> tf.data.Dataset:
+    """Shuffled, cropped, augmented training batches; one pass is one epoch.
+
+    Parameters
+    ----------
+    store : ClipStore
+    positions : np.ndarray, shape (n,)
+        Rows of ``store`` to train on.
+    y : np.ndarray, shape (n, n_classes)
+        Targets of those rows.
+    crop_frames : int
+        Length of the random crop along the last axis.
+    batch_size, seed : int
+    mixup_alpha : float
+        0 disables mixup.
+    specaugment : SpecAugmentConfig or None
+    fill : np.ndarray, shape (n_mels,)
+        SpecAugment fill value per band (needed when SpecAugment is enabled).
+    balance : {"none", "class_weights", "sampling"}
+        ``class_weights`` yields a third element, the sample weights; ``sampling`` draws
+        each batch with probabilities proportional to the inverse class frequency.
+
+    Returns
+    -------
+    tf.data.Dataset
+        Of ``(x, y)`` or ``(x, y, w)``: ``x`` ``(batch, n_mels, crop_frames)`` or
+        ``(batch, crop_frames)`` float32, ``y`` ``(batch, n_classes)`` float32.
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    y = np.asarray(y, dtype=np.float32)
+    n = len(positions)
+    weights = class_sample_weights(y) if balance != "none" else None
+    if balance == "sampling":
+        steps = math.ceil(n / batch_size)
+        logits = tf.constant(np.log(weights / weights.sum())[None, :], tf.float32)
+        rows = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(steps).map(
+            lambda s: tf.random.stateless_categorical(logits, batch_size, tf.stack([s, tf.constant(0, tf.int64)]))[0])
+    else:
+        rows = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
+    with_weights = balance == "class_weights"
+    clip_shape = store.clip_shape
+    n_classes = y.shape[1]
+
+    def load(rows_np: np.ndarray):
+        x = store.gather(positions[rows_np])
+        out = [x.astype(np.float16), y[rows_np]]
+        return (*out, weights[rows_np]) if with_weights else tuple(out)
+
+    def gather(rows_t, seed_t):
+        types = [tf.float16, tf.float32] + ([tf.float32] if with_weights else [])
+        parts = tf.numpy_function(load, [rows_t], types, stateful=False)
+        parts[0].set_shape([None, *clip_shape])
+        parts[1].set_shape([None, n_classes])
+        if with_weights:
+            parts[2].set_shape([None])
+        return (*parts, seed_t)
+
+    sa_enabled = specaugment is not None and specaugment.enabled
+    fill_t = None if fill is None else tf.constant(np.asarray(fill, np.float32))
+    if sa_enabled and fill_t is None:
+        raise ValueError("train_dataset: SpecAugment needs the per-band fill value")
+
+    def augment(*parts):
+        x, yb, *rest = parts[:-1]
+        seed_t = parts[-1]
+        wb = rest[0] if rest else None
+        x = tf.cast(random_crop(x, seed_t, crop_frames=crop_frames), tf.float32)
+        if sa_enabled:
+            x = spec_augment(x, seed_t + tf.constant([0, 101], tf.int64), config=specaugment, fill=fill_t)
+        if mixup_alpha > 0:
+            x, yb, wb = mixup(x, yb, wb, seed_t + tf.constant([0, 211], tf.int64), alpha=mixup_alpha)
+        return (x, yb) if wb is None else (x, yb, wb)
+
+    return (tf.data.Dataset.zip(rows, seeds)
+            .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))

@@ -1,0 +1,111 @@
+"""Clip probabilities from trained models: centre crop or the mean over chunks.
+
+Used by the validation of every epoch, the test-split evaluation of an experiment,
+crowdAI submissions and song tagging. A model takes raw feature crops
+``(batch, n_mels, crop_frames)`` (log-mel) or ``(batch, crop_samples)`` (waveform).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import ToolkitError
+
+
+def chunk_starts(n_frames: int, *, crop_frames: int, hop_frames: int) -> np.ndarray:
+    """Start frames of the evaluation chunks of a clip.
+
+    Chunks start every ``hop_frames``; a last chunk ending exactly at the end of the clip
+    is added when the hops do not reach it, so every frame is covered.
+
+    Returns
+    -------
+    np.ndarray, shape (n_chunks,), int64
+    """
+    if hop_frames < 1:
+        raise ValueError(f"chunk hop must be at least 1 frame, got {hop_frames}")
+    last = max(n_frames - crop_frames, 0)
+    starts = np.arange(0, last + 1, hop_frames, dtype=np.int64)
+    return starts if starts[-1] == last else np.append(starts, last)
+
+
+def predict_clips(model, features, *, crop_frames: int, eval: str = "center",
+                  chunk_hop_frames: int | None = None, batch_size: int = 32) -> np.ndarray:
+    """Probabilities of every clip.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Takes ``(batch, ..., crop_frames)`` raw features; returns ``(batch, n_classes)``.
+    features : array-like, shape (n, n_mels, n_frames) or (n, n_samples)
+        Anything sliceable along the first axis (array, memmap, :class:`common.data.ClipStore`).
+    crop_frames : int
+        Model input length along the last axis. Shorter clips are padded with their
+        per-row minimum (silence in a log-mel).
+    eval : {"center", "chunks"}
+        One centre crop, or the mean of the predictions of all chunks.
+    chunk_hop_frames : int, optional
+        Hop between chunks (default ``crop_frames``).
+    batch_size : int
+        Crops per model call.
+
+    Returns
+    -------
+    np.ndarray, shape (n, n_classes), float64
+    """
+    if eval not in ("center", "chunks"):
+        raise ValueError(f"eval must be 'center' or 'chunks', got {eval!r}")
+    n = len(features)
+    total = max(features.shape[-1], crop_frames)
+    if eval == "center":
+        starts = np.array([(total - crop_frames) // 2])
+    else:
+        starts = chunk_starts(total, crop_frames=crop_frames, hop_frames=chunk_hop_frames or crop_frames)
+    clips_per_call = max(1, batch_size // len(starts))
+    outputs = []
+    for begin in range(0, n, clips_per_call):
+        x = np.asarray(features[begin:begin + clips_per_call], dtype=np.float32)
+        if x.shape[-1] < crop_frames:
+            pad = [(0, 0)] * (x.ndim - 1) + [(0, crop_frames - x.shape[-1])]
+            x = np.pad(x, pad, mode="minimum")
+        chunks = np.stack([x[..., s:s + crop_frames] for s in starts], axis=1)
+        probs = np.asarray(model.predict_on_batch(chunks.reshape(-1, *chunks.shape[2:])), dtype=np.float64)
+        outputs.append(probs.reshape(len(x), len(starts), -1).mean(axis=1))
+    if not outputs:
+        return np.zeros((0, model.output_shape[-1]))
+    return np.concatenate(outputs)
+
+
+def load_fold_models(exp_dir: str | Path) -> list:
+    """The best model of every finished fold of an experiment, in fold order.
+
+    Parameters
+    ----------
+    exp_dir : path-like
+        ``runs/<exp>``, holding ``fold_<k>/model.keras`` and ``fold_<k>/summary.json``.
+
+    Raises
+    ------
+    ToolkitError
+        No finished fold in ``exp_dir``.
+    """
+    import keras
+
+    import common.models  # noqa: F401  (registers the custom layers)
+
+    exp_dir = Path(exp_dir)
+    folds = sorted((d for d in exp_dir.glob("fold_*") if (d / "summary.json").exists()),
+                   key=lambda d: int(d.name.split("_")[1]))
+    if not folds:
+        raise ToolkitError(f"{exp_dir}: no finished fold (fold_<k>/summary.json); train the experiment first")
+    return [keras.models.load_model(d / "model.keras", compile=False) for d in folds]
+
+
+def predict_ensemble(models: list, features, *, crop_frames: int, eval: str = "center",
+                     chunk_hop_frames: int | None = None, batch_size: int = 32) -> np.ndarray:
+    """Mean of :func:`predict_clips` over ``models`` (a fold ensemble); shape ``(n, n_classes)``."""
+    return np.mean([predict_clips(m, features, crop_frames=crop_frames, eval=eval,
+                                  chunk_hop_frames=chunk_hop_frames, batch_size=batch_size)
+                    for m in models], axis=0)

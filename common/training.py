@@ -1,0 +1,343 @@
+"""Train one fold: runtime selection, resumable checkpoints, validation, run files.
+
+A fold directory ``runs/<exp>/fold_<k>/`` receives, in this order: ``config.yaml``
+(resolved), ``git_commit.txt``, ``classes.json``, then per epoch a row of
+``history.csv`` (``epoch, loss, val_loss, val_<metric>..., lr, seconds``), TensorBoard
+events, ``model.keras`` when the validation log loss improves and the resumable
+``checkpoint/`` (last model with optimizer state + ``state.json``), and at the end
+``oof.csv`` and ``summary.json``. ``summary.json`` is written last: a fold that has it
+is finished and never retrained; a fold with ``checkpoint/state.json`` resumes after
+the last completed epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from common import metrics
+from common.config import ExperimentConfig, TrainingConfig
+from common.data import ClipStore, feature_stats, train_dataset
+from common.errors import ConfigError
+from common.inference import predict_clips
+from common.tasks import Task
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """Where and how a model trains.
+
+    Attributes
+    ----------
+    strategy : tf.distribute.Strategy
+    precision : {"float32", "mixed_float16", "mixed_bfloat16"}
+        Keras dtype policy; outputs and loss stay float32.
+    jit_compile : bool or "auto"
+        Passed to ``model.compile``.
+    device : str
+        e.g. ``"cpu"`` or ``"2 x GPU"``.
+    """
+
+    strategy: Any
+    precision: str
+    jit_compile: bool | str
+    device: str
+
+
+def select_runtime(training: TrainingConfig) -> Runtime:
+    """Resolve ``precision``, ``strategy`` and ``jit_compile`` of the config for this machine.
+
+    ``auto`` picks ``mixed_float16``, XLA (Keras' ``"auto"``) and, with more than one
+    GPU, ``MirroredStrategy`` when GPUs are visible; float32, no XLA and the default
+    strategy on CPU.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    precision = training.precision
+    if precision == "auto":
+        precision = "mixed_float16" if gpus else "float32"
+    strategy_name = training.strategy
+    if strategy_name == "auto":
+        strategy_name = "mirrored" if len(gpus) > 1 else "default"
+    strategy = tf.distribute.MirroredStrategy() if strategy_name == "mirrored" else tf.distribute.get_strategy()
+    jit = training.jit_compile
+    if jit == "auto":
+        jit = "auto" if gpus else False
+    device = f"{len(gpus)} x GPU" if gpus else "cpu"
+    return Runtime(strategy=strategy, precision=precision, jit_compile=jit, device=device)
+
+
+def make_optimizer(training: TrainingConfig, *, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The configured optimizer with its learning-rate schedule (``cosine`` decays over all epochs)."""
+    opt = training.optimizer
+    lr: Any = opt.learning_rate
+    if training.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(opt.learning_rate, decay_steps=max(1, training.epochs * steps_per_epoch))
+    if opt.name == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=0.9, nesterov=True,
+                                    weight_decay=opt.weight_decay or None)
+    cls = keras.optimizers.AdamW if opt.name == "adamw" else keras.optimizers.Adam
+    return cls(learning_rate=lr, weight_decay=opt.weight_decay or None)
+
+
+def git_commit() -> str:
+    """``git describe --always --dirty`` of the toolkit's checkout, or ``"unknown"``."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"],
+                             cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_model_atomic(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(run_dir: Path, *, config: ExperimentConfig, task: Task) -> None:
+    """Create the fold directory with ``config.yaml``, ``git_commit.txt``, ``classes.json``.
+
+    Raises
+    ------
+    ConfigError
+        The directory holds a run of a different resolved config (never overwritten).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    text = config.to_yaml()
+    if config_path.exists() and config_path.read_text() != text:
+        raise ConfigError(f"{config_path}: this run was made with a different config of experiment "
+                          f"{config.name!r}; move {run_dir} away or give the experiment a new name")
+    write_atomic(config_path, text)
+    classes = run_dir / "classes.json"
+    if classes.exists() and Task.load(classes) != task:
+        raise ConfigError(f"{classes}: the run has other classes than the task now gives; move {run_dir} away")
+    task.save(classes)
+    if not (run_dir / "git_commit.txt").exists():
+        write_atomic(run_dir / "git_commit.txt", git_commit() + "\n")
+
+
+class FoldCheckpoint(keras.callbacks.Callback):
+    """Validate on whole clips, log, keep the best model and a resumable checkpoint.
+
+    At the end of every epoch: scores the validation clips with :func:`predict_clips`
+    (centre crop or chunk averaging), puts ``val_loss`` (the log loss) and ``val_<metric>``
+    into the logs for the callbacks that follow, appends a ``history.csv`` row, saves
+    ``model.keras`` on improvement, saves ``checkpoint/last.keras`` (with optimizer
+    state) and then ``checkpoint/state.json``, and stops training after
+    ``patience`` epochs without improvement (0: never).
+    """
+
+    def __init__(self, *, run_dir: Path, task: Task, val_features, y_val: np.ndarray, crop_frames: int,
+                 eval: str, chunk_hop_frames: int, batch_size: int, patience: int, state: dict) -> None:
+        super().__init__()
+        self.run_dir, self.task, self.val_features = run_dir, task, val_features
+        self.y_val, self.crop_frames, self.eval = y_val, crop_frames, eval
+        self.chunk_hop_frames, self.batch_size, self.patience = chunk_hop_frames, batch_size, patience
+        self.state = state
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs if logs is not None else {}
+        probs = predict_clips(self.model, self.val_features, crop_frames=self.crop_frames, eval=self.eval,
+                              chunk_hop_frames=self.chunk_hop_frames, batch_size=self.batch_size)
+        scores = metrics.score(self.task.name, self.task.score_targets(self.y_val), probs, self.task.class_names)
+        logs["val_loss"] = scores["log_loss"]
+        for key, value in scores.items():
+            if key not in ("log_loss", "n", "n_classes_scored"):
+                logs[f"val_{key}"] = value
+        seconds = time.perf_counter() - self._started
+        row = {"epoch": epoch + 1, "loss": float(logs["loss"]), "val_loss": float(logs["val_loss"]),
+               **{k: float(v) for k, v in logs.items() if k.startswith("val_") and k != "val_loss"},
+               "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+               "seconds": seconds}
+        history = self.run_dir / "history.csv"
+        pd.DataFrame([row]).to_csv(history, mode="a", header=not history.exists(), index=False)
+        write_scalars(self.run_dir / "tensorboard", row, step=epoch + 1)
+        state = self.state
+        if state["best_val_loss"] is None or row["val_loss"] < state["best_val_loss"]:
+            state.update(best_val_loss=row["val_loss"], best_epoch=epoch + 1, wait=0)
+            _save_model_atomic(self.model, self.run_dir / "model.keras")
+        else:
+            state["wait"] += 1
+        state["epoch"] = epoch + 1
+        state["seconds"].append(seconds)
+        checkpoint = self.run_dir / CHECKPOINT_DIR
+        checkpoint.mkdir(exist_ok=True)
+        _save_model_atomic(self.model, checkpoint / "last.keras")
+        write_atomic(checkpoint / "state.json", json.dumps(state))
+        if self.patience and state["wait"] >= self.patience:
+            self.model.stop_training = True
+
+
+def write_scalars(log_dir: Path, values: dict[str, float], *, step: int) -> None:
+    """Append scalars to TensorBoard event files in ``log_dir``.
+
+    Uses TensorFlow's own ``tf.summary.write`` with the scalar plugin's metadata, so the
+    ``tensorboard`` package is needed only to view the logs, not to write them.
+    """
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "scalars"
+    metadata.data_class = summary_pb2.DATA_CLASS_SCALAR
+    writer = tf.summary.create_file_writer(str(log_dir))
+    with writer.as_default():
+        for name, value in values.items():
+            if name != "epoch":
+                tf.summary.write(name, tf.constant(float(value), tf.float32), step=step, metadata=metadata)
+    writer.close()
+
+
+def _fresh_state() -> dict:
+    return {"epoch": 0, "best_val_loss": None, "best_epoch": 0, "wait": 0, "seconds": []}
+
+
+def _resume(run_dir: Path) -> dict | None:
+    """The saved state of an interrupted fold, with ``history.csv`` cut back to it."""
+    state_path = run_dir / CHECKPOINT_DIR / "state.json"
+    history = run_dir / "history.csv"
+    if not state_path.exists():
+        history.unlink(missing_ok=True)  # a run killed during its first epoch
+        return None
+    state = json.loads(state_path.read_text())
+    if history.exists():
+        rows = pd.read_csv(history)
+        rows[rows["epoch"] <= state["epoch"]].to_csv(history, index=False)
+    return state
+
+
+def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipStore,
+               train_positions: np.ndarray, y_train: np.ndarray, val_positions: np.ndarray,
+               y_val: np.ndarray, run_dir: str | Path, callbacks: tuple = (), verbose: int = 0) -> dict:
+    """Train (or resume, or skip) one fold and write its run files.
+
+    Parameters
+    ----------
+    config : ExperimentConfig
+    task : Task
+    fold : int
+    store : ClipStore
+        Features of the experiment's clips.
+    train_positions, val_positions : np.ndarray, shape (n_train,), (n_val,)
+        Rows of ``store``.
+    y_train, y_val : np.ndarray, shape (n_train, n_classes), (n_val, n_classes)
+    run_dir : path-like
+        ``runs/<exp>/fold_<k>``.
+    callbacks : tuple of keras.callbacks.Callback
+        Extra callbacks, run after the checkpointing one.
+    verbose : int
+        Keras ``fit`` verbosity.
+
+    Returns
+    -------
+    dict
+        The fold summary (also in ``run_dir/summary.json``).
+    """
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    prepare_run_dir(run_dir, config=config, task=task)
+    training, data = config.training, config.data
+    runtime = select_runtime(training)
+    crop_frames = data.crop_frames(config.features)
+    hop = data.chunk_hop_frames(config.features)
+    steps = int(np.ceil(len(train_positions) / data.batch_size))
+    val_features = store.subset(val_positions)
+    mean, std = feature_stats(store, train_positions)
+    if config.features.kind == "waveform":
+        mean, std = float(mean[0]), float(std[0])
+
+    previous_policy = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(runtime.precision)
+    if runtime.device == "cpu":
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(training.seed + fold)
+    try:
+        state = _resume(run_dir)
+        with runtime.strategy.scope():
+            if state is None:
+                state = _fresh_state()
+                import common.models as models
+
+                model = models.build_model(config.model.name, input_shape=(*config.features.clip_shape[:-1], crop_frames),
+                                           n_outputs=task.n_classes, activation=task.activation,
+                                           feature_mean=mean, feature_std=std, **config.model.params)
+                model.compile(optimizer=make_optimizer(training, steps_per_epoch=steps), loss=task.loss,
+                              jit_compile=runtime.jit_compile)
+            else:
+                import common.models  # noqa: F401  (custom layers)
+
+                model = keras.models.load_model(run_dir / CHECKPOINT_DIR / "last.keras")
+        finished = state["epoch"] >= training.epochs or (
+            training.early_stopping_patience and state["wait"] >= training.early_stopping_patience)
+        if not finished:
+            dataset = train_dataset(store, train_positions, y_train, crop_frames=crop_frames,
+                                    batch_size=data.batch_size, seed=training.seed + 1000 * fold + state["epoch"],
+                                    mixup_alpha=data.mixup_alpha, specaugment=data.specaugment, fill=mean,
+                                    balance=data.balance)
+            checkpoint = FoldCheckpoint(run_dir=run_dir, task=task, val_features=val_features, y_val=y_val,
+                                        crop_frames=crop_frames, eval=data.eval, chunk_hop_frames=hop,
+                                        batch_size=data.batch_size, patience=training.early_stopping_patience,
+                                        state=state)
+            fit_callbacks = [checkpoint]
+            if training.schedule == "reduce_on_plateau":
+                fit_callbacks.append(keras.callbacks.ReduceLROnPlateau(
+                    monitor="val_loss", factor=0.5, patience=max(1, training.early_stopping_patience // 3),
+                    min_lr=training.optimizer.learning_rate * 1e-3))
+            model.fit(dataset, epochs=training.epochs, initial_epoch=state["epoch"],
+                      callbacks=[*fit_callbacks, *callbacks], verbose=verbose)
+        import common.models  # noqa: F401
+
+        best = keras.models.load_model(run_dir / "model.keras", compile=False)
+        probs = predict_clips(best, val_features, crop_frames=crop_frames, eval=data.eval,
+                              chunk_hop_frames=hop, batch_size=data.batch_size)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous_policy)
+    write_oof(run_dir / "oof.csv", ids=val_features.ids, fold=fold, task=task, y=y_val, probs=probs)
+    scores = metrics.score(task.name, task.score_targets(y_val), probs, task.class_names)
+    summary = {
+        "experiment": config.name, "fold": fold, "task": task.name, "model": config.model.name,
+        "params": int(best.count_params()), "epochs": state["epoch"], "best_epoch": state["best_epoch"],
+        "seconds_per_epoch": float(np.mean(state["seconds"])) if state["seconds"] else None,
+        "metrics": scores, "n_train": int(len(train_positions)), "n_val": int(len(val_positions)),
+        "device": runtime.device, "precision": runtime.precision,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    return summary
+
+
+def write_oof(path: Path, *, ids, fold: int | np.ndarray, task: Task, y: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
+    """Write predictions as ``id, fold, target, <class>...`` and return the table."""
+    table = pd.DataFrame({"id": list(ids), "fold": fold, "target": task.target_strings(y)})
+    table = pd.concat([table, pd.DataFrame(probs, columns=list(task.class_names))], axis=1)
+    write_atomic(path, table.to_csv(index=False))
+    return table
