@@ -1,0 +1,73 @@
+"""Genre tags of one song over time: a per-segment table, JSON and a taggram PNG.
+
+``--exp musicnn`` (the default) needs no training: the published ``MSD_musicnn``
+model tags each 3-s patch, the patches are averaged per segment, and the 50 MSD
+tags are mapped to the 16 FMA genres (``common.zero_shot``). Prints, per segment,
+the top genres and the top raw tags, then the whole song; writes
+``OUT/<stem>_tags.json`` and ``OUT/<stem>_taggram.png`` (genres x time)::
+
+    python -m crowdai.tag song.mp3 --exp musicnn --out out [--window 10 --hop 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from common.errors import ToolkitError
+from common.pretrained import DEFAULT_WEIGHTS_DIR
+from common.tagging import save_taggram, segment_table, tags_document, write_json
+
+ZERO_SHOT_EXP = "musicnn"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m crowdai.tag", description=__doc__.splitlines()[0])
+    parser.add_argument("file", type=Path, help="audio file (mp3, ogg, wav, flac)")
+    parser.add_argument("--exp", default=ZERO_SHOT_EXP,
+                        help=f"experiment whose fold ensemble tags the song; {ZERO_SHOT_EXP!r}: zero-shot musicnn")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs folder of trained experiments")
+    parser.add_argument("--out", type=Path, default=Path("out"), help="folder for <stem>_tags.json and <stem>_taggram.png")
+    parser.add_argument("--window", type=float, default=10.0, help="segment length in seconds (default %(default)s)")
+    parser.add_argument("--hop", type=float, default=10.0, help="segment step in seconds (default %(default)s)")
+    parser.add_argument("--top", type=int, default=3, help="classes shown per segment (default %(default)s)")
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR,
+                        help="musicnn weights folder (default %(default)s; fetched by `make weights`)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.exp != ZERO_SHOT_EXP:
+            raise ToolkitError(
+                f"--exp {args.exp}: tagging with a trained experiment is not available yet; "
+                f"use --exp {ZERO_SHOT_EXP} (zero-shot musicnn)"
+            )
+        from common.zero_shot import UNREACHABLE_GENRES, zero_shot_song
+
+        json_path = args.out / f"{args.file.stem}_tags.json"
+        png_path = args.out / f"{args.file.stem}_taggram.png"
+        for path in (json_path, png_path):
+            if path.exists() and not args.overwrite:
+                raise ToolkitError(f"{path}: already exists; remove it or pass --overwrite")
+        bounds, views = zero_shot_song(args.file, window=args.window, hop=args.hop, weights_dir=args.weights)
+        model = "musicnn MSD_musicnn zero-shot (common.zero_shot.MSD_TO_FMA)"
+        print(f"{args.file}: {model}; segment  genres  |  MSD tags")
+        print(segment_table(views, bounds, top=args.top))
+        document = tags_document(views, bounds, source=args.file, model=model, window=args.window, hop=args.hop,
+                                 notes={"genres_never_predicted": list(UNREACHABLE_GENRES)})
+        write_json(document, json_path, overwrite=args.overwrite)
+        save_taggram(views["genres"], bounds, png_path, title=f"{args.file.name}: zero-shot genres (musicnn)",
+                     overwrite=args.overwrite)
+    except ToolkitError as error:
+        print(f"tag: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
