@@ -119,6 +119,10 @@ def build_model(
         or hyper-parameters that do not fit the input size.
     """
     spec = model_spec(name)
+    if activation not in ("softmax", "sigmoid"):
+        raise ConfigError(f"activation: {activation!r} is neither 'softmax' nor 'sigmoid'")
+    if int(n_outputs) < 1:
+        raise ConfigError(f"n_outputs: must be positive, got {n_outputs}")
     known = spec.param_names()
     unknown = sorted(set(params) - set(known))
     if unknown:

@@ -86,10 +86,6 @@ def classifier_output(
     -------
     KerasTensor, shape (batch, n_outputs), float32 probabilities.
     """
-    if activation not in ("softmax", "sigmoid"):
-        raise ConfigError(f"activation: {activation!r} is neither 'softmax' nor 'sigmoid'")
-    if int(n_outputs) < 1:
-        raise ConfigError(f"n_outputs: must be positive, got {n_outputs}")
     logits = keras.layers.Dense(int(n_outputs), name="logits")(x)
     return keras.layers.Activation(activation, dtype="float32", name="probabilities")(logits)
 
