@@ -1,0 +1,135 @@
+"""Training throughput: the toolkit's ``tf.data`` pipeline against a naive per-file loop.
+
+    python -m bench.train --out bench/train.json [--config experiments/configs/demo.yaml]
+
+Both sides train the same model (built from the config, same seed) on the same random
+log-mel clips with the config's crop length and batch size:
+
+* toolkit: :func:`common.data.train_dataset` over an in-memory float16 store (what
+  ``in_memory: auto`` picks when the features fit), batch gather + vectorised crops,
+  prefetching, ``model.fit``;
+* baseline: every example of a batch loaded from its own ``.npy`` file, cropped in a
+  Python loop, then ``model.train_on_batch`` batch by batch.
+
+The first epoch (graph tracing) is excluded on both sides. Writes
+``toolkit_samples_per_s``, ``baseline_samples_per_s``, ``ratio``, ``device`` and the sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _device() -> str:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = [tf.config.experimental.get_device_details(g).get("device_name", "GPU") for g in gpus]
+        return f"{len(gpus)} x {names[0]}"
+    import os
+
+    return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+
+
+def _build(config, *, crop_frames: int, n_classes: int, mean, std):
+    import keras
+
+    from common import models
+    from common.training import make_optimizer
+
+    keras.utils.set_random_seed(config.training.seed)
+    model = models.build_model(config.model.name, input_shape=(*config.features.clip_shape[:-1], crop_frames),
+                               n_outputs=n_classes, activation="softmax", feature_mean=mean, feature_std=std,
+                               **config.model.params)
+    model.compile(optimizer=make_optimizer(config.training, steps_per_epoch=1), loss="categorical_crossentropy")
+    return model
+
+
+def run(*, config_path: Path, n_clips: int, epochs: int, seed: int = 0) -> dict:
+    """Measure both loops; see the module docstring. Returns the JSON record."""
+    import keras
+
+    from common.config import load_config
+    from common.data import ClipStore, feature_stats, train_dataset
+
+    config = load_config(config_path)
+    rng = np.random.default_rng(seed)
+    shape = config.features.clip_shape
+    x = rng.normal(-30, 10, (n_clips, *shape)).astype(np.float16)
+    n_classes = 16
+    y = np.eye(n_classes, dtype=np.float32)[rng.integers(0, n_classes, n_clips)]
+    crop, batch = config.data.crop_frames(config.features), config.data.batch_size
+    store = ClipStore.from_array(x)
+    mean, std = feature_stats(store, np.arange(n_clips))
+    if config.features.kind == "waveform":
+        mean, std = float(mean[0]), float(std[0])
+    measured = n_clips - n_clips % batch  # whole batches only, on both sides
+    positions = np.arange(measured)
+
+    # toolkit
+    model = _build(config, crop_frames=crop, n_classes=n_classes, mean=mean, std=std)
+    dataset = train_dataset(store, positions, y[positions], crop_frames=crop, batch_size=batch, seed=seed)
+    times: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    model.fit(dataset, epochs=epochs + 1, verbose=0, callbacks=[Timer()])
+    toolkit = measured * epochs / sum(times[1:])
+
+    # baseline: one .npy file per example, Python loop per sample, train_on_batch
+    model = _build(config, crop_frames=crop, n_classes=n_classes, mean=mean, std=std)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [Path(tmp) / f"{i:06d}.npy" for i in range(n_clips)]
+        for path, clip in zip(paths, x):
+            np.save(path, clip)
+        elapsed = 0.0
+        for epoch in range(epochs + 1):
+            order = rng.permutation(measured)
+            start = time.perf_counter()
+            for b in range(0, measured, batch):
+                xb, yb = [], []
+                for i in order[b:b + batch]:
+                    clip = np.load(paths[i]).astype(np.float32)
+                    offset = rng.integers(0, clip.shape[-1] - crop + 1)
+                    xb.append(clip[..., offset:offset + crop])
+                    yb.append(y[i])
+                model.train_on_batch(np.stack(xb), np.stack(yb))
+            if epoch > 0:
+                elapsed += time.perf_counter() - start
+    baseline = measured * epochs / elapsed
+    return {"toolkit_samples_per_s": round(toolkit, 2), "baseline_samples_per_s": round(baseline, 2),
+            "ratio": round(toolkit / baseline, 3), "device": _device(), "experiment": config.name,
+            "model": config.model.name, "clip_shape": list(shape), "crop_frames": crop, "batch_size": batch,
+            "n_clips": measured, "epochs_timed": epochs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/train.json"), help="JSON output")
+    parser.add_argument("--config", type=Path, default=Path("experiments/configs/demo.yaml"),
+                        help="experiment whose features, model, crop and batch size are used")
+    parser.add_argument("--clips", type=int, default=512, help="number of synthetic clips (default 512)")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up epoch")
+    args = parser.parse_args(argv)
+    record = run(config_path=args.config, n_clips=args.clips, epochs=args.epochs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
