@@ -32,6 +32,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -99,6 +100,12 @@ def _settings_json(settings: FeatureSettings) -> bytes:
     return (json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n").encode()
 
 
+def _remove_temporaries(cache_dir: Path) -> None:
+    """Delete half-written files of killed runs or workers (never a finished file)."""
+    for stale in cache_dir.glob("*.tmp-*"):
+        stale.unlink(missing_ok=True)
+
+
 def _prepare(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: Path,
              shard_size: int) -> pd.DataFrame:
     """Create or check ``settings.json`` and ``items.csv``; return the item table."""
@@ -115,8 +122,7 @@ def _prepare(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: Pat
         "row": np.arange(len(ids)) % shard_size,
     })
     cache_dir.mkdir(parents=True, exist_ok=True)
-    for stale in cache_dir.glob("*.tmp-*"):  # left by a killed run; never a finished file
-        stale.unlink(missing_ok=True)
+    _remove_temporaries(cache_dir)
     settings_path, items_path = cache_dir / "settings.json", cache_dir / "items.csv"
     if settings_path.exists():
         stored = FeatureSettings.from_dict(json.loads(settings_path.read_text()))
@@ -181,9 +187,12 @@ def _run_local(tasks: list[tuple], *, n_jobs: int) -> Iterator[list[dict[str, st
 def _run_dask(tasks: list[tuple], *, scheduler: str) -> Iterator[list[dict[str, str]]]:
     from distributed import Client, as_completed
 
+    if not tasks:
+        return
+    run_id = uuid.uuid4().hex[:8]  # task keys only; nothing of it reaches the cache files
     with Client(scheduler) as client:
-        futures = [client.submit(_extract_shard, *task, key=f"feature-shard-{Path(task[0]).name}-{task[1]}",
-                                 pure=False) for task in tasks]
+        futures = [client.submit(_extract_shard, *task, key=f"feature-shard-{run_id}-{task[1]:05d}")
+                   for task in tasks]
         for future in as_completed(futures):
             yield future.result()
 
@@ -242,9 +251,12 @@ def extract(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: str 
               file=sys.stderr) as bar:
         for record in results:
             bar.update(len(record))
+    _remove_temporaries(cache_dir)  # a worker that died mid-shard leaves its temporary file
     for shard in range(n_shards):
         if shard not in records:
             records[shard] = _read_record(cache_dir, shard)
+        if records[shard] is None:
+            raise FeatureCacheError(f"{cache_dir}: {_shard_name(shard)} was not written; run again to finish it")
     status = pd.DataFrame([entry for shard in range(n_shards) for entry in records[shard]],
                           columns=["id", "status", "reason", "detail"])
     if not status["id"].equals(table["id"]):

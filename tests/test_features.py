@@ -193,3 +193,47 @@ def test_cli_reports_bad_input_with_the_file_name(tmp_path, config_file, capsys)
     bad.write_text("features:\n  n_melz: 3\n")
     assert main(["--config", str(bad), "--audio-dir", str(tmp_path), "--cache", str(tmp_path)]) == 1
     assert "n_melz" in capsys.readouterr().err
+
+
+def test_dask_cluster_with_a_worker_killed_mid_run_gives_the_same_cache(clean_cache, audio_folder, tmp_path):
+    distributed = pytest.importorskip("distributed")
+
+    def slow_down_shards() -> None:  # runs inside each worker; shipped by value (a local function)
+        import time as worker_time
+
+        import common.features as features
+
+        run = features._extract_shard
+
+        def slow(*args):
+            worker_time.sleep(0.4)
+            return run(*args)
+
+        features._extract_shard = slow
+
+    cache_dir = cache_dir_for(tmp_path, "songs", SETTINGS)
+    items = folder_items(audio_folder)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        client.run(slow_down_shards)
+        pids = client.run(os.getpid)
+        victim = pids[sorted(pids)[0]]
+        killer_done = []
+
+        def kill_after_first_shard() -> None:
+            deadline = time.monotonic() + 60
+            while not (cache_dir / "shard_00000.json").exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            os.kill(victim, signal.SIGKILL)
+            killer_done.append(len(list(cache_dir.glob("shard_*.json"))))
+
+        import threading
+
+        killer = threading.Thread(target=kill_after_first_shard)
+        killer.start()
+        summary = extract(items, settings=SETTINGS, cache_dir=cache_dir, shard_size=4,
+                          scheduler=cluster.scheduler_address, progress=False)
+        killer.join()
+    assert killer_done and killer_done[0] < 8, "the worker was not killed mid-run"
+    assert (summary.n_ok, summary.n_failed, summary.n_cached) == (24, 5, 0)
+    assert _files(cache_dir) == _files(clean_cache)
