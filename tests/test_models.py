@@ -102,6 +102,17 @@ def test_crnn_reference_parameter_count():
     assert model.get_layer("to_sequence").output.shape[1:] == (15, 128)
 
 
+@pytest.mark.parametrize(
+    ("name", "input_shape", "trainable"),
+    [("shortchunk", (128, 231), 12_104_244), ("samplecnn", (59049,), 1_869_874)],
+)
+def test_reference_trainable_counts(name, input_shape, trainable):
+    # The PyTorch references (minzwon/sota-music-tagging-models), 50 outputs.
+    model = build_model(name, input_shape=input_shape, n_outputs=50, activation="sigmoid")
+    assert model_summary_dict(model)["trainable_params"] == trainable
+    assert model.get_layer("global_max").input.shape[1] == 1  # paper sizes end at one frame
+
+
 def test_crnn_reset_after_adds_second_gru_bias():
     model = build_model(
         "crnn", input_shape=(96, 1366), n_outputs=50, activation="sigmoid", gru_reset_after=True

@@ -15,6 +15,11 @@ sizes here come from the input. Layout of the reference, reproduced here:
   max-pools over time; global pooling over both is the same when frequency is 1);
 - Dense(512) + BN + ReLU + Dropout 0.5, then the output layer.
 
+With the defaults and 50 outputs the model has 12,104,244 trainable parameters,
+the reference's PyTorch count (plus 11,778 batch-norm moving statistics, which
+PyTorch keeps as buffers). Keras' ``'same'`` padding with stride 2 pads odd
+sizes at the end where PyTorch pads both sides: same output sizes and counts.
+
 The model sees one chunk; averaging chunk predictions over a clip is done by the
 inference code.
 """
