@@ -1,0 +1,101 @@
+"""Shared fixtures: seeded synthetic signals (librosa's test style), audio writers, demo data.
+
+Engineers add fixtures here; keep existing ones intact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from common.demo_data import generate_demo_dataset
+
+#: Parameters of the session's small demo dataset (a few seconds to build on 2 cores).
+DEMO_FIXTURE_PARAMS = {"n_tracks": 64, "n_test": 12, "clip_seconds": 6.0, "seed": 0}
+
+#: soundfile subtype per container.
+_SUBTYPES = {"wav": "PCM_16", "flac": "PCM_16", "ogg": "VORBIS", "mp3": "MPEG_LAYER_III"}
+
+
+def make_signal(kind: str, *, sr: int, seconds: float, channels: int = 1,
+                seed: int = 0, freq: float = 440.0, amplitude: float = 0.5) -> np.ndarray:
+    """A seeded test signal.
+
+    Parameters
+    ----------
+    kind : {'sine', 'chirp', 'clicks', 'silence', 'noise'}
+        ``sine`` at ``freq``; ``chirp`` from ``freq / 4`` to ``min(4 freq, sr / 2.5)``;
+        ``clicks`` every 0.25 s (librosa.clicks); ``silence`` all zeros; ``noise`` white.
+    sr : int
+        Sample rate in Hz.
+    seconds : float
+    channels : int
+        1 gives shape (n,); more gives (n, channels) with slightly different channels.
+    seed : int
+    freq, amplitude : float
+
+    Returns
+    -------
+    np.ndarray, shape (n,) or (n, channels), float32
+    """
+    import librosa
+
+    n = int(round(seconds * sr))
+    rng = np.random.default_rng(seed)
+    if kind == "sine":
+        y = librosa.tone(freq, sr=sr, length=n)
+    elif kind == "chirp":
+        y = librosa.chirp(fmin=freq / 4, fmax=min(4 * freq, sr / 2.5), sr=sr, length=n)
+    elif kind == "clicks":
+        y = librosa.clicks(times=np.arange(0.0, seconds, 0.25), sr=sr, length=n)
+    elif kind == "silence":
+        y = np.zeros(n)
+    elif kind == "noise":
+        y = rng.uniform(-1.0, 1.0, n)
+    else:
+        raise ValueError(f"unknown signal kind {kind!r}")
+    y = amplitude * y / max(np.abs(y).max(), 1e-12) if kind != "silence" else y
+    if channels > 1:
+        gains = np.linspace(1.0, 0.8, channels)
+        y = y[:, None] * gains[None, :]
+    return y.astype(np.float32)
+
+
+def write_audio(path: Path, y: np.ndarray, *, sr: int) -> Path:
+    """Write ``y`` (shape (n,) or (n, channels)) to ``path``; the suffix picks the format.
+
+    wav, flac, ogg (Vorbis) and mp3 (MPEG rates 8-48 kHz) go through soundfile.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = path.suffix.lstrip(".").lower()
+    sf.write(path, y, sr, format=fmt.upper(), subtype=_SUBTYPES[fmt])
+    return path
+
+
+@pytest.fixture
+def signal():
+    """The :func:`make_signal` factory."""
+    return make_signal
+
+
+@pytest.fixture
+def audio_writer(tmp_path):
+    """``audio_writer(name, y, sr=...)`` writes into ``tmp_path`` and returns the path."""
+    def _write(name: str, y: np.ndarray, *, sr: int) -> Path:
+        return write_audio(tmp_path / name, y, sr=sr)
+    return _write
+
+
+@pytest.fixture(scope="session")
+def demo_data_dir(tmp_path_factory) -> Path:
+    """A small generated mini-FMA (``DEMO_FIXTURE_PARAMS``), built once per session.
+
+    Layout as ``python -m common.demo_data`` writes it; treat it as read-only.
+    """
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    generate_demo_dataset(out, n_jobs=2, **DEMO_FIXTURE_PARAMS)
+    return out
