@@ -6,7 +6,8 @@ Layout of one cache directory ``<cache_root>/<source>-<kind>-<digest>/``:
     The :class:`~common.settings.FeatureSettings` the numbers were made with.
 ``items.csv``
     ``id, path, shard, row`` of every item, fixed when the cache is created; a
-    later run with another item list is refused rather than mixed in.
+    later run with other ids or shard size is refused rather than mixed in (the
+    paths may change, e.g. a moved data folder).
 ``shard_NNNNN.npy``
     float16 array ``(n, *clip_shape)`` holding the items of that shard in
     ``items.csv`` order; rows of failed items are zero (and listed as failed).
@@ -132,9 +133,10 @@ def _prepare(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: Pat
     else:
         _atomic_write_bytes(settings_path, _settings_json(settings))
     if items_path.exists():
+        # ids, shards and rows must match; paths may differ (data folder moved, relative vs absolute)
         stored_items = pd.read_csv(items_path, dtype={"id": str, "path": str})
-        if not stored_items.equals(table.astype({"shard": stored_items["shard"].dtype,
-                                                 "row": stored_items["row"].dtype})):
+        layout = ["id", "shard", "row"]
+        if not stored_items[layout].equals(table[layout].astype(stored_items[layout].dtypes.to_dict())):
             raise FeatureCacheError(
                 f"{items_path}: this cache was created for another item list or shard size "
                 f"({len(stored_items)} items); extract into a new cache directory or delete {cache_dir}")

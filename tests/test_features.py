@@ -237,3 +237,11 @@ def test_dask_cluster_with_a_worker_killed_mid_run_gives_the_same_cache(clean_ca
     assert killer_done and killer_done[0] < 8, "the worker was not killed mid-run"
     assert (summary.n_ok, summary.n_failed, summary.n_cached) == (24, 5, 0)
     assert _files(cache_dir) == _files(clean_cache)
+
+
+def test_the_same_items_given_by_relative_paths_resume_the_same_cache(clean_cache, audio_folder, tmp_path,
+                                                                      monkeypatch):
+    relative = [(item_id, Path(os.path.relpath(path, tmp_path))) for item_id, path in folder_items(audio_folder)]
+    monkeypatch.chdir(tmp_path)
+    summary = extract(relative, settings=SETTINGS, cache_dir=clean_cache, shard_size=4, progress=False)
+    assert summary.n_cached == 29 and summary.n_ok == 24
