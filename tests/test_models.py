@@ -13,18 +13,18 @@ N_MELS, N_FRAMES, N_SAMPLES = 16, 64, 3**5
 
 # Tiny versions of each model; the architecture is the paper's, only widths/depths shrink.
 TINY = {
-    "crnn": dict(
-        input_shape=(N_MELS, N_FRAMES),
-        params=dict(filters=(4, 8, 8, 8), pool_sizes=(2, 2, 2, 2), time_padding=2, gru_units=(4, 4)),
-    ),
-    "shortchunk": dict(
-        input_shape=(N_MELS, N_FRAMES),
-        params=dict(channels=(4, 4, 8, 8, 8, 8, 16)),
-    ),
-    "samplecnn": dict(
-        input_shape=(N_SAMPLES,),
-        params=dict(stem_filters=4, block_filters=(4, 8, 8, 16), final_filters=16),
-    ),
+    "crnn": {
+        "input_shape": (N_MELS, N_FRAMES),
+        "params": {"filters": (4, 8, 8, 8), "pool_sizes": (2, 2, 2, 2), "time_padding": 2, "gru_units": (4, 4)},
+    },
+    "shortchunk": {
+        "input_shape": (N_MELS, N_FRAMES),
+        "params": {"channels": (4, 4, 8, 8, 8, 8, 16)},
+    },
+    "samplecnn": {
+        "input_shape": (N_SAMPLES,),
+        "params": {"stem_filters": 4, "block_filters": (4, 8, 8, 16), "final_filters": 16},
+    },
 }
 
 
