@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -242,6 +243,7 @@ def test_dask_cluster_with_a_worker_killed_mid_run_gives_the_same_cache(clean_ca
 def test_the_same_items_given_by_relative_paths_resume_the_same_cache(clean_cache, audio_folder, tmp_path,
                                                                       monkeypatch):
     relative = [(item_id, Path(os.path.relpath(path, tmp_path))) for item_id, path in folder_items(audio_folder)]
+    copy = shutil.copytree(clean_cache, tmp_path / "copy")
     monkeypatch.chdir(tmp_path)
-    summary = extract(relative, settings=SETTINGS, cache_dir=clean_cache, shard_size=4, progress=False)
+    summary = extract(relative, settings=SETTINGS, cache_dir=copy, shard_size=4, progress=False)
     assert summary.n_cached == 29 and summary.n_ok == 24
