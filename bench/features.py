@@ -119,9 +119,11 @@ def run(*, n_clips: int, mp3_dir: Path, shard_size: int) -> dict[str, float | in
         shutil.rmtree(work, ignore_errors=True)
     baseline = _rate(baseline_clip, paths)
     decode = _rate(decode_only, paths)
+    # Other processes on the machine take cores from (a) more than from (b): keep the
+    # load beside the numbers so that a contended run can be recognised.
     return {"toolkit_clips_per_s": round(toolkit, 2), "baseline_clips_per_s": round(baseline, 2),
             "decode_only_clips_per_s": round(decode, 2), "ratio": round(toolkit / baseline, 2),
-            "cores": cores, "clips": n_clips}
+            "cores": cores, "clips": n_clips, "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(a) toolkit, {result['cores']} cores: {result['toolkit_clips_per_s']:.1f} clips/s")
     print(f"(b) original, 1 process:   {result['baseline_clips_per_s']:.1f} clips/s")
     print(f"(c) decode only, 1 process: {result['decode_only_clips_per_s']:.1f} clips/s")
-    print(f"ratio a/b: {result['ratio']:.2f}")
+    print(f"ratio a/b: {result['ratio']:.2f} (load average {result['load_average_1min']:.1f} "
+          f"on {result['cores']} cores)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
