@@ -304,7 +304,7 @@ class FeatureCache:
         self._maps: dict[int, np.ndarray] = {}
 
     @classmethod
-    def open(cls, cache_dir: str | Path) -> "FeatureCache":
+    def open(cls, cache_dir: str | Path) -> FeatureCache:
         """Open a complete cache.
 
         Raises

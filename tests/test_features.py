@@ -7,11 +7,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import soundfile as sf
 import yaml
@@ -202,7 +202,7 @@ def test_dask_cluster_with_a_worker_killed_mid_run_gives_the_same_cache(clean_ca
     def slow_down_shards() -> None:  # runs inside each worker; shipped by value (a local function)
         import time as worker_time
 
-        import common.features as features
+        from common import features
 
         run = features._extract_shard
 
@@ -218,7 +218,7 @@ def test_dask_cluster_with_a_worker_killed_mid_run_gives_the_same_cache(clean_ca
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         client.run(slow_down_shards)
         pids = client.run(os.getpid)
-        victim = pids[sorted(pids)[0]]
+        victim = pids[min(pids)]
         killer_done = []
 
         def kill_after_first_shard() -> None:
@@ -227,8 +227,6 @@ def test_dask_cluster_with_a_worker_killed_mid_run_gives_the_same_cache(clean_ca
                 time.sleep(0.02)
             os.kill(victim, signal.SIGKILL)
             killer_done.append(len(list(cache_dir.glob("shard_*.json"))))
-
-        import threading
 
         killer = threading.Thread(target=kill_after_first_shard)
         killer.start()
