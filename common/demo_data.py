@@ -340,7 +340,7 @@ def _track_row(rng: np.random.Generator, *, track_id: int, artist: dict, genres:
                genre_top: str, subset: str, seconds: float) -> dict:
     """All 52 cells of one tracks.csv row, with FMA's quirks (lists, dates, blanks)."""
     genres_all = sorted({a for g in genres for a in _ancestors(g)})
-    tags = list(rng.choice(_TAGS, size=int(rng.integers(0, 3)), replace=False))
+    tags = [str(t) for t in rng.choice(_TAGS, size=int(rng.integers(0, 3)), replace=False)]
     album_id = artist["id"] * 3 + int(rng.integers(0, 2))
     row = {column: "" for column in TRACKS_COLUMNS}
     row.update({
@@ -400,7 +400,7 @@ def _plan(*, n_tracks: int, n_test: int, clip_seconds: float, seed: int):
     track_ids = np.sort(rng.choice(np.arange(2, 156000), size=n_tracks + n_extra, replace=False))
     order = rng.permutation(n_tracks + n_extra)
     titles = [g for g, c in genre_counts.items() for _ in range(c)]
-    titles += list(rng.choice(DEMO_GENRES, size=n_extra))
+    titles += [str(g) for g in rng.choice(DEMO_GENRES, size=n_extra)]
     n_multi = max(2, n_tracks // 16)
     candidates = [i for i in range(n_tracks)]
     broken_idx = rng.choice(candidates, size=len(TRAIN_BROKEN_KINDS), replace=False)
@@ -433,7 +433,7 @@ def _plan(*, n_tracks: int, n_test: int, clip_seconds: float, seed: int):
         kind = broken_of.get(i)
         seconds = SHORT_SECONDS if kind == "too_short" else round(
             clip_seconds * rng.uniform(0.9, 1.1), 3)
-        subset = "small" if i < n_tracks else str(rng.choice(["medium", "medium", "large"]))
+        subset = "small" if i < n_tracks else ("large" if (i - n_tracks) % 3 == 2 else "medium")
         rows.append((track_id, _track_row(rng, track_id=track_id, artist=artist, genres=genres,
                                           genre_top=genre_top, subset=subset, seconds=seconds)))
         if subset == "small":

@@ -1,0 +1,211 @@
+"""Generated mini-FMA: layout, real header, decodable audio, broken kinds, determinism."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from common import demo_data
+from common.demo_data import generate_demo_dataset
+from common.errors import ToolkitError
+from common.metadata import SPLITS, TOP_GENRES, FmaDataset, load_genres
+
+DATA = Path(__file__).parent / "data"
+TINY = {"n_tracks": 32, "n_test": 6, "clip_seconds": 3.0, "seed": 5}
+
+
+def _manifest(root: Path) -> dict:
+    return json.loads((root / "demo.json").read_text())
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "demo"
+    generate_demo_dataset(out, n_jobs=2, **TINY)
+    return out
+
+
+def test_layout(demo_data_dir):
+    root = demo_data_dir
+    for name in ("fma_metadata/tracks.csv", "fma_metadata/genres.csv", "demo.json",
+                 "crowdai_fma_test_labels.csv"):
+        assert (root / name).is_file(), name
+    folders = {p.name for p in (root / "fma_small").iterdir()}
+    assert len(folders) >= 5 and all(len(f) == 3 and f.isdigit() for f in folders)
+    test_files = sorted((root / "crowdai_fma_test").iterdir())
+    assert len(test_files) == 12
+    labels = pd.read_csv(root / "crowdai_fma_test_labels.csv")
+    assert list(labels.columns) == ["file_id", "genre"]
+    assert sorted(f"{i}.mp3" for i in labels["file_id"]) == [p.name for p in test_files]
+    assert set(labels["genre"]) <= set(TOP_GENRES)
+    assert all(len(p.stem) == 36 and p.stem[14] == "4" for p in test_files)  # uuid4
+
+
+def test_header_matches_real_layout(demo_data_dir):
+    ours = (demo_data_dir / "fma_metadata/tracks.csv").read_text().splitlines()[:3]
+    real = (DATA / "tracks.csv").read_text().splitlines()[:3]
+    assert ours == real
+
+
+def test_metadata_content(demo_data_dir):
+    ds = FmaDataset.open(demo_data_dir, "small")
+    tracks = ds.tracks
+    assert len(tracks) == 64
+    large = FmaDataset.open(demo_data_dir, "large").tracks
+    assert len(large) > len(FmaDataset.open(demo_data_dir, "medium").tracks) > 64
+    top = ds.top_genre_labels()
+    assert top.nunique() >= 8
+    assert top.isna().sum() >= 2
+    for tid in top[top.isna()].index:  # empty genre_top: genres from several top-levels
+        roots = {g for g in tracks.loc[tid, ("track", "genres_all")] if g in ds.genres.index
+                 and ds.genres.loc[g, "parent"] == 0}
+        assert len(roots) >= 2
+    artists = ds.artist_ids()
+    assert (artists.groupby(top).nunique() >= 3).all()
+    assert (tracks[("set", "split")].groupby(artists).nunique() == 1).all()  # artist-filtered
+    assert set(tracks[("set", "split")]) == set(SPLITS)
+    genres = ds.genres
+    for genres_list, genres_all in zip(tracks[("track", "genres")], tracks[("track", "genres_all")]):
+        for g in genres_list:  # genres_all holds every ancestor
+            while g:
+                assert g in genres_all
+                g = genres.loc[g, "parent"]
+    counts = pd.Series([g for cell in tracks[("track", "genres_all")] for g in cell]).value_counts()
+    assert (genres.loc[counts.index, "#tracks"] >= counts).all()
+    assert genres.equals(load_genres(demo_data_dir / "fma_metadata/genres.csv"))
+
+
+def test_default_size_supports_multilabel_subgenres():
+    rows, specs, labels = demo_data._plan(n_tracks=320, n_test=48, clip_seconds=10.0, seed=0)
+    parents = {gid: parent for gid, parent, _, _ in demo_data.GENRE_TREE}
+    counts = pd.Series([g for _, row in rows if row[("set", "subset")] == "small"
+                        for g in eval_list(row[("track", "genres_all")]) if parents[g]])
+    assert (counts.value_counts() >= 10).sum() >= 10
+    assert len(specs) == 320 + 48
+    assert len(labels) == 48
+
+
+def eval_list(cell: str) -> list[int]:
+    from common.metadata import parse_id_list
+    return parse_id_list(cell)
+
+
+def test_audio_decodes_as_fma(demo_data_dir):
+    manifest = _manifest(demo_data_dir)
+    broken = {b["path"] for b in manifest["broken"]}
+    good = [p for p in sorted(demo_data_dir.rglob("*.mp3"))
+            if p.relative_to(demo_data_dir).as_posix() not in broken]
+    durations, levels = [], []
+    for path in good[::4]:
+        y, sr = sf.read(path, dtype="float32")
+        assert sr == 44100 and y.ndim == 2 and y.shape[1] == 2
+        durations.append(len(y) / sr)
+        levels.append(20 * np.log10(np.sqrt(np.mean(y ** 2))))
+    assert 6.0 * 0.9 - 0.1 <= min(durations) and max(durations) <= 6.0 * 1.1 + 0.1
+    assert np.std(durations) > 0.1 and np.std(levels) > 2.0  # neither is a constant
+
+
+def test_broken_kinds(demo_data_dir):
+    manifest = _manifest(demo_data_dir)
+    kinds = {(b["path"].split("/")[0], b["kind"]) for b in manifest["broken"]}
+    assert kinds == {("fma_small", k) for k in demo_data.TRAIN_BROKEN_KINDS} | {
+        ("crowdai_fma_test", k) for k in demo_data.TEST_BROKEN_KINDS}
+    tracks = FmaDataset.open(demo_data_dir, "small").tracks
+    for item in manifest["broken"]:
+        path = demo_data_dir / item["path"]
+        if item["path"].startswith("fma_small"):
+            assert int(item["id"]) in tracks.index
+        if item["kind"] == "missing":
+            assert not path.exists()
+        elif item["kind"] == "zero_byte":
+            assert path.stat().st_size == 0
+        elif item["kind"] == "silent":
+            y, _ = sf.read(path)
+            assert len(y) > 44100 and np.abs(y).max() < 1e-4
+        elif item["kind"] == "too_short":
+            y, sr = sf.read(path)
+            assert 1.5 < len(y) / sr < 2.5 and np.abs(y).max() > 1e-3
+        elif item["kind"] == "truncated":
+            data = path.read_bytes()
+            assert 0 < len(data) < 0.25 * 6 * 128000 / 8
+            assert data[:2] == b"\xff\xfb"  # starts as a real mp3 frame
+
+
+def test_genre_is_learnable_from_audio_on_held_out_artists(demo_data_dir):
+    import librosa
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    ds = FmaDataset.open(demo_data_dir, "small")
+    top = ds.top_genre_labels()
+    feats, labels, split = [], [], []
+    for tid, path in ds.items():
+        if pd.isna(top[int(tid)]) or not path.is_file() or path.stat().st_size < 20000:
+            continue
+        y, sr = sf.read(path, dtype="float32")
+        y = librosa.resample(y.mean(axis=1)[: 4 * sr], orig_sr=sr, target_sr=11025, res_type="soxr_qq")
+        mel = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=11025, n_mels=32),
+                                  ref=np.max)
+        feats.append(np.concatenate([mel.mean(axis=1), mel.std(axis=1)]))
+        labels.append(top[int(tid)])
+        split.append(ds.tracks.loc[int(tid), ("set", "split")])
+    X, y_true, split = np.array(feats), np.array(labels), np.array(split)
+    train = split == "training"
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X[train], y_true[train])
+    accuracy = (model.predict(X[~train]) == y_true[~train]).mean()
+    assert (~train).sum() >= 10
+    assert accuracy >= 0.5, accuracy  # chance is 1/8; held-out splits are unseen artists
+
+
+def test_deterministic_noop_and_refusal(tiny_dir, tmp_path):
+    again = tmp_path / "again"
+    generate_demo_dataset(again, n_jobs=1, **TINY)
+    assert _files(again) == _files(tiny_dir)
+    before = {p: p.stat().st_mtime_ns for p in again.rglob("*")}
+    result = generate_demo_dataset(again, **TINY)
+    assert result["reused"] is True
+    assert {p: p.stat().st_mtime_ns for p in again.rglob("*")} == before
+    with pytest.raises(ToolkitError, match=r"demo\.json.*other parameters.*--force"):
+        generate_demo_dataset(again, **{**TINY, "seed": 6})
+    assert _files(again) == _files(tiny_dir)
+
+
+def test_force_replaces_and_different_seed_differs(tiny_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dir, other)
+    result = generate_demo_dataset(other, n_jobs=2, force=True, **{**TINY, "seed": 6})
+    assert result["reused"] is False and _manifest(other)["parameters"]["seed"] == 6
+    assert (other / "fma_metadata/tracks.csv").read_bytes() != (
+        tiny_dir / "fma_metadata/tracks.csv").read_bytes()
+
+
+def test_refuses_foreign_or_interrupted_folder(tmp_path):
+    (tmp_path / "fma_small").mkdir()
+    with pytest.raises(ToolkitError, match=r"no demo\.json.*--force"):
+        generate_demo_dataset(tmp_path, **TINY)
+
+
+@pytest.mark.parametrize("bad", [{"n_tracks": 10}, {"n_test": 2}, {"clip_seconds": 1.0}])
+def test_bad_parameters(tmp_path, bad):
+    with pytest.raises(ToolkitError):
+        generate_demo_dataset(tmp_path, **{**TINY, **bad})
+
+
+def test_cli(tiny_dir, tmp_path, capsys):
+    argv = ["--out", str(tiny_dir), "--tracks", "32", "--test", "6", "--seconds", "3", "--seed", "5"]
+    assert demo_data.main(argv) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert demo_data.main([*argv[:-1], "7"]) == 2
+    assert "--force" in capsys.readouterr().err
