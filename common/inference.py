@@ -109,3 +109,46 @@ def predict_ensemble(models: list, features, *, crop_frames: int, eval: str = "c
     return np.mean([predict_clips(m, features, crop_frames=crop_frames, eval=eval,
                                   chunk_hop_frames=chunk_hop_frames, batch_size=batch_size)
                     for m in models], axis=0)
+
+
+def load_run_config(exp_dir: str | Path):
+    """The resolved :class:`~common.config.ExperimentConfig` saved with an experiment's folds."""
+    import yaml
+
+    from common.config import config_from_dict
+
+    exp_dir = Path(exp_dir)
+    saved = sorted(exp_dir.glob("fold_*/config.yaml"))
+    if not saved:
+        raise ToolkitError(f"{exp_dir}: no fold_<k>/config.yaml; train the experiment first")
+    return config_from_dict(yaml.safe_load(saved[0].read_text()), name=exp_dir.name, check_model=False)
+
+
+def predict_experiment(exp_dir: str | Path, features, *, batch_size: int | None = None):
+    """Fold-ensemble probabilities of an experiment for clips of its feature settings.
+
+    Parameters
+    ----------
+    exp_dir : path-like
+        ``runs/<exp>`` with finished folds.
+    features : array-like, shape (n, n_mels, n_frames) or (n, n_samples)
+        Raw features computed with the experiment's ``features`` settings.
+    batch_size : int, optional
+        Crops per model call (default: the experiment's batch size).
+
+    Returns
+    -------
+    probs : np.ndarray, shape (n, n_classes)
+    task : common.tasks.Task
+        Class names (column order) and task of the experiment.
+    """
+    from common.tasks import Task
+
+    exp_dir = Path(exp_dir)
+    config = load_run_config(exp_dir)
+    task = Task.load(sorted(exp_dir.glob("fold_*/classes.json"))[0])
+    data = config.data
+    probs = predict_ensemble(load_fold_models(exp_dir), features, crop_frames=data.crop_frames(config.features),
+                             eval=data.eval, chunk_hop_frames=data.chunk_hop_frames(config.features),
+                             batch_size=batch_size or data.batch_size)
+    return probs, task

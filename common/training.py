@@ -311,7 +311,7 @@ def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipSt
                 fit_callbacks.append(keras.callbacks.ReduceLROnPlateau(
                     monitor="val_loss", factor=0.5, patience=max(1, training.early_stopping_patience // 3),
                     min_lr=training.optimizer.learning_rate * 1e-3))
-            model.fit(dataset, epochs=training.epochs, initial_epoch=state["epoch"],
+            model.fit(dataset, epochs=training.epochs, initial_epoch=state["epoch"], shuffle=False,
                       callbacks=[*fit_callbacks, *callbacks], verbose=verbose)
         import common.models  # noqa: F401
 

@@ -1,0 +1,174 @@
+"""End to end through the runner on the generated mini-FMA: run files, skip, resume, errors."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from experiments import runner
+
+SUBSET = "small"
+FEATURES = {"sample_rate": 8000, "n_fft": 256, "hop_length": 256, "n_mels": 16, "clip_seconds": 8.0}
+
+
+def write_config(directory, name, *, task="single", epochs=2, **training):
+    values = {
+        "features": FEATURES,
+        "task": {"name": task, "min_tracks": 5},
+        "model": {"name": "shortchunk", "params": {"channels": [8], "dense_units": 8, "dropout": 0.1}},
+        "data": {"crop_seconds": 3.0, "eval": "chunks", "batch_size": 32},
+        "training": {"epochs": epochs, "early_stopping_patience": 0, **training},
+    }
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(demo_data_dir, tmp_path_factory):
+    """Features (tiny settings) and a 2-fold file for the demo data."""
+    from common.features import cache_dir_for, extract
+    from common.folds import make_folds, write_folds
+    from common.metadata import FmaDataset
+    from common.settings import FeatureSettings
+
+    root = tmp_path_factory.mktemp("training")
+    dataset = FmaDataset.open(demo_data_dir, SUBSET)
+    settings = FeatureSettings.from_dict(FEATURES)
+    cache = root / "cache"
+    extract(dataset.items(), settings=settings, cache_dir=cache_dir_for(cache, f"fma_{SUBSET}", settings),
+            n_jobs=2, progress=False)
+    folds = root / "folds.csv"
+    write_folds(folds, make_folds(dataset.tracks, k=2, seed=0), subset=SUBSET, k=2, seed=0)
+    return {"data": demo_data_dir, "cache": cache, "folds": folds, "root": root}
+
+
+def args(env, config, runs, *extra):
+    return ["--config", str(config), "--data", str(env["data"]), "--subset", SUBSET, "--folds", str(env["folds"]),
+            "--cache", str(env["cache"]), "--runs", str(runs), *extra]
+
+
+def check_run_files(exp_dir, *, task, n_folds):
+    classes = json.loads((exp_dir / "classes.json").read_text())
+    assert classes["task"] == task
+    names = classes["class_names"]
+    for k in range(n_folds):
+        fold_dir = exp_dir / f"fold_{k}"
+        for name in ("config.yaml", "git_commit.txt", "history.csv", "model.keras", "oof.csv", "summary.json"):
+            assert (fold_dir / name).is_file(), name
+        assert any((fold_dir / "tensorboard").iterdir())
+        assert not (fold_dir / "checkpoint").exists()
+        summary = json.loads((fold_dir / "summary.json").read_text())
+        assert {"experiment", "fold", "task", "model", "params", "epochs", "best_epoch", "seconds_per_epoch",
+                "metrics", "date"} <= set(summary)
+        assert summary["fold"] == k and summary["task"] == task and summary["params"] > 0
+        assert {"log_loss", "macro_f1", "accuracy"} <= set(summary["metrics"])
+        history = pd.read_csv(fold_dir / "history.csv")
+        assert list(history.columns[:3]) == ["epoch", "loss", "val_loss"]
+    oof = pd.read_csv(exp_dir / "oof.csv", dtype={"id": str})
+    assert list(oof.columns) == ["id", "fold", "target", *names]
+    assert not oof["id"].duplicated().any() and set(oof["fold"]) == set(range(n_folds))
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    assert {"experiment", "task", "model", "params", "seconds_per_epoch", "date", "folds", "cv", "test"} <= set(summary)
+    assert len(summary["folds"]) == n_folds
+    for key in ("log_loss", "macro_f1", "accuracy"):
+        assert set(summary["cv"][key]) == {"mean", "std"}
+        assert np.isfinite(summary["test"][key])
+    assert summary["test"]["n"] > 0
+    return oof, summary
+
+
+def test_single_task_through_the_cli_then_skip(env, tmp_path):
+    config = write_config(tmp_path, "tiny_single")
+    runs = tmp_path / "runs"
+    assert runner.main(args(env, config, runs, "--fold", "0")) == 0
+    assert not (runs / "tiny_single" / "summary.json").exists()  # fold 1 remains
+    assert runner.main(args(env, config, runs)) == 0
+    oof, summary = check_run_files(runs / "tiny_single", task="single", n_folds=2)
+    assert (oof["target"].isin(summary and oof.columns[3:])).all()
+    np.testing.assert_allclose(oof.iloc[:, 3:].sum(axis=1), 1.0, atol=1e-4)
+    resolved = yaml.safe_load((runs / "tiny_single" / "fold_0" / "config.yaml").read_text())
+    assert resolved["training"]["precision"] == "auto" and resolved["features"]["n_mels"] == 16
+    # a finished fold is not retrained
+    stamp = (runs / "tiny_single" / "fold_0" / "model.keras").stat().st_mtime_ns
+    assert runner.main(args(env, config, runs, "--fold", "0")) == 0
+    assert (runs / "tiny_single" / "fold_0" / "model.keras").stat().st_mtime_ns == stamp
+
+
+def test_multi_task_writes_every_run_file(env, tmp_path):
+    from common.config import load_config
+
+    config = load_config(write_config(tmp_path, "tiny_multi", task="multi", epochs=1))
+    data = runner.open_experiment_data(config, data=env["data"], subset=SUBSET, folds_path=env["folds"],
+                                       cache=env["cache"])
+    assert data.task.name == "multi" and data.task.n_classes >= 2 and data.y.sum(axis=1).min() >= 1
+    summary = runner.train_experiment(config, data, runs=tmp_path / "runs")
+    oof, _ = check_run_files(tmp_path / "runs" / "tiny_multi", task="multi", n_folds=2)
+    assert oof["target"].str.contains("|", regex=False).any()
+    assert {"roc_auc", "pr_auc"} <= set(summary["cv"])
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAfter(keras.callbacks.Callback):
+    """Stands in for a killed process: raises once epoch ``n`` (1-based) is checkpointed."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.n:
+            raise Interrupt
+
+
+class RecordStart(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.iterations = int(self.model.optimizer.iterations.numpy())
+
+
+def test_interrupted_fold_resumes_from_its_checkpoint(env, tmp_path):
+    from common.config import load_config
+
+    config = load_config(write_config(tmp_path, "tiny_resume", epochs=3))
+    data = runner.open_experiment_data(config, data=env["data"], subset=SUBSET, folds_path=env["folds"],
+                                       cache=env["cache"])
+    fold_dir = tmp_path / "runs" / "tiny_resume" / "fold_0"
+    with pytest.raises(Interrupt):
+        runner.train_experiment(config, data, runs=tmp_path / "runs", folds=[0], callbacks=(InterruptAfter(1),))
+    assert json.loads((fold_dir / "checkpoint" / "state.json").read_text())["epoch"] == 1
+    assert pd.read_csv(fold_dir / "history.csv")["epoch"].tolist() == [1]
+    assert not (fold_dir / "summary.json").exists()
+    start = RecordStart()
+    runner.train_experiment(config, data, runs=tmp_path / "runs", folds=[0], callbacks=(start,))
+    assert start.iterations > 0  # optimizer state restored, not a fresh model
+    assert pd.read_csv(fold_dir / "history.csv")["epoch"].tolist() == [1, 2, 3]
+    summary = json.loads((fold_dir / "summary.json").read_text())
+    assert summary["epochs"] == 3 and (fold_dir / "model.keras").is_file()
+    assert not (fold_dir / "checkpoint").exists()
+
+
+def test_clear_errors(env, tmp_path, capsys):
+    config = write_config(tmp_path, "other_features")
+    text = config.read_text().replace("n_mels: 16", "n_mels: 20")
+    config.write_text(text)
+    assert runner.main(args(env, config, tmp_path / "runs")) == 2
+    err = capsys.readouterr().err
+    assert "make features EXP=other_features" in err and f"SUBSET={SUBSET}" in err
+    from common.folds import make_folds, write_folds
+    from common.metadata import FmaDataset
+
+    tracks = FmaDataset.open(env["data"], SUBSET).tracks
+    bad_folds = write_folds(tmp_path / "folds.csv", make_folds(tracks.iloc[:-20], k=2, seed=0), subset=SUBSET,
+                            k=2, seed=0)
+    assert runner.main(args(env, write_config(tmp_path, "ok"), tmp_path / "runs", "--folds", str(bad_folds))) == 2
+    assert "do not match the metadata" in capsys.readouterr().err
+    assert runner.main(args(env, write_config(tmp_path, "ok2"), tmp_path / "runs", "--scheduler", "tcp://x:1")) == 2
+    assert "not implemented" in capsys.readouterr().err
