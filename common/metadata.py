@@ -306,7 +306,7 @@ def select_subset(tracks: pd.DataFrame, subset: str) -> pd.DataFrame:
     return tracks[tracks[("set", "subset")] <= subset].copy()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FmaDataset:
     """One FMA subset: its tracks, the genre tree and where the audio lies.
 

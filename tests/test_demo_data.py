@@ -155,9 +155,8 @@ def test_genre_is_learnable_from_audio_on_held_out_artists(demo_data_dir):
         if pd.isna(top[int(tid)]) or not path.is_file() or path.stat().st_size < 20000:
             continue
         y, sr = sf.read(path, dtype="float32")
-        y = librosa.resample(y.mean(axis=1)[: 4 * sr], orig_sr=sr, target_sr=11025, res_type="soxr_qq")
-        mel = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=11025, n_mels=32),
-                                  ref=np.max)
+        mel = librosa.power_to_db(librosa.feature.melspectrogram(
+            y=y.mean(axis=1)[: 3 * sr], sr=sr, n_fft=2048, hop_length=1024, n_mels=32), ref=np.max)
         feats.append(np.concatenate([mel.mean(axis=1), mel.std(axis=1)]))
         labels.append(top[int(tid)])
         split.append(ds.tracks.loc[int(tid), ("set", "split")])
@@ -166,6 +165,7 @@ def test_genre_is_learnable_from_audio_on_held_out_artists(demo_data_dir):
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X[train], y_true[train])
     accuracy = (model.predict(X[~train]) == y_true[~train]).mean()
     assert (~train).sum() >= 10
+    print(f"held-out accuracy {accuracy:.2f} on {(~train).sum()} tracks")
     assert accuracy >= 0.5, accuracy  # chance is 1/8; held-out splits are unseen artists
 
 
