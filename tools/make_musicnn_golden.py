@@ -43,8 +43,9 @@ from pathlib import Path
 MODELS = ("MSD_musicnn", "MTT_musicnn")
 
 
-def patch_batch_data(seconds: float) -> None:
-    """Replace ``musicnn.extractor.batch_data`` by the original with the two changes above."""
+def patch_batch_data(seconds: float | None) -> None:
+    """Replace ``musicnn.extractor.batch_data`` by the original with the two changes above
+    (``seconds=None``: whole files, as bench/tag.py uses it)."""
     import librosa
     import numpy as np
     from musicnn import configuration as config

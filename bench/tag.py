@@ -1,0 +1,109 @@
+"""Tagging throughput: seconds of audio tagged per second, our musicnn against the original.
+
+On the same recordings (default ``../shared/audio/*.ogg``, whole files), in one run:
+
+(a) ours: ``common.zero_shot`` path -- decode + resample (``common.audio.load_audio``),
+    log-mel, 3-s patches, one batched ``predict`` of the Keras model per song (model
+    built once, as ``crowdai.tag`` does per call);
+(b) the original ``musicnn.extractor.extractor(file, model="MSD_musicnn",
+    extract_features=False)``, which rebuilds and restores its TF-1 graph for every
+    file and runs patches one at a time. It needs musicnn's own environment, a
+    throwaway virtualenv (see ``tools/make_musicnn_golden.py`` for how to make it,
+    default ``/tmp/musicnn-venv``); its float16 cast is fixed the same way there.
+    Without that virtualenv this half is skipped with a message.
+
+Each side processes every file once after one warm-up file. Writes the rates and
+the ratio a/b as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_ORIGINAL = r"""
+import json, sys, time
+sys.path.insert(0, {tools!r})
+from make_musicnn_golden import patch_batch_data
+patch_batch_data(None)
+from musicnn import extractor
+files = {files!r}
+extractor.extractor(files[0], model="MSD_musicnn", extract_features=False)  # warm-up
+start = time.perf_counter()
+for path in files:
+    extractor.extractor(path, model="MSD_musicnn", extract_features=False)
+print(json.dumps({{"seconds": time.perf_counter() - start}}))
+"""
+
+
+def run_ours(files: list[Path], *, weights_dir: Path) -> float:
+    """Wall seconds to tag ``files`` with our implementation (after a warm-up file)."""
+    from common.audio import load_audio
+    from common.models.musicnn import MUSICNN_FEATURES, build_pretrained_musicnn
+    from common.zero_shot import tag_patches
+
+    model = build_pretrained_musicnn("MSD_musicnn", weights_dir=weights_dir)
+    tag_patches(load_audio(files[0], sample_rate=MUSICNN_FEATURES.sample_rate), model=model)
+    start = time.perf_counter()
+    for path in files:
+        tag_patches(load_audio(path, sample_rate=MUSICNN_FEATURES.sample_rate), model=model)
+    return time.perf_counter() - start
+
+
+def run_original(files: list[Path], *, python: Path) -> float:
+    """Wall seconds the original musicnn needs for ``files`` (in its own virtualenv)."""
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    code = _ORIGINAL.format(tools=str(tools), files=[str(p) for p in files])
+    result = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False,
+                            env={"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"})
+    if result.returncode != 0:
+        raise RuntimeError(f"original musicnn failed: {result.stderr.strip()[-800:]}")
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["seconds"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.tag", description=__doc__.splitlines()[0])
+    parser.add_argument("--audio", type=Path, default=Path("../shared/audio"), help="folder of recordings (*.ogg)")
+    parser.add_argument("--weights", type=Path, default=Path("models/musicnn"), help="our musicnn weights folder")
+    parser.add_argument("--original-python", type=Path, default=Path("/tmp/musicnn-venv/bin/python"),
+                        help="python of a virtualenv with the original musicnn (skipped when absent)")
+    parser.add_argument("--out", type=Path, default=Path("bench/tag.json"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import soundfile as sf
+
+    files = sorted(args.audio.glob("*.ogg"))
+    if not files:
+        print(f"bench.tag: error: no .ogg recordings in {args.audio}", file=sys.stderr)
+        return 2
+    audio_seconds = sum(sf.info(path).duration for path in files)
+    result: dict = {"files": len(files), "audio_seconds": round(audio_seconds, 2)}
+    ours = run_ours(files, weights_dir=args.weights)
+    result["ours"] = {"wall_seconds": round(ours, 3), "audio_seconds_per_second": round(audio_seconds / ours, 2)}
+    print(f"ours:     {audio_seconds:.0f} s of audio in {ours:.1f} s = {audio_seconds / ours:.1f} s/s")
+    if args.original_python.is_file():
+        original = run_original(files, python=args.original_python)
+        result["original"] = {"wall_seconds": round(original, 3),
+                              "audio_seconds_per_second": round(audio_seconds / original, 2)}
+        result["speedup"] = round(original / ours, 2)
+        print(f"original: {audio_seconds:.0f} s of audio in {original:.1f} s = {audio_seconds / original:.1f} s/s")
+        print(f"speedup:  {original / ours:.2f}x")
+    else:
+        result["original"] = None
+        print(f"original: skipped, no musicnn virtualenv at {args.original_python} "
+              "(tools/make_musicnn_golden.py says how to make one)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
