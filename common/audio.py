@@ -211,7 +211,8 @@ def logmel(y: np.ndarray, *, settings: FeatureSettings) -> np.ndarray:
 
     ``"db"``: ``10 log10(max(mel power, 1e-10))``, i.e.
     ``librosa.power_to_db(S, ref=1.0, amin=1e-10, top_db=None)`` (the CRNN's).
-    ``"log1p"``: ``log10(1 + 10000 * mel magnitude)`` (musicnn's).
+    ``"log1p"``: ``log10(1 + 10000 * mel power)`` (musicnn's; its published weights expect
+    librosa's default power mel).
 
     Parameters
     ----------
@@ -222,10 +223,9 @@ def logmel(y: np.ndarray, *, settings: FeatureSettings) -> np.ndarray:
     -------
     np.ndarray, shape (n_mels, 1 + n // hop_length), float32
     """
+    mel = mel_spectrogram(y, settings=settings, power=2.0)
     if settings.log_scale == "db":
-        mel = mel_spectrogram(y, settings=settings, power=2.0)
         return (10.0 * np.log10(np.maximum(mel, np.float32(1e-10)))).astype(np.float32, copy=False)
-    mel = mel_spectrogram(y, settings=settings, power=1.0)
     return np.log10(1.0 + np.float32(10000.0) * mel).astype(np.float32, copy=False)
 
 

@@ -36,7 +36,7 @@ class FeatureSettings:
         Mel filter-bank range in Hz; ``fmax=None`` means ``sample_rate / 2``.
     log_scale : {"db", "log1p"}
         ``"db"``: ``10 log10(max(S, 1e-10))`` of the mel power (the CRNN's);
-        ``"log1p"``: ``log10(1 + 10000 S)`` of the mel magnitude (musicnn's).
+        ``"log1p"``: ``log10(1 + 10000 S)`` of the mel power (musicnn's).
     clip_seconds : float
         Length every clip is cropped or zero-padded to before analysis.
     crop : {"center", "start"}
