@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/train.json"), help="JSON output")
     parser.add_argument("--config", type=Path, default=Path("experiments/configs/demo.yaml"),
                         help="experiment whose features, model, crop and batch size are used")
-    parser.add_argument("--clips", type=int, default=512, help="number of synthetic clips (default 512)")
+    parser.add_argument("--clips", type=int, default=1024, help="number of synthetic clips (default 1024)")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up epoch")
     args = parser.parse_args(argv)
     record = run(config_path=args.config, n_clips=args.clips, epochs=args.epochs)
