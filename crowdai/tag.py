@@ -7,6 +7,12 @@ the top genres and the top raw tags, then the whole song; writes
 ``OUT/<stem>_tags.json`` and ``OUT/<stem>_taggram.png`` (genres x time)::
 
     python -m crowdai.tag song.mp3 --exp musicnn --out out [--window 10 --hop 10]
+
+Any other ``--exp`` names a trained experiment in ``--runs``: its fold ensemble
+(``crowdai.ensemble.experiment_song``) predicts every segment, over the 16 top genres
+(``single``) or the genre tree's classes, sub-genres included (``multi``)::
+
+    python -m crowdai.tag song.mp3 --exp crnn --runs runs --out out [--window 10 --hop 10]
 """
 
 from __future__ import annotations
@@ -38,21 +44,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tag_with_experiment(args: argparse.Namespace, *, json_path: Path, png_path: Path) -> int:
+    """Tag ``args.file`` with the fold ensemble of the trained experiment ``args.exp``."""
+    from crowdai.ensemble import experiment_song, load_ensemble
+
+    ensemble = load_ensemble(args.runs, args.exp)
+    bounds, views, notes = experiment_song(args.file, ensemble=ensemble, window=args.window, hop=args.hop)
+    model = (f"{args.exp} fold ensemble ({len(ensemble.models)} folds, {ensemble.config.model.name}, "
+             f"task {ensemble.task.name}, {ensemble.task.n_classes} classes)")
+    print(f"{args.file}: {model}; segment  genres")
+    print(segment_table(views, bounds, top=args.top))
+    document = tags_document(views, bounds, source=args.file, model=model, window=args.window, hop=args.hop,
+                             notes={**notes, "exp_dir": str(ensemble.exp_dir)})
+    write_json(document, json_path, overwrite=args.overwrite)
+    save_taggram(views["genres"], bounds, png_path, title=f"{args.file.name}: {args.exp} ({ensemble.task.name})",
+                 overwrite=args.overwrite)
+    print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.exp != ZERO_SHOT_EXP:
-            raise ToolkitError(
-                f"--exp {args.exp}: tagging with a trained experiment is not available yet; "
-                f"use --exp {ZERO_SHOT_EXP} (zero-shot musicnn)"
-            )
-        from common.zero_shot import UNREACHABLE_GENRES, zero_shot_song
-
         json_path = args.out / f"{args.file.stem}_tags.json"
         png_path = args.out / f"{args.file.stem}_taggram.png"
         for path in (json_path, png_path):
             if path.exists() and not args.overwrite:
                 raise ToolkitError(f"{path}: already exists; remove it or pass --overwrite")
+        if args.exp != ZERO_SHOT_EXP:
+            return _tag_with_experiment(args, json_path=json_path, png_path=png_path)
+        from common.zero_shot import UNREACHABLE_GENRES, zero_shot_song
+
         bounds, views = zero_shot_song(args.file, window=args.window, hop=args.hop, weights_dir=args.weights)
         model = "musicnn MSD_musicnn zero-shot (common.zero_shot.MSD_TO_FMA)"
         print(f"{args.file}: {model}; segment  genres  |  MSD tags")
