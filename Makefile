@@ -1,5 +1,6 @@
 # FMA genre toolkit. `make help` lists the targets; the logic lives in Python.
 # Variables can be set on the command line: make train EXP=crnn SUBSET=medium
+# `make tag FILE=song.mp3` without EXP tags with the pretrained musicnn (zero-shot).
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
@@ -23,10 +24,15 @@ LABELS    ?=
 FILE      ?=
 OUT       ?= out
 PYTEST_ARGS ?=
+WEIGHTS   ?= models/musicnn
+
+# Quieter TensorFlow start-up (errors still show).
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 DEMO_DATA := data/demo
 DEMO_RUNS := runs/demo
 
+TAG_EXP = $(if $(filter command line environment override,$(origin EXP)),$(EXP),musicnn)
 SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
 FOLD_ARG = $(if $(FOLD),--fold $(FOLD),)
 
@@ -74,8 +80,11 @@ validate: setup ## Check SUBMISSION (default: newest) against TEST_DIR before up
 score: setup ## Leaderboard metrics of SUBMISSION against LABELS
 	$(PY) -m crowdai.score $(SUBMISSION) --labels $(LABELS)
 
-tag: setup ## Genre tags over time for FILE with EXP's fold ensemble (musicnn zero-shot when EXP=musicnn)
-	$(PY) -m crowdai.tag $(FILE) --exp $(EXP) --runs $(RUNS) --out $(OUT)
+weights: setup ## Fetch musicnn's published checkpoints (PyPI wheel, sha256-checked) into WEIGHTS
+	$(PY) -m common.pretrained --dest $(WEIGHTS)
+
+tag: setup $(if $(filter musicnn,$(TAG_EXP)),weights,) ## Genre tags over time for FILE: EXP's fold ensemble, or musicnn zero-shot without EXP
+	$(PY) -m crowdai.tag $(FILE) --exp $(TAG_EXP) --runs $(RUNS) --out $(OUT) --weights $(WEIGHTS)
 
 demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, train, compare, submit, validate, tag
 	$(MAKE) demo-data
@@ -96,8 +105,8 @@ bench-train: setup ## Training samples/s: toolkit pipeline vs naive per-file loo
 bench-predict: setup ## Submission clips/s for a K-fold ensemble, feature vs model time
 	$(PY) -m bench.predict --out bench/predict.json
 
-bench-tag: setup ## Seconds of audio tagged per second: our musicnn vs the original
-	$(PY) -m bench.tag --out bench/tag.json
+bench-tag: setup weights ## Seconds of audio tagged per second: our musicnn vs the original
+	$(PY) -m bench.tag --out bench/tag.json --weights $(WEIGHTS)
 
 bench: bench-features bench-train bench-predict ## All benchmarks, summarised in bench/summary.json and bench/summary.md
 	$(PY) -m bench.summary --dir bench
