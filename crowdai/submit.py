@@ -179,7 +179,7 @@ def predict_test_folder(ensembles: Sequence[FoldEnsemble], *, test_dir: str | Pa
 
 def submission_path(out_dir: str | Path, names: Sequence[str], *, now: datetime.datetime | None = None) -> Path:
     """``out_dir/<UTC timestamp>_<exp1+exp2>.csv``, e.g. ``20260301T120501Z_crnn+shortchunk.csv``."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     return Path(out_dir) / f"{now.strftime('%Y%m%dT%H%M%SZ')}_{'+'.join(names)}.csv"
 
 
@@ -218,7 +218,7 @@ def write_outputs(predictions: TestPredictions, csv_path: str | Path, *, ensembl
     kinds = [record["fallback"] for record in predictions.fallbacks]
     sidecar = {
         "submission": csv_path.name,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "test_dir": str(test_dir),
         "rows": len(predictions.ids),
         "sha256": hashlib.sha256(csv_path.read_bytes()).hexdigest(),
