@@ -134,8 +134,6 @@ def predict_test_folder(ensembles: Sequence[FoldEnsemble], *, test_dir: str | Pa
     per_experiment = {e.name: np.empty((len(ids), len(e.task.class_names))) for e in ensembles}
     fallbacks: dict[str, dict[str, Any]] = {}
     cache_dirs, feature_seconds, model_seconds = [], 0.0, 0.0
-    bar = tqdm(total=sum(len(e.models) for e in ensembles), unit="model", desc="fold models",
-               disable=not progress, file=sys.stderr)
     for settings, group in groups.items():
         start = time.perf_counter()
         cache_dir = cache_dir_for(cache_root, test_dir.resolve().name, settings)
@@ -163,14 +161,17 @@ def predict_test_folder(ensembles: Sequence[FoldEnsemble], *, test_dir: str | Pa
         feature_seconds += time.perf_counter() - start
         cache_dirs.append(str(cache_dir))
         start = time.perf_counter()
+        bar = tqdm(total=sum(len(e.models) for e in group), unit="model", desc="fold models",
+                   disable=not progress, file=sys.stderr)
         for ensemble in group:
             probs = per_experiment[ensemble.name]
             probs[ok_rows] = ensemble.predict(store, batch_size=batch_size, on_model=lambda: bar.update(1))
             if decoded:
                 probs[decoded_rows] = ensemble.predict(np.stack(decoded), batch_size=batch_size)
-            probs[prior_rows] = ensemble.prior()
+            if prior_rows:
+                probs[prior_rows] = ensemble.prior()
+        bar.close()
         model_seconds += time.perf_counter() - start
-    bar.close()
     combined = combine([per_experiment[e.name] for e in ensembles], weights=weights, mean=mean)
     return TestPredictions(ids=ids, probs=combined, per_experiment=per_experiment,
                            fallbacks=sorted(fallbacks.values(), key=lambda r: r["id"]), cache_dirs=cache_dirs,

@@ -1,0 +1,150 @@
+"""Submission throughput of a K-fold ensemble: feature time vs model time.
+
+    python -m bench.predict --out bench/predict.json [--clips 48 --folds 1,3 --config experiments/configs/crnn.yaml]
+
+Builds a test folder of ``--clips`` generated 30-s 44.1-kHz stereo mp3s (FMA's format;
+harmonic tones over coloured noise, encoded with lameenc) and a runs folder holding K
+*untrained* fold models of the real architecture of ``--config`` (default the reference
+CRNN, 96 x 1366 log-mels; weights are random, which costs the same as trained ones).
+For each K it runs :func:`crowdai.submit.predict_test_folder` with a fresh feature cache
+and records wall time, feature seconds and model seconds.
+
+Features are computed once and shared by every fold model, so the cost should grow as
+``F + K * M`` (F: features, M: one fold model over the folder), not ``K * (F + M)``
+(re-extracting per model, as a per-model predict script would). The JSON holds the
+measured times, the least-squares fit of ``T(K) = F + K * M``, and the naive
+``K * (F + M)`` for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _device() -> str:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return f"{len(gpus)} x {tf.config.experimental.get_device_details(gpus[0]).get('device_name', 'GPU')}"
+    return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+
+
+def write_test_folder(directory: Path, *, n_clips: int, seconds: float, seed: int = 0) -> list[Path]:
+    """``n_clips`` mp3s named ``bench-NNNN.mp3`` (44.1-kHz stereo, FMA's format)."""
+    from common.demo_data import CHANNELS, SAMPLE_RATE, encode_mp3
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    paths = []
+    for i in range(n_clips):
+        tone = sum(np.sin(2 * np.pi * rng.uniform(80, 1000) * k * t) / k for k in range(1, 5))
+        y = 0.2 * tone + 0.05 * rng.standard_normal(t.shape)
+        stereo = np.repeat((y / np.abs(y).max() * 0.5)[:, None], CHANNELS, axis=1)
+        path = directory / f"bench-{i:04d}.mp3"
+        path.write_bytes(encode_mp3(stereo.astype(np.float32)))
+        paths.append(path)
+    return paths
+
+
+def write_untrained_runs(runs: Path, *, config_path: Path, n_folds: int) -> str:
+    """``runs/<exp>/fold_<k>/`` with untrained models of the config's architecture; returns ``<exp>``."""
+    import keras
+    import yaml
+
+    from common import models
+    from common.config import load_config
+    from common.metadata import TOP_GENRE_IDS, TOP_GENRES
+    from common.tasks import Task
+
+    config = load_config(config_path)
+    task = Task(name="single", class_names=TOP_GENRES, genre_ids=tuple(TOP_GENRE_IDS[g] for g in TOP_GENRES))
+    crop = config.data.crop_frames(config.features)
+    exp_dir = runs / f"{config.name}_bench_k{n_folds}"
+    for fold in range(n_folds):
+        keras.utils.set_random_seed(fold)
+        model = models.build_model(config.model.name, input_shape=(*config.features.clip_shape[:-1], crop),
+                                   n_outputs=task.n_classes, activation=task.activation, **config.model.params)
+        fold_dir = exp_dir / f"fold_{fold}"
+        fold_dir.mkdir(parents=True)
+        model.save(fold_dir / "model.keras")
+        (fold_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        task.save(fold_dir / "classes.json")
+        (fold_dir / "summary.json").write_text(json.dumps({"note": "untrained benchmark model"}) + "\n")
+    return exp_dir.name
+
+
+def run(*, n_clips: int, seconds: float, folds: list[int], config_path: Path, jobs: int) -> dict:
+    from crowdai.ensemble import load_ensemble
+    from crowdai.submit import predict_test_folder
+
+    with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
+        root = Path(tmp)
+        test_dir = root / "bench_test"
+        write_test_folder(test_dir, n_clips=n_clips, seconds=seconds)
+        rows = []
+        for k in folds:
+            name = write_untrained_runs(root / "runs", config_path=config_path, n_folds=k)
+            ensemble = load_ensemble(root / "runs", name, require_top_genres=True)
+            warm = min(n_clips, ensemble.config.data.batch_size)  # trace the batch shape once, untimed
+            ensemble.predict(np.zeros((warm, *ensemble.settings.clip_shape), np.float32))
+            start = time.perf_counter()
+            result = predict_test_folder([ensemble], test_dir=test_dir, cache_root=root / f"cache_k{k}",
+                                         n_jobs=jobs, progress=False)
+            total = time.perf_counter() - start
+            rows.append({"folds": k, "seconds": round(total, 3), "feature_seconds": round(result.feature_seconds, 3),
+                         "model_seconds": round(result.model_seconds, 3), "clips_per_s": round(n_clips / total, 2)})
+            print(f"K={k}: {total:.1f} s (features {result.feature_seconds:.1f} s, models "
+                  f"{result.model_seconds:.1f} s), {n_clips / total:.1f} clips/s", flush=True)
+    k = np.array([r["folds"] for r in rows], dtype=float)
+    t = np.array([r["seconds"] for r in rows])
+    model_per_fold, features = np.polyfit(k, t, 1) if len(rows) > 1 else (t[0], 0.0)
+    feature_mean = float(np.mean([r["feature_seconds"] for r in rows]))
+    model_mean = float(np.mean([r["model_seconds"] / r["folds"] for r in rows]))
+    return {
+        "device": _device(), "config": str(config_path), "models": "untrained, real architecture of the config",
+        "clips": n_clips, "clip_seconds": seconds, "jobs": jobs, "load_average": list(os.getloadavg()),
+        "runs": rows,
+        "fit": {"formula": "T(K) = F + K * M", "F_seconds": round(float(features), 3),
+                "M_seconds_per_fold": round(float(model_per_fold), 3)},
+        "measured_means": {"feature_seconds": round(feature_mean, 3), "model_seconds_per_fold": round(model_mean, 3)},
+        "naive_K_times_features_plus_model": {str(r["folds"]): round(r["folds"] * (feature_mean + model_mean), 3)
+                                              for r in rows},
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.predict", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/predict.json"), help="JSON to write (replaced)")
+    parser.add_argument("--clips", type=int, default=48, help="mp3s in the generated test folder")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each mp3")
+    parser.add_argument("--folds", default="1,3", help="ensemble sizes K to measure, comma-separated")
+    parser.add_argument("--config", type=Path, default=Path("experiments/configs/crnn.yaml"),
+                        help="experiment whose architecture and features are measured")
+    parser.add_argument("--jobs", type=int, default=-1, help="feature extraction workers")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    folds = sorted({int(k) for k in args.folds.split(",")})
+    result = run(n_clips=args.clips, seconds=args.seconds, folds=folds, config_path=args.config, jobs=args.jobs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    fit = result["fit"]
+    print(f"predict: T(K) = {fit['F_seconds']:.1f} s + K x {fit['M_seconds_per_fold']:.1f} s for {args.clips} clips; "
+          f"naive K x (F + M): {result['naive_K_times_features_plus_model']} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# crowdAI round-2 runner: predict every mp3 of $TEST_DIRECTORY with the packaged fold models,
+# write the submission CSV to $OUTPUT_PATH (and its sidecar JSON beside it). Fully offline.
+#
+#   TEST_DIRECTORY=/data/test OUTPUT_PATH=/out/predictions.csv crowdai/run.sh
+#
+# Optional environment: EXP (comma-separated experiments, default crnn), RUNS (packaged
+# runs folder with <exp>/fold_<k>/model.keras, default runs beside this repository),
+# CACHE (feature cache root, default a temporary folder), MEAN (arithmetic|geometric),
+# WEIGHTS (e.g. 0.7,0.3), PYTHON (default .venv/bin/python, else python3), JOBS (-1: all cores).
+set -euo pipefail
+
+: "${TEST_DIRECTORY:?set TEST_DIRECTORY to the folder of test mp3s}"
+: "${OUTPUT_PATH:?set OUTPUT_PATH to the CSV file to write}"
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+EXP="${EXP:-crnn}"
+RUNS="${RUNS:-$ROOT/runs}"
+MEAN="${MEAN:-arithmetic}"
+JOBS="${JOBS:--1}"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+fi
+if [[ -z "${CACHE:-}" ]]; then
+  CACHE="$(mktemp -d "${TMPDIR:-/tmp}/fma-genre-cache.XXXXXX")"
+  trap 'rm -rf "$CACHE"' EXIT
+fi
+
+# offline: no downloads, no telemetry, quiet TensorFlow
+export HF_HUB_OFFLINE=1 PIP_NO_INDEX=1 TF_CPP_MIN_LOG_LEVEL=2
+
+args=(--exp "$EXP" --runs "$RUNS" --test-dir "$TEST_DIRECTORY" --cache "$CACHE"
+      --output "$OUTPUT_PATH" --mean "$MEAN" --jobs "$JOBS")
+[[ -n "${WEIGHTS:-}" ]] && args+=(--weights "$WEIGHTS")
+mkdir -p "$(dirname "$OUTPUT_PATH")"
+cd "$ROOT"
+"$PYTHON" -m crowdai.submit "${args[@]}"
