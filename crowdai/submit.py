@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import sys
@@ -165,7 +166,7 @@ def predict_test_folder(ensembles: Sequence[FoldEnsemble], *, test_dir: str | Pa
                    disable=not progress, file=sys.stderr)
         for ensemble in group:
             probs = per_experiment[ensemble.name]
-            probs[ok_rows] = ensemble.predict(store, batch_size=batch_size, on_model=lambda: bar.update(1))
+            probs[ok_rows] = ensemble.predict(store, batch_size=batch_size, on_model=functools.partial(bar.update, 1))
             if decoded:
                 probs[decoded_rows] = ensemble.predict(np.stack(decoded), batch_size=batch_size)
             if prior_rows:
