@@ -1,7 +1,8 @@
 """Train the folds of one experiment and score its fold ensemble on the test split.
 
     python -m experiments.runner --config experiments/configs/crnn.yaml --data data \\
-        --subset medium --folds data/folds-medium-k5.csv --cache cache --runs runs [--fold 2]
+        --subset medium --folds data/folds-medium-k5.csv --cache cache --runs runs [--fold 2] \\
+        [--scheduler tcp://host:8786]
 
 Writes ``RUNS/<exp>/fold_<k>/`` (see :mod:`common.training`) and, once every fold of
 the folds file is finished, ``RUNS/<exp>/oof.csv`` (out-of-fold predictions of all folds),
@@ -111,22 +112,36 @@ def train_experiment(config: ExperimentConfig, exp_data: ExperimentData, *, runs
     dict or None
         The experiment summary, or None while folds remain unfinished.
     """
-    from common.training import train_fold
-
     exp_dir = Path(runs) / config.name
+    all_folds = sorted(set(exp_data.folds.tolist()))
+    for fold in check_folds(exp_data, folds):
+        train_one_fold(config, exp_data, runs=runs, fold=fold, callbacks=callbacks, verbose=verbose)
+    if not all((exp_dir / f"fold_{k}" / "summary.json").exists() for k in all_folds):
+        return None
+    return summarise_experiment(config, exp_data, exp_dir=exp_dir, fold_numbers=all_folds)
+
+
+def check_folds(exp_data: ExperimentData, folds: list[int] | None) -> list[int]:
+    """The requested folds (default: all of the folds file), each checked to exist."""
     all_folds = sorted(set(exp_data.folds.tolist()))
     for fold in folds if folds is not None else all_folds:
         if fold not in all_folds:
             raise ToolkitError(f"--fold {fold}: the folds file has folds {all_folds}")
-        held_out = exp_data.folds == fold
-        positions = np.arange(len(exp_data.folds))
-        train_fold(config, task=exp_data.task, fold=fold, store=exp_data.store,
-                   train_positions=positions[~held_out], y_train=exp_data.y[:len(exp_data.folds)][~held_out],
-                   val_positions=positions[held_out], y_val=exp_data.y[:len(exp_data.folds)][held_out],
-                   run_dir=exp_dir / f"fold_{fold}", callbacks=callbacks, verbose=verbose)
-    if not all((exp_dir / f"fold_{k}" / "summary.json").exists() for k in all_folds):
-        return None
-    return summarise_experiment(config, exp_data, exp_dir=exp_dir, fold_numbers=all_folds)
+    return list(folds) if folds is not None else all_folds
+
+
+def train_one_fold(config: ExperimentConfig, exp_data: ExperimentData, *, runs: Path, fold: int,
+                   callbacks: tuple = (), verbose: int = 0) -> dict:
+    """Train (or resume, or skip when finished) fold ``fold`` into ``runs/<exp>/fold_<fold>``; its summary."""
+    from common.training import train_fold
+
+    held_out = exp_data.folds == fold
+    positions = np.arange(len(exp_data.folds))
+    y_folds = exp_data.y[:len(exp_data.folds)]
+    return train_fold(config, task=exp_data.task, fold=fold, store=exp_data.store,
+                      train_positions=positions[~held_out], y_train=y_folds[~held_out],
+                      val_positions=positions[held_out], y_val=y_folds[held_out],
+                      run_dir=Path(runs) / config.name / f"fold_{fold}", callbacks=callbacks, verbose=verbose)
 
 
 def summarise_experiment(config: ExperimentConfig, exp_data: ExperimentData, *, exp_dir: Path,
@@ -173,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache", type=Path, default=Path("cache"), help="feature cache root (default: cache)")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs root (default: runs)")
     parser.add_argument("--fold", type=int, default=None, help="train only this fold")
-    parser.add_argument("--scheduler", default=None, help="dask.distributed scheduler address (not implemented yet)")
+    parser.add_argument("--scheduler", default=None,
+                        help="dask.distributed scheduler, tcp://host:8786: each unfinished fold is a task on its "
+                             "workers (see experiments.distributed); data, cache and runs on a shared file system")
     parser.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2), help="Keras fit verbosity")
     return parser
 
@@ -181,12 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.scheduler:
-            raise ToolkitError("--scheduler: training folds on a Dask cluster is not implemented yet; "
-                               "run without --scheduler")
         config = load_config(args.config)
         exp_data = open_experiment_data(config, data=args.data, subset=args.subset, folds_path=args.folds,
                                          cache=args.cache)
+        if args.scheduler:
+            from experiments.distributed import train_folds_on_dask
+
+            train_folds_on_dask(config, scheduler=args.scheduler, data=args.data, subset=args.subset,
+                                folds_path=args.folds, cache=args.cache, runs=args.runs,
+                                folds=check_folds(exp_data, None if args.fold is None else [args.fold]),
+                                verbose=args.verbose)
         summary = train_experiment(config, exp_data, runs=args.runs,
                                    folds=None if args.fold is None else [args.fold], verbose=args.verbose)
     except ToolkitError as exc:

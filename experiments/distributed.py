@@ -1,0 +1,133 @@
+"""Train the folds of an experiment on a ``dask.distributed`` cluster.
+
+Each unfinished fold becomes one task. A worker opens the experiment's data itself
+(metadata, folds file and feature cache, at the same absolute paths as the client:
+a shared file system) and trains the fold into the shared runs directory with
+:func:`experiments.runner.train_one_fold`, exactly as a local run does. The client only
+dispatches, waits, and then lets :func:`experiments.runner.train_experiment` write the
+experiment summary (every fold then has its ``summary.json`` and is skipped).
+
+A worker that dies mid-fold loses nothing but the epoch in progress: the scheduler
+gives the task to another worker (up to ``distributed.scheduler.allowed-failures``
+deaths), which resumes the fold from its ``checkpoint/``. A task that raises is retried
+``retries`` times. Folds with a ``summary.json`` are never dispatched.
+
+GPUs: start one worker per GPU, each seeing only its own card and declaring it as a
+resource; folds then ask for ``{"GPU": 1}``, one fold per card::
+
+    dask scheduler --port 8786
+    CUDA_VISIBLE_DEVICES=0 dask worker tcp://HOST:8786 --nworkers 1 --nthreads 1 --resources GPU=1
+    CUDA_VISIBLE_DEVICES=1 dask worker tcp://HOST:8786 --nworkers 1 --nthreads 1 --resources GPU=1
+    make train EXP=crnn SCHEDULER=tcp://HOST:8786
+
+Without GPU resources on any worker, folds go to any worker; one worker process trains
+one fold at a time whatever its number of threads (Keras' dtype policy and seeds are
+process-wide).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+from common.config import ExperimentConfig
+from common.errors import ToolkitError
+
+#: One fold at a time per worker process.
+_FOLD_LOCK = threading.Lock()
+
+
+def fold_resources(workers: Mapping[str, Mapping]) -> dict[str, float] | None:
+    """Task resources for a fold: ``{"GPU": 1}`` when some worker declares GPUs, else None.
+
+    Parameters
+    ----------
+    workers : mapping
+        ``client.scheduler_info()["workers"]``: worker address -> info with ``"resources"``.
+    """
+    has_gpus = any(info.get("resources", {}).get("GPU", 0) >= 1 for info in workers.values())
+    return {"GPU": 1} if has_gpus else None
+
+
+def run_fold_task(config: ExperimentConfig, *, data: Path, subset: str, folds_path: Path, cache: Path,
+                  runs: Path, fold: int, verbose: int = 0) -> dict:
+    """Train (or resume) one fold on this worker; the Dask task body.
+
+    Returns
+    -------
+    dict
+        The fold summary, plus ``"worker"`` (host name) for the client's log.
+    """
+    from experiments.runner import open_experiment_data, train_one_fold
+
+    with _FOLD_LOCK:
+        exp_data = open_experiment_data(config, data=data, subset=subset, folds_path=folds_path, cache=cache)
+        summary = train_one_fold(config, exp_data, runs=runs, fold=fold, verbose=verbose)
+    return {**summary, "worker": socket.gethostname()}
+
+
+def train_folds_on_dask(config: ExperimentConfig, *, scheduler: str, data: Path, subset: str, folds_path: Path,
+                        cache: Path, runs: Path, folds: list[int], retries: int = 2, timeout: float = 30.0,
+                        verbose: int = 0, log=print) -> dict[int, dict]:
+    """Dispatch the unfinished ``folds`` to the cluster and wait for all of them.
+
+    Parameters
+    ----------
+    config : ExperimentConfig
+    scheduler : str
+        Scheduler address, e.g. ``tcp://host:8786``.
+    data, folds_path, cache, runs : Path
+        Made absolute here; workers must see them at the same place (shared file system).
+    subset : str
+    folds : list of int
+        Folds to train; those with ``runs/<exp>/fold_<k>/summary.json`` are skipped.
+    retries : int
+        Extra attempts for a fold whose task raised (a dead worker is always replaced).
+    timeout : float
+        Seconds to wait for the scheduler.
+    log : callable
+        Receives one line per finished fold.
+
+    Returns
+    -------
+    dict
+        Fold number -> fold summary, for the folds dispatched (empty when all were done).
+
+    Raises
+    ------
+    ToolkitError
+        The scheduler cannot be reached, or a fold failed on every attempt (the worker's
+        :class:`~common.errors.ToolkitError` is passed through as is).
+    """
+    from distributed import Client, KilledWorker, as_completed
+
+    data, folds_path, cache, runs = (Path(p).resolve() for p in (data, folds_path, cache, runs))
+    exp_dir = runs / config.name
+    todo = [k for k in folds if not (exp_dir / f"fold_{k}" / "summary.json").exists()]
+    if not todo:
+        return {}
+    run_id = uuid.uuid4().hex[:8]
+    try:
+        client = Client(scheduler, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise ToolkitError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({exc}); start one with "
+                           f"`dask scheduler` and workers with `dask worker {scheduler}`") from exc
+    with client:
+        resources = fold_resources(client.scheduler_info()["workers"])
+        futures = {client.submit(run_fold_task, config, data=data, subset=subset, folds_path=folds_path, cache=cache,
+                                 runs=runs, fold=k, verbose=verbose, key=f"fold-{config.name}-{k}-{run_id}",
+                                 retries=retries, resources=resources, pure=False): k for k in todo}
+        done: dict[int, dict] = {}
+        try:
+            for future in as_completed(futures):
+                fold = futures[future]
+                done[fold] = future.result()
+                log(f"{config.name}: fold {fold} done on {done[fold]['worker']} "
+                    f"({done[fold]['device']}, {done[fold]['epochs']} epochs)")
+        except KilledWorker as exc:
+            raise ToolkitError(f"{exp_dir}: fold {futures[future]} lost its worker too often ({exc}); "
+                               f"its checkpoint is kept, run again to resume") from exc
+    return done
