@@ -54,6 +54,7 @@ def crnn_body(
     gru_units: Sequence[int] = (32, 32),
     gru_reset_after: bool = False,
     dropout: float = 0.3,
+    bn_momentum: float = 0.99,
 ) -> keras.KerasTensor:
     """CRNN feature extractor: 2-D conv blocks, then stacked GRUs over time.
 
@@ -72,6 +73,9 @@ def crnn_body(
         Zero frames added at each end of the time axis before the first block.
     input_norm : {"time", "frequency", "none"}
         Axis kept by the input batch norm (see the module docstring).
+    bn_momentum : float
+        Keras momentum of the batch norms' moving statistics (the reference's 0.99;
+        lower it, e.g. to 0.9, when an epoch has only a few steps).
     conv_dropout : float
         Dropout after each conv block.
     gru_units : sequence of int
@@ -109,10 +113,12 @@ def crnn_body(
     x = keras.layers.Reshape((*x.shape[1:], 1), name="add_channel")(x)
     x = keras.layers.ZeroPadding2D(padding=(0, int(time_padding)), name="time_padding")(x)
     if input_norm != "none":
-        x = keras.layers.BatchNormalization(axis=_INPUT_NORM_AXES[input_norm], name="bn_0")(x)
+        x = keras.layers.BatchNormalization(axis=_INPUT_NORM_AXES[input_norm], momentum=bn_momentum,
+                                            name="bn_0")(x)
     for i, (n_filters, pool) in enumerate(zip(filters, pools), start=1):
         x = conv_bn_act(
-            x, filters=int(n_filters), kernel_size=kernel_size, activation="elu", name=f"block{i}"
+            x, filters=int(n_filters), kernel_size=kernel_size, activation="elu",
+            bn_momentum=bn_momentum, name=f"block{i}",
         )
         x = keras.layers.MaxPooling2D(pool_size=pool, strides=pool, name=f"block{i}_pool")(x)
         x = keras.layers.Dropout(conv_dropout, name=f"block{i}_dropout")(x)

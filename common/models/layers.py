@@ -27,11 +27,11 @@ def standardize(
 
     Parameters
     ----------
-    x : KerasTensor, shape (batch, n_mels, frames) or (batch, samples)
+    x : KerasTensor, shape (batch, n_mels, frames), (batch, samples) or (batch, dim)
         Raw features, as stored in the feature cache.
-    kind : {"logmel", "waveform"}
-        ``logmel`` takes per-frequency statistics of shape ``(n_mels,)``;
-        ``waveform`` takes scalars.
+    kind : {"logmel", "waveform", "vector"}
+        ``logmel`` takes per-frequency statistics of shape ``(n_mels,)``, ``vector``
+        per-component statistics ``(dim,)``; ``waveform`` takes scalars.
     feature_mean, feature_std : array-like or float or None
         Statistics of the training folds. Both ``None``: ``x`` is returned as is.
 
@@ -51,7 +51,8 @@ def standardize(
         raise ConfigError("feature_mean and feature_std must be given together")
     mean = np.asarray(feature_mean, dtype=np.float64)
     std = np.asarray(feature_std, dtype=np.float64)
-    expected = (int(x.shape[1]),) if kind == "logmel" else ()
+    per_axis_1 = kind in ("logmel", "vector")
+    expected = (int(x.shape[1]),) if per_axis_1 else ()
     for field, value in (("feature_mean", mean), ("feature_std", std)):
         if value.shape != expected:
             raise ConfigError(
@@ -62,7 +63,7 @@ def standardize(
             raise ConfigError(f"{field}: holds non-finite values")
     if np.any(std <= 0):
         raise ConfigError("feature_std: every value must be positive")
-    axis = 1 if kind == "logmel" else None
+    axis = 1 if per_axis_1 else None
     # float32 even under a mixed policy: raw dB values are standardised at full
     # precision, the next layer casts to the compute dtype.
     return keras.layers.Normalization(
@@ -110,10 +111,15 @@ def conv_bn_act(
     strides: int | tuple[int, ...] = 1,
     padding: str = "same",
     rank: int = 2,
+    bn_momentum: float = 0.99,
     name: str,
 ) -> keras.KerasTensor:
-    """Convolution (1-D or 2-D, per ``rank``), batch norm over channels, activation."""
+    """Convolution (1-D or 2-D, per ``rank``), batch norm over channels, activation.
+
+    ``bn_momentum`` is Keras' (weight of the old moving average); PyTorch's
+    ``momentum=0.1`` is Keras' 0.9.
+    """
     conv = keras.layers.Conv2D if rank == 2 else keras.layers.Conv1D
     x = conv(filters, kernel_size, strides=strides, padding=padding, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
     return keras.layers.Activation(activation, name=f"{name}_{activation}")(x)

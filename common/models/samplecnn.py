@@ -32,6 +32,7 @@ def samplecnn_body(
     pool_size: int = 3,
     final_filters: int = 512,
     dropout: float = 0.5,
+    bn_momentum: float = 0.99,
 ) -> keras.KerasTensor:
     """Sample-level CNN feature extractor.
 
@@ -49,6 +50,9 @@ def samplecnn_body(
         Filters of the closing 1-wide convolution.
     dropout : float
         Dropout before the output layer.
+    bn_momentum : float
+        Keras momentum of the batch norms' moving statistics (lower it, e.g. to 0.9,
+        when an epoch has only a few steps).
 
     Returns
     -------
@@ -63,16 +67,17 @@ def samplecnn_body(
     x = keras.layers.Reshape((int(x.shape[1]), 1), name="add_channel")(x)
     x = conv_bn_act(
         x, filters=int(stem_filters), kernel_size=kernel_size, strides=kernel_size,
-        padding="valid", activation="relu", rank=1, name="stem",
+        padding="valid", activation="relu", rank=1, bn_momentum=bn_momentum, name="stem",
     )
     for i, n_filters in enumerate(block_filters, start=1):
         x = conv_bn_act(
             x, filters=int(n_filters), kernel_size=kernel_size, activation="relu", rank=1,
-            name=f"block{i}",
+            bn_momentum=bn_momentum, name=f"block{i}",
         )
         x = keras.layers.MaxPooling1D(pool_size, name=f"block{i}_pool")(x)
     x = conv_bn_act(
-        x, filters=int(final_filters), kernel_size=1, activation="relu", rank=1, name="final"
+        x, filters=int(final_filters), kernel_size=1, activation="relu", rank=1,
+        bn_momentum=bn_momentum, name="final",
     )
     x = keras.layers.GlobalMaxPooling1D(name="global_max")(x)
     return keras.layers.Dropout(dropout, name="dropout")(x)

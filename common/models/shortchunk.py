@@ -35,7 +35,7 @@ from common.models.layers import conv_bn_act
 
 
 def residual_block(
-    x: keras.KerasTensor, *, filters: int, kernel_size: int, strides: int, name: str
+    x: keras.KerasTensor, *, filters: int, kernel_size: int, strides: int, bn_momentum: float, name: str
 ) -> keras.KerasTensor:
     """``Res_2d`` of the reference.
 
@@ -44,6 +44,8 @@ def residual_block(
     x : KerasTensor, shape (batch, freq, time, channels)
     filters, kernel_size, strides : int
         Output channels, square kernel, downsampling stride of the first conv.
+    bn_momentum : float
+        Momentum of every batch norm's moving statistics.
     name : str
         Prefix of the block's layer names.
 
@@ -53,15 +55,15 @@ def residual_block(
     """
     out = conv_bn_act(
         x, filters=filters, kernel_size=kernel_size, strides=strides, activation="relu",
-        name=f"{name}_a",
+        bn_momentum=bn_momentum, name=f"{name}_a",
     )
     out = keras.layers.Conv2D(filters, kernel_size, padding="same", name=f"{name}_b_conv")(out)
-    out = keras.layers.BatchNormalization(name=f"{name}_b_bn")(out)
+    out = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_b_bn")(out)
     if strides != 1 or int(x.shape[-1]) != filters:
         x = keras.layers.Conv2D(
             filters, kernel_size, strides=strides, padding="same", name=f"{name}_shortcut_conv"
         )(x)
-        x = keras.layers.BatchNormalization(name=f"{name}_shortcut_bn")(x)
+        x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_shortcut_bn")(x)
     out = keras.layers.Add(name=f"{name}_add")([x, out])
     return keras.layers.Activation("relu", name=f"{name}_relu")(out)
 
@@ -74,6 +76,7 @@ def shortchunk_body(
     strides: int = 2,
     dense_units: int | None = None,
     dropout: float = 0.5,
+    bn_momentum: float = 0.9,
 ) -> keras.KerasTensor:
     """Residual short-chunk CNN feature extractor.
 
@@ -91,6 +94,9 @@ def shortchunk_body(
         Width of the hidden dense layer; default ``channels[-1]`` (the reference).
     dropout : float
         Dropout before the output layer.
+    bn_momentum : float
+        Keras momentum of the batch norms' moving statistics; 0.9 is the reference's
+        PyTorch ``momentum=0.1`` (Keras' default 0.99 lags badly on small datasets).
 
     Returns
     -------
@@ -99,14 +105,15 @@ def shortchunk_body(
     if not channels:
         raise ConfigError("model.params.channels: shortchunk needs at least one block")
     x = keras.layers.Reshape((*x.shape[1:], 1), name="add_channel")(x)
-    x = keras.layers.BatchNormalization(name="spec_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=bn_momentum, name="spec_bn")(x)
     for i, width in enumerate(channels, start=1):
         x = residual_block(
-            x, filters=int(width), kernel_size=kernel_size, strides=int(strides), name=f"res{i}"
+            x, filters=int(width), kernel_size=kernel_size, strides=int(strides),
+            bn_momentum=bn_momentum, name=f"res{i}"
         )
     x = keras.layers.GlobalMaxPooling2D(name="global_max")(x)
     units = int(dense_units) if dense_units is not None else int(channels[-1])
     x = keras.layers.Dense(units, name="dense")(x)
-    x = keras.layers.BatchNormalization(name="dense_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=bn_momentum, name="dense_bn")(x)
     x = keras.layers.Activation("relu", name="dense_relu")(x)
     return keras.layers.Dropout(dropout, name="dropout")(x)
