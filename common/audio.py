@@ -29,6 +29,7 @@ import soundfile as sf
 import soxr
 
 from common.errors import SilentAudioError, TooShortAudioError, UnreadableAudioError
+from common.pretrained import DEFAULT_WEIGHTS_DIR
 from common.settings import FeatureSettings
 
 #: Resampling quality passed to soxr (see the module docstring for the choice).
@@ -229,13 +230,17 @@ def logmel(y: np.ndarray, *, settings: FeatureSettings) -> np.ndarray:
     return np.log10(1.0 + np.float32(10000.0) * mel).astype(np.float32, copy=False)
 
 
-def features_for(clip: np.ndarray, *, settings: FeatureSettings) -> np.ndarray:
-    """The stored feature of one clip: its log-mel or the waveform itself.
+def features_for(clip: np.ndarray, *, settings: FeatureSettings,
+                 weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> np.ndarray:
+    """The stored feature of one clip: its log-mel, the waveform itself, or an embedding.
 
     Parameters
     ----------
     clip : np.ndarray, shape (settings.clip_samples,)
     settings : FeatureSettings
+    weights_dir : path-like
+        Pretrained weights (``make weights``); used by embedding kinds only
+        (:func:`common.embeddings.embed_clip`).
 
     Returns
     -------
@@ -243,4 +248,8 @@ def features_for(clip: np.ndarray, *, settings: FeatureSettings) -> np.ndarray:
     """
     if settings.kind == "waveform":
         return np.asarray(clip, dtype=np.float32)
+    if settings.layout == "vector":
+        from common.embeddings import embed_clip  # imports Keras: embedding kinds only
+
+        return embed_clip(clip, settings=settings, weights_dir=weights_dir)
     return logmel(clip, settings=settings)

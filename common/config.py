@@ -86,7 +86,8 @@ class DataConfig:
     Attributes
     ----------
     crop_seconds : float or None
-        Length of the random training crop; ``None`` uses the whole clip.
+        Length of the random training crop; ``None`` uses the whole clip (always for
+        vector features such as embeddings, which are used whole).
     eval : {"center", "chunks"}
         Evaluation of a clip: one centre crop, or the mean of the predictions of crops
         every ``chunk_hop_seconds`` (default: ``crop_seconds``, i.e. no overlap).
@@ -251,17 +252,27 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
         if not ok:
             raise ConfigError(f"{key}: value out of range")
     if sa.enabled and cfg.features.kind != "logmel":
-        raise ConfigError("data.specaugment: SpecAugment needs logmel features, not waveform")
+        raise ConfigError(f"data.specaugment: SpecAugment needs logmel features, not {cfg.features.kind}")
+    if cfg.features.layout == "vector":
+        for key in ("crop_seconds", "chunk_hop_seconds"):
+            if getattr(cfg.data, key) is not None:
+                raise ConfigError(f"data.{key}: features.kind {cfg.features.kind!r} stores one vector per "
+                                  f"clip (no time axis); leave it unset")
     if sa.freq_width > cfg.features.n_mels:
         raise ConfigError(f"data.specaugment.freq_width: {sa.freq_width} exceeds features.n_mels {cfg.features.n_mels}")
 
 
-def _check_model_name(name: str) -> None:
+def _check_model(name: str, features: FeatureSettings) -> None:
+    """The model exists and reads the layout of the configured features."""
     from common import models  # deferred: imports Keras
 
     names = models.MODEL_NAMES
     if name not in names:
         raise ConfigError(f"model.name: unknown model {name!r} (registered: {list(names)})")
+    reads = models.model_spec(name).input_kind
+    if reads != features.layout:
+        raise ConfigError(f"model.name: model {name!r} reads {reads} input, but features.kind "
+                          f"{features.kind!r} gives {features.layout}")
 
 
 def config_from_dict(values: dict[str, Any] | None, *, name: str, check_model: bool = True) -> ExperimentConfig:
@@ -294,7 +305,7 @@ def config_from_dict(values: dict[str, Any] | None, *, name: str, check_model: b
     cfg = ExperimentConfig(name=name, features=FeatureSettings.from_dict(features), **sections)
     _check_ranges(cfg)
     if check_model:
-        _check_model_name(cfg.model.name)
+        _check_model(cfg.model.name, cfg.features)
     return cfg
 
 

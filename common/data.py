@@ -7,7 +7,9 @@ after it (time crop, SpecAugment, mixup) is a vectorised TensorFlow op over the 
 seeded statelessly from a per-batch seed so that a run is reproducible.
 
 Feature arrays have the cache's orientation: ``(n, n_mels, n_frames)`` for log-mel,
-``(n, n_samples)`` for waveforms; crops are taken along the last axis.
+``(n, n_samples)`` for waveforms, ``(n, dim)`` for vectors (embeddings); crops are taken
+along the last axis (a vector is used whole: its "crop" is all of it, and SpecAugment,
+which the config allows for log-mel only, never applies).
 """
 
 from __future__ import annotations
@@ -91,18 +93,22 @@ class ClipStore:
         return self.gather(index)
 
 
-def feature_stats(store: ClipStore, positions: np.ndarray, *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frequency mean and standard deviation over the given rows.
+def feature_stats(store: ClipStore, positions: np.ndarray, *, layout: str | None = None,
+                  batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frequency (log-mel), per-component (vector) or global (waveform) mean and std.
 
     Parameters
     ----------
     store : ClipStore
     positions : np.ndarray, shape (n,)
         Rows to use: the training folds only.
+    layout : {"logmel", "waveform", "vector"}, optional
+        :attr:`common.settings.FeatureSettings.layout`; by default ``logmel`` for 2-D
+        clips and ``waveform`` for 1-D ones.
 
     Returns
     -------
-    mean, std : np.ndarray, shape (n_mels,) for log-mel or (1,) for waveforms, float32
+    mean, std : np.ndarray, shape (n_mels,) for log-mel, (1,) for waveforms, (dim,) for vectors, float32
         ``std`` is at least 1e-6.
     """
     positions = np.asarray(positions, dtype=np.int64)
@@ -111,7 +117,10 @@ def feature_stats(store: ClipStore, positions: np.ndarray, *, batch_size: int = 
     total = sq = count = 0.0
     for start in range(0, len(positions), batch_size):
         x = store.gather(positions[start:start + batch_size]).astype(np.float64)
-        x = x.reshape(len(x), -1, x.shape[-1]) if x.ndim == 3 else x.reshape(len(x), 1, -1)
+        if layout == "vector":
+            x = x.reshape(len(x), -1, 1)
+        else:
+            x = x.reshape(len(x), -1, x.shape[-1]) if x.ndim == 3 else x.reshape(len(x), 1, -1)
         total = total + x.sum(axis=(0, 2))
         sq = sq + np.square(x).sum(axis=(0, 2))
         count += x.shape[0] * x.shape[2]

@@ -42,6 +42,7 @@ import pandas as pd
 
 from common.audio import AUDIO_SUFFIXES, features_for, load_clip
 from common.errors import AudioError, ConfigError, FeatureCacheError, ToolkitError
+from common.pretrained import DEFAULT_WEIGHTS_DIR
 from common.settings import FeatureSettings
 
 Item = tuple[str, Path]
@@ -146,7 +147,7 @@ def _prepare(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: Pat
 
 
 def _extract_shard(cache_dir: str, shard: int, items: list[tuple[str, str]],
-                   settings: FeatureSettings) -> list[dict[str, str]]:
+                   settings: FeatureSettings, weights_dir: str) -> list[dict[str, str]]:
     """Compute one shard, write it atomically, then its record; return the record."""
     directory = Path(cache_dir)
     data = np.zeros((len(items), *settings.clip_shape), dtype=np.float16)
@@ -154,7 +155,7 @@ def _extract_shard(cache_dir: str, shard: int, items: list[tuple[str, str]],
     for row, (item_id, path) in enumerate(items):
         try:
             clip = load_clip(path, settings=settings)
-            data[row] = features_for(clip, settings=settings)
+            data[row] = features_for(clip, settings=settings, weights_dir=weights_dir)
         except AudioError as error:
             record.append({"id": item_id, "status": "failed", "reason": error.reason,
                            "detail": error.detail})
@@ -201,7 +202,7 @@ def _run_dask(tasks: list[tuple], *, scheduler: str) -> Iterator[list[dict[str, 
 
 def extract(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: str | Path,
             n_jobs: int = -1, shard_size: int = 256, scheduler: str | None = None,
-            progress: bool = True) -> ExtractionSummary:
+            progress: bool = True, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> ExtractionSummary:
     """Extract the features of ``items`` into ``cache_dir``, computing only missing shards.
 
     Parameters
@@ -221,6 +222,9 @@ def extract(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: str 
         dies is recomputed by another.
     progress : bool
         Show a tqdm bar over clips (on stderr).
+    weights_dir : path-like
+        Pretrained weights (``make weights``) for embedding kinds (``musicnn``); each worker
+        builds the network once. Checked before any work starts.
 
     Ends by printing one line, ``features: N ok, M failed, K cached, R clips/s``.
 
@@ -232,11 +236,18 @@ def extract(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: str 
     ------
     FeatureCacheError
         ``cache_dir`` holds another item list, shard size or settings.
+    ToolkitError
+        An embedding kind whose weights are missing (the message names ``make weights``).
     """
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
     cache_dir = Path(cache_dir)
+    weights_dir = Path(weights_dir).resolve()  # workers may run in another directory
+    if settings.layout == "vector":
+        from common.embeddings import require_weights
+
+        require_weights(settings.kind, weights_dir=weights_dir)
     table = _prepare(items, settings=settings, cache_dir=cache_dir, shard_size=shard_size)
     n_shards = int(table["shard"].max()) + 1 if len(table) else 0
     records: dict[int, list[dict[str, str]]] = {}
@@ -246,7 +257,8 @@ def extract(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: str 
         if record is not None:
             records[int(shard)] = record
         else:
-            tasks.append((str(cache_dir), int(shard), list(zip(group["id"], group["path"])), settings))
+            tasks.append((str(cache_dir), int(shard), list(zip(group["id"], group["path"])), settings,
+                          str(weights_dir)))
     n_cached = sum(len(record) for record in records.values())
     results = _run_dask(tasks, scheduler=scheduler) if scheduler else _run_local(tasks, n_jobs=n_jobs)
     with tqdm(total=len(table), initial=n_cached, unit="clip", desc="features", disable=not progress,
@@ -408,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", default=None, help="dask.distributed scheduler address, tcp://host:8786")
     parser.add_argument("--shard-size", type=int, default=256, help="clips per shard (default 256)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR,
+                        help="musicnn weights for embedding kinds (default: %(default)s; `make weights`)")
     return parser
 
 
@@ -429,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir = cache_dir_for(args.cache, source, settings)
         print(f"cache: {cache_dir}", file=sys.stderr)
         extract(items, settings=settings, cache_dir=cache_dir, n_jobs=args.jobs,
-                shard_size=args.shard_size, scheduler=args.scheduler, progress=not args.no_progress)
+                shard_size=args.shard_size, scheduler=args.scheduler, progress=not args.no_progress,
+                weights_dir=args.weights)
     except ToolkitError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -2,7 +2,9 @@
 
 Used by the validation of every epoch, the test-split evaluation of an experiment,
 crowdAI submissions and song tagging. A model takes raw feature crops
-``(batch, n_mels, crop_frames)`` (log-mel) or ``(batch, crop_samples)`` (waveform).
+``(batch, n_mels, crop_frames)`` (log-mel) or ``(batch, crop_samples)`` (waveform), or
+whole vectors ``(batch, dim)`` (embeddings: ``crop_frames == dim``, so the one "centre
+crop" or chunk is the vector itself).
 """
 
 from __future__ import annotations

@@ -4,6 +4,13 @@ The defaults are those of the CRNN paper (Choi et al. 2016): 12 kHz audio,
 n_fft 512, hop 256, 96 mel bands, 29.12-s clips, i.e. 96 x 1366 frames.
 Every derived size (samples per clip, frames per clip) is computed here and
 nowhere else.
+
+Besides the signal kinds (``logmel``, ``waveform``) there are *embedding* kinds: the
+pooled features of a pretrained network, one vector per clip (``layout == "vector"``).
+``musicnn`` is the 200-d penultimate layer of the published ``MSD_musicnn`` model
+(after its batch norm), averaged over the clip's non-overlapping 3-s patches (see
+:mod:`common.embeddings`); its analysis fields must be the network's input
+(:data:`EMBEDDING_INPUT`), so that a config states exactly what the cache holds.
 """
 
 from __future__ import annotations
@@ -15,9 +22,22 @@ from typing import Any, Literal
 
 from common.errors import ConfigError
 
-FeatureKind = Literal["logmel", "waveform"]
+FeatureKind = Literal["logmel", "waveform", "musicnn"]
+Layout = Literal["logmel", "waveform", "vector"]
 LogScale = Literal["db", "log1p"]
 CropPolicy = Literal["center", "start"]
+
+#: Embedding kinds: size of the stored vector of one clip.
+EMBEDDING_DIMS: dict[str, int] = {"musicnn": 200}
+
+#: The analysis each embedding kind's network was trained on (checked field by field).
+EMBEDDING_INPUT: dict[str, dict[str, Any]] = {
+    "musicnn": {"sample_rate": 16000, "n_fft": 512, "hop_length": 256, "n_mels": 96,
+                "fmin": 0.0, "fmax": None, "log_scale": "log1p"},
+}
+
+#: Shortest clip an embedding kind can analyse (musicnn: one 3-s patch of 187 frames).
+EMBEDDING_MIN_CLIP_SECONDS: dict[str, float] = {"musicnn": 3.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +46,10 @@ class FeatureSettings:
 
     Attributes
     ----------
-    kind : {"logmel", "waveform"}
-        Log-mel spectrogram ``(n_mels, n_frames)`` or the resampled mono signal ``(clip_samples,)``.
+    kind : {"logmel", "waveform", "musicnn"}
+        Log-mel spectrogram ``(n_mels, n_frames)``, the resampled mono signal ``(clip_samples,)``,
+        or musicnn's pooled penultimate features ``(200,)`` (analysis fields fixed by
+        :data:`EMBEDDING_INPUT`, ``clip_seconds`` at least 3).
     sample_rate : int
         Rate the audio is resampled to, in Hz.
     n_fft, hop_length, n_mels : int
@@ -61,8 +83,9 @@ class FeatureSettings:
     silence_dbfs: float = -60.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("logmel", "waveform"):
-            raise ConfigError(f"features.kind: unknown kind {self.kind!r} (logmel or waveform)")
+        if self.kind not in ("logmel", "waveform", *EMBEDDING_DIMS):
+            raise ConfigError(f"features.kind: unknown kind {self.kind!r} "
+                              f"(logmel, waveform or {', '.join(EMBEDDING_DIMS)})")
         if self.log_scale not in ("db", "log1p"):
             raise ConfigError(f"features.log_scale: unknown scale {self.log_scale!r} (db or log1p)")
         if self.crop not in ("center", "start"):
@@ -74,6 +97,19 @@ class FeatureSettings:
                 raise ConfigError(f"features.{name}: must be positive, got {getattr(self, name)}")
         if self.clip_seconds <= 0 or self.min_seconds < 0:
             raise ConfigError("features.clip_seconds must be > 0 and features.min_seconds >= 0")
+        for name, value in EMBEDDING_INPUT.get(self.kind, {}).items():
+            if getattr(self, name) != value:
+                raise ConfigError(f"features.{name}: kind {self.kind!r} needs {value!r} (its network's "
+                                  f"input), got {getattr(self, name)!r}")
+        shortest = EMBEDDING_MIN_CLIP_SECONDS.get(self.kind, 0.0)
+        if self.clip_seconds < shortest:
+            raise ConfigError(f"features.clip_seconds: kind {self.kind!r} needs at least {shortest:g} s, "
+                              f"got {self.clip_seconds:g}")
+
+    @property
+    def layout(self) -> Layout:
+        """What a model reads: ``"logmel"`` / ``"waveform"`` (crops along the last axis) or ``"vector"``."""
+        return "vector" if self.kind in EMBEDDING_DIMS else self.kind
 
     @property
     def clip_samples(self) -> int:
@@ -87,13 +123,24 @@ class FeatureSettings:
 
     @property
     def clip_shape(self) -> tuple[int, ...]:
-        """Shape of one stored clip: ``(n_mels, n_frames)`` or ``(clip_samples,)``."""
+        """Shape of one stored clip: ``(n_mels, n_frames)``, ``(clip_samples,)`` or ``(embedding_dim,)``."""
+        if self.layout == "vector":
+            return (EMBEDDING_DIMS[self.kind],)
         if self.kind == "waveform":
             return (self.clip_samples,)
         return (self.n_mels, self.n_frames)
 
     def frames_for(self, seconds: float) -> int:
-        """Number of frames (log-mel) or samples (waveform) covering ``seconds`` of audio."""
+        """Number of frames (log-mel) or samples (waveform) covering ``seconds`` of audio.
+
+        Raises
+        ------
+        ConfigError
+            Embedding kinds: a vector has no time axis to crop.
+        """
+        if self.layout == "vector":
+            raise ConfigError(f"features.kind: {self.kind!r} stores one vector per clip; "
+                              f"it cannot be cropped or chunked in time")
         samples = int(round(seconds * self.sample_rate))
         return samples if self.kind == "waveform" else 1 + samples // self.hop_length
 

@@ -270,8 +270,8 @@ def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipSt
     hop = data.chunk_hop_frames(config.features)
     steps = int(np.ceil(len(train_positions) / data.batch_size))
     val_features = store.subset(val_positions)
-    mean, std = feature_stats(store, train_positions)
-    if config.features.kind == "waveform":
+    mean, std = feature_stats(store, train_positions, layout=config.features.layout)
+    if config.features.layout == "waveform":
         mean, std = float(mean[0]), float(std[0])
 
     previous_policy = keras.mixed_precision.dtype_policy()

@@ -5,6 +5,7 @@ Engineers add fixtures here; keep existing ones intact.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,25 @@ def demo_data_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "demo"
     generate_demo_dataset(out, n_jobs=2, **DEMO_FIXTURE_PARAMS)
     return out
+
+
+@pytest.fixture(scope="session")
+def musicnn_weights_dir(request) -> Path:
+    """The musicnn checkpoints, fetched once into pytest's cache (skips when pip cannot reach PyPI).
+
+    Uses the same cache folders as tests/test_musicnn.py; the project's models/musicnn is not touched.
+    """
+    from common.errors import ToolkitError
+    from common.pretrained import MUSICNN_WHEEL, download_musicnn_wheel, extract_musicnn_weights, weights_present
+
+    folder = request.config.cache.mkdir("musicnn-weights") / "musicnn"
+    if not weights_present(weights_dir=folder):
+        wheel_dir = request.config.cache.mkdir("musicnn-wheel")
+        if not (wheel_dir / MUSICNN_WHEEL).is_file():
+            try:
+                download_musicnn_wheel(wheel_dir)
+            except ToolkitError as error:
+                pytest.skip(f"cannot download the musicnn wheel (needed for its weights): {error}")
+        shutil.rmtree(folder, ignore_errors=True)
+        extract_musicnn_weights(wheel_dir / MUSICNN_WHEEL, folder)
+    return folder

@@ -1,9 +1,11 @@
 """Model registry: build any of the toolkit's models by name.
 
 Every model takes a batch of RAW features, exactly as the feature cache stores
-them: log-mel ``(batch, n_mels, frames)`` or waveform ``(batch, samples)``.
-Standardisation with the training folds' statistics happens in the model's first
-layer, so a saved ``model.keras`` is self-contained; the last layer returns
+them: log-mel ``(batch, n_mels, frames)``, waveform ``(batch, samples)`` or a vector
+``(batch, dim)`` (embeddings). Standardisation with the training folds' statistics
+happens in the model's first layer (except for models that normalise their own input,
+``ModelSpec.standardize=False``: musicnn's input batch norm, which its published weights
+were trained with on raw log-mels), so a saved ``model.keras`` is self-contained; the last layer returns
 float32 probabilities (softmax for ``single``, sigmoid for ``multi``), also under a
 mixed-precision policy. ``keras.models.load_model(path)`` works after
 ``import common.models``.
@@ -29,10 +31,10 @@ import keras
 import numpy as np
 
 from common.errors import ConfigError
-from common.models import crnn, musicnn, samplecnn, shortchunk
+from common.models import crnn, mlp, musicnn, samplecnn, shortchunk
 from common.models.layers import classifier_output, standardize
 
-InputKind = Literal["logmel", "waveform"]
+InputKind = Literal["logmel", "waveform", "vector"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +45,18 @@ class ModelSpec:
     ----------
     body : callable
         ``body(x, **params) -> (batch, d)`` tensor, see the module docstring.
-    input_kind : {"logmel", "waveform"}
-        Which feature cache the model reads: ``(n_mels, frames)`` or ``(samples,)``.
+    input_kind : {"logmel", "waveform", "vector"}
+        Which feature layout the model reads (:attr:`common.settings.FeatureSettings.layout`):
+        ``(n_mels, frames)``, ``(samples,)`` or ``(dim,)``.
+    standardize : bool
+        Whether the registry standardises the input with the training statistics;
+        ``False`` for a body that normalises its raw input itself (statistics passed
+        to :func:`build_model` are then not used).
     """
 
     body: Callable[..., keras.KerasTensor]
     input_kind: InputKind
+    standardize: bool = True
 
     def param_names(self) -> list[str]:
         """Names of the hyper-parameters ``body`` accepts (keyword-only arguments)."""
@@ -63,7 +71,8 @@ MODELS: dict[str, ModelSpec] = {
     "crnn": ModelSpec(crnn.crnn_body, "logmel"),
     "shortchunk": ModelSpec(shortchunk.shortchunk_body, "logmel"),
     "samplecnn": ModelSpec(samplecnn.samplecnn_body, "waveform"),
-    "musicnn": ModelSpec(musicnn.musicnn_body, "logmel"),
+    "musicnn": ModelSpec(musicnn.musicnn_body, "logmel", standardize=False),
+    "mlp": ModelSpec(mlp.mlp_body, "vector"),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
 
@@ -102,8 +111,9 @@ def build_model(
     activation : {"softmax", "sigmoid"}
         ``softmax`` for single-label, ``sigmoid`` for multi-label.
     feature_mean, feature_std : array-like, shape (n_mels,), or float, optional
-        Per-frequency (log-mel) or scalar (waveform) statistics of the training
-        data; when given, the model standardises its input with them.
+        Per-frequency (log-mel), per-component (vector) or scalar (waveform)
+        statistics of the training data; when given, the model standardises its input
+        with them, unless its spec says it normalises its own input (``musicnn``).
     **params
         Hyper-parameters of the model's body (see each body's docstring).
 
@@ -133,14 +143,14 @@ def build_model(
     shape = tuple(int(s) for s in input_shape)
     rank = 2 if spec.input_kind == "logmel" else 1
     if len(shape) != rank or min(shape) < 1:
-        layout = "(n_mels, frames)" if rank == 2 else "(samples,)"
+        layout = {"logmel": "(n_mels, frames)", "waveform": "(samples,)", "vector": "(dim,)"}[spec.input_kind]
         raise ConfigError(
             f"input_shape: model {name!r} takes {spec.input_kind} input {layout}, got {shape}"
         )
     inputs = keras.Input(shape=shape, name=spec.input_kind)
     x = standardize(
         inputs, kind=spec.input_kind, feature_mean=feature_mean, feature_std=feature_std
-    )
+    ) if spec.standardize else inputs
     x = spec.body(x, **params)
     outputs = classifier_output(x, n_outputs=n_outputs, activation=activation)
     return keras.Model(inputs, outputs, name=name)
