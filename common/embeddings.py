@@ -25,7 +25,7 @@ import numpy as np
 
 from common.errors import ConfigError, ToolkitError
 from common.pretrained import DEFAULT_WEIGHTS_DIR, checkpoint_prefix
-from common.settings import EMBEDDING_DIMS, FeatureSettings
+from common.settings import FeatureSettings
 
 #: The published checkpoint behind each embedding kind.
 EMBEDDING_CHECKPOINTS: dict[str, str] = {"musicnn": "MSD_musicnn"}
@@ -95,7 +95,7 @@ def embed_clip(clip: np.ndarray, *, settings: FeatureSettings,
 
     Returns
     -------
-    np.ndarray, shape (EMBEDDING_DIMS[settings.kind],), float32
+    np.ndarray, shape (common.settings.EMBEDDING_DIMS[settings.kind],), float32
 
     Raises
     ------
