@@ -25,12 +25,20 @@ FILE      ?=
 OUT       ?= out
 PYTEST_ARGS ?=
 WEIGHTS   ?= models/musicnn
+MEAN      ?= arithmetic
+BLEND     ?=
+TAG_ARGS  ?=
 
 # Quieter TensorFlow start-up (errors still show).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 DEMO_DATA := data/demo
 DEMO_RUNS := runs/demo
+DEMO_TEST := $(DEMO_DATA)/crowdai_fma_test
+# The demo tags the largest demo song (never one of the broken files) with the trained
+# ensemble, and a real recording with musicnn where ../shared/audio exists.
+DEMO_SONG = $(firstword $(shell ls -S $(DEMO_DATA)/fma_small/*/*.mp3 2>/dev/null))
+REAL_SONG = $(firstword $(wildcard ../shared/audio/Kevin_MacLeod_-_Vibe_Ace.ogg) $(DEMO_SONG))
 
 TAG_EXP = $(if $(filter command line environment override,$(origin EXP)),$(EXP),musicnn)
 SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
@@ -71,8 +79,9 @@ train: setup ## Train every fold (or FOLD) of experiment EXP; finished folds are
 compare: setup ## Table of all experiments in RUNS (CSV, Markdown, learning curves, confusion matrix)
 	$(PY) -m experiments.compare --runs $(RUNS) --out $(RUNS)/compare
 
-submit: setup ## crowdAI CSV for TEST_DIR from the fold ensembles of EXP (comma-separated)
-	$(PY) -m crowdai.submit --exp $(EXP) --runs $(RUNS) --test-dir $(TEST_DIR) --cache $(CACHE) --out submissions
+submit: setup ## crowdAI CSV for TEST_DIR from the fold ensembles of EXP (comma-separated; MEAN, BLEND=0.7,0.3)
+	$(PY) -m crowdai.submit --exp $(EXP) --runs $(RUNS) --test-dir $(TEST_DIR) --cache $(CACHE) --out submissions \
+	  --mean $(MEAN) $(if $(BLEND),--weights $(BLEND),)
 
 validate: setup ## Check SUBMISSION (default: newest) against TEST_DIR before upload
 	$(PY) -m crowdai.validate $(SUBMISSION) --test-dir $(TEST_DIR)
@@ -84,14 +93,19 @@ weights: setup ## Fetch musicnn's published checkpoints (PyPI wheel, sha256-chec
 	$(PY) -m common.pretrained --dest $(WEIGHTS)
 
 tag: setup $(if $(filter musicnn,$(TAG_EXP)),weights,) ## Genre tags over time for FILE: EXP's fold ensemble, or musicnn zero-shot without EXP
-	$(PY) -m crowdai.tag $(FILE) --exp $(TAG_EXP) --runs $(RUNS) --out $(OUT) --weights $(WEIGHTS)
+	$(PY) -m crowdai.tag $(FILE) --exp $(TAG_EXP) --runs $(RUNS) --out $(OUT) --weights $(WEIGHTS) $(TAG_ARGS)
 
-demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, train, compare, submit, validate, tag
+demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, train, compare, submit, validate, score, tag
 	$(MAKE) demo-data
 	$(MAKE) features DATA=$(DEMO_DATA) SUBSET=small EXP=demo
 	$(MAKE) folds DATA=$(DEMO_DATA) SUBSET=small
 	$(MAKE) train DATA=$(DEMO_DATA) SUBSET=small EXP=demo RUNS=$(DEMO_RUNS)
 	$(MAKE) compare RUNS=$(DEMO_RUNS)
+	$(MAKE) submit EXP=demo RUNS=$(DEMO_RUNS) TEST_DIR=$(DEMO_TEST)
+	$(MAKE) validate TEST_DIR=$(DEMO_TEST)
+	$(MAKE) score LABELS=$(DEMO_DATA)/crowdai_fma_test_labels.csv
+	$(MAKE) tag EXP=demo RUNS=$(DEMO_RUNS) FILE=$(DEMO_SONG) OUT=$(OUT)/demo TAG_ARGS=--overwrite
+	$(MAKE) tag FILE=$(REAL_SONG) OUT=$(OUT)/demo TAG_ARGS=--overwrite
 
 test: setup ## Run the test suite (small sizes; about 10 minutes on 2 cores)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -26,8 +26,8 @@ if [[ -z "${CACHE:-}" ]]; then
   trap 'rm -rf "$CACHE"' EXIT
 fi
 
-# offline: no downloads, no telemetry, quiet TensorFlow
-export HF_HUB_OFFLINE=1 PIP_NO_INDEX=1 TF_CPP_MIN_LOG_LEVEL=2
+# offline: no downloads, quiet TensorFlow
+export PIP_NO_INDEX=1 TF_CPP_MIN_LOG_LEVEL=2
 
 args=(--exp "$EXP" --runs "$RUNS" --test-dir "$TEST_DIRECTORY" --cache "$CACHE"
       --output "$OUTPUT_PATH" --mean "$MEAN" --jobs "$JOBS")
