@@ -1,8 +1,11 @@
 """Collect the benchmark JSON files into ``summary.json`` and a Markdown table.
 
 ``python -m bench.summary --dir bench`` reads ``features.json``, ``train.json``,
-``predict.json`` and ``tag.json`` where present (each written by its own
-``make bench-*`` target) and records the machine they ran on.
+``pipeline.json``, ``predict.json`` and ``tag.json`` where present (each written by its
+own ``make bench-*`` target) and records the machine they ran on (cores, GPUs, load
+average: the machine may be shared). The Markdown starts with the headline numbers:
+feature clips/s per core and, from ``pipeline.json``, full-size training clips/s with
+what limits it (input pipeline or model).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 
 from common.io import write_text_atomic
 
-BENCHMARKS: tuple[str, ...] = ("features", "train", "predict", "tag")
+BENCHMARKS: tuple[str, ...] = ("features", "train", "pipeline", "predict", "tag")
 
 
 def machine_info() -> dict:
@@ -25,7 +28,8 @@ def machine_info() -> dict:
     gpus = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
             for gpu in tf.config.list_physical_devices("GPU")]
     return {"cores": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "tensorflow": tf.__version__, "gpus": gpus}
+            "python": platform.python_version(), "tensorflow": tf.__version__, "gpus": gpus,
+            "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
 def collect(bench_dir: Path) -> dict[str, dict]:
@@ -34,11 +38,35 @@ def collect(bench_dir: Path) -> dict[str, dict]:
             for name in BENCHMARKS if (bench_dir / f"{name}.json").exists()}
 
 
+def headlines(results: dict[str, dict], machine: dict) -> list[str]:
+    """Feature clips/s per core and full-size training clips/s with its limit, where measured."""
+    lines = []
+    features = results.get("features", {})
+    if "toolkit_clips_per_s" in features:
+        cores = features.get("cores", machine["cores"])
+        lines.append(f"- Features: {features['toolkit_clips_per_s']:.3g} clips/s on {cores} cores "
+                     f"= {features['toolkit_clips_per_s'] / cores:.3g} clips/s per core "
+                     f"(load average {features.get('load_average_1min', 'n/a')})")
+    pipeline = results.get("pipeline", {})
+    if "training_clips_per_s" in pipeline:
+        shape = " x ".join(str(n) for n in pipeline["input_shape"])
+        lines.append(f"- {pipeline['model'].upper()} training on {shape} ({pipeline['device']}, "
+                     f"{pipeline['precision']}, batch {pipeline['batch_size']}): "
+                     f"{pipeline['training_clips_per_s']:.4g} clips/s; limited by the {pipeline['limit']} "
+                     f"(pipeline alone {pipeline['pipeline_clips_per_s']:.4g} clips/s, "
+                     f"model alone {pipeline['model_clips_per_s']:.4g} clips/s)")
+    return lines
+
+
 def to_markdown(results: dict[str, dict], machine: dict) -> str:
-    """One row per measured quantity: benchmark, key, value."""
+    """Headlines, then one row per measured quantity: benchmark, key, value."""
     gpus = ", ".join(machine["gpus"]) or "none"
-    lines = [f"Machine: {machine['cores']} cores ({machine['processor']}), GPU: {gpus}, "
-             f"TensorFlow {machine['tensorflow']}", "", "| benchmark | quantity | value |", "| --- | --- | --- |"]
+    lines = [(f"Machine: {machine['cores']} cores ({machine['processor']}), GPU: {gpus}, "
+              f"TensorFlow {machine['tensorflow']}, load average {machine.get('load_average_1min', 'n/a')}"), ""]
+    top = headlines(results, machine)
+    if top:
+        lines += [*top, ""]
+    lines += ["| benchmark | quantity | value |", "| --- | --- | --- |"]
     for name, record in results.items():
         for key, value in record.items():
             shown = f"{value:.3g}" if isinstance(value, float) else json.dumps(value) if isinstance(value, (dict, list)) else value
