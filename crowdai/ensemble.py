@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import ConfigError, ToolkitError
+from common.settings import EMBEDDING_MIN_CLIP_SECONDS
 
 #: Ways of combining experiments.
 MEANS: tuple[str, ...] = ("arithmetic", "geometric")
@@ -267,6 +268,24 @@ def segment_spans(bounds: np.ndarray, *, settings, n_total: int, min_length: int
     return spans
 
 
+def _segment_vector_probs(y: np.ndarray, bounds: np.ndarray, *, ensemble: FoldEnsemble,
+                          batch_size: int | None) -> np.ndarray:
+    """Ensemble probabilities ``(n_segments, n_classes)`` of clip-embedding features, one per segment."""
+    from common.audio import features_for
+
+    settings = ensemble.settings
+    rate = settings.sample_rate
+    min_samples = int(round(EMBEDDING_MIN_CLIP_SECONDS[settings.kind] * rate))
+    vectors = []
+    for start, end in np.round(bounds * rate).astype(int):
+        missing = max(min_samples - (end - start), 0)
+        start = max(min(start - missing // 2, len(y) - min_samples), 0)
+        segment = y[start:max(end, start + min_samples)]
+        segment = np.pad(segment, (0, max(min_samples - len(segment), 0)))
+        vectors.append(features_for(segment, settings=settings))
+    return ensemble.predict(np.stack(vectors), batch_size=batch_size)
+
+
 def experiment_song(path: str | Path, *, ensemble: FoldEnsemble, window: float = 10.0, hop: float = 10.0,
                     batch_size: int | None = None) -> tuple[np.ndarray, dict, dict[str, Any]]:
     """Per-segment probabilities of one song from an experiment's fold ensemble.
@@ -302,6 +321,13 @@ def experiment_song(path: str | Path, *, ensemble: FoldEnsemble, window: float =
     y = load_audio(path, sample_rate=settings.sample_rate)
     duration = y.shape[0] / settings.sample_rate
     bounds = segment_bounds(duration, window=window, hop=hop)
+    if settings.layout == "vector":
+        return bounds, {"genres": View(tuple(ensemble.task.class_names),
+                                       _segment_vector_probs(y, bounds, ensemble=ensemble, batch_size=batch_size))}, {
+            "task": ensemble.task.name, "folds": len(ensemble.models), "eval": "embedding",
+            "context": (f"each segment is embedded on its own; segments shorter than "
+                        f"{EMBEDDING_MIN_CLIP_SECONDS[settings.kind]} s are embedded from that much audio centred on them"),
+        }
     features = features_for(y, settings=settings)
     spans = segment_spans(bounds, settings=settings, n_total=features.shape[-1], min_length=ensemble.crop_frames)
     probs = np.empty((len(bounds), ensemble.task.n_classes))

@@ -128,6 +128,18 @@ def test_head_on_embeddings_trains_through_the_runner(head_run):
     assert resolved["features"]["kind"] == "musicnn" and resolved["data"]["crop_seconds"] is None
 
 
+def test_tagging_a_song_with_the_head_embeds_every_segment(head_run, audio_writer, signal):
+    from crowdai.ensemble import experiment_song, load_ensemble
+
+    ensemble = load_ensemble(head_run["exp_dir"].parent, "musicnn_head")
+    song = audio_writer("song.wav", signal("chirp", sr=22050, seconds=7.0), sr=22050)
+    bounds, views, notes = experiment_song(song, ensemble=ensemble, window=2.0, hop=2.0)
+    probs = views["genres"].probs
+    assert bounds.shape == (4, 2) and probs.shape == (4, 16) and notes["eval"] == "embedding"
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert np.ptp(probs, axis=0).max() > 0  # segments are analysed separately, not one vector cut up
+
+
 def test_fine_tuning_starts_from_the_checkpoint_and_trains_the_whole_network(env, tmp_path):
     from common.pretrained import load_musicnn_checkpoint
 
