@@ -13,7 +13,8 @@ With the config's features, model, crop and batch size (default: the reference C
 (b) model: ``model.fit`` steps on one synthetic batch repeated (no input cost);
 (c) training: ``model.fit`` on the pipeline, as the runner trains.
 
-Warm-up steps (tracing, XLA compilation) are excluded. ``limit`` is ``"input pipeline"``
+Warm-up steps (tracing, XLA compilation) are excluded. ``--jit-compile false`` against the
+default measures what XLA brings (Keras' ``"auto"`` turns it off under ``MirroredStrategy``). ``limit`` is ``"input pipeline"``
 when (a) is slower than (b), otherwise ``"model"``: (c) cannot beat the slower of the two.
 Defaults are sized to the machine: 2048 clips, the config's batch size and 50 timed
 steps on a GPU; 64 clips, batches of 8 and 2 steps on a CPU (the CRNN on 96 x 1366
@@ -23,6 +24,7 @@ trains at about one clip per second on 2 cores).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -51,7 +53,7 @@ def _timed_iteration(dataset, *, steps: int, warmup: int) -> float:
 
 
 def run(*, config_path: Path, n_clips: int | None, steps: int | None, warmup: int | None,
-        batch_size: int | None, seed: int = 0) -> dict:
+        batch_size: int | None, jit_compile: str | None = None, seed: int = 0) -> dict:
     """Measure (a), (b), (c) of the module docstring; returns the JSON record."""
     import keras
     import tensorflow as tf
@@ -62,6 +64,9 @@ def run(*, config_path: Path, n_clips: int | None, steps: int | None, warmup: in
     from common.training import make_optimizer, select_runtime
 
     config = load_config(config_path)
+    if jit_compile is not None:
+        jit = {"auto": "auto", "true": True, "false": False}[jit_compile]
+        config = dataclasses.replace(config, training=dataclasses.replace(config.training, jit_compile=jit))
     runtime = select_runtime(config.training)
     on_gpu = runtime.device != "cpu"
     n_clips = n_clips or (2048 if on_gpu else 64)
@@ -125,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (GPU: the config's, CPU 8)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps of each measurement (GPU 50, CPU 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps before each (GPU 3, CPU 1)")
+    parser.add_argument("--jit-compile", choices=("auto", "true", "false"), default=None,
+                        help="override training.jit_compile, e.g. to measure what XLA brings on a GPU")
     args = parser.parse_args(argv)
     record = run(config_path=args.config, n_clips=args.clips, steps=args.steps, warmup=args.warmup,
-                 batch_size=args.batch_size)
+                 batch_size=args.batch_size, jit_compile=args.jit_compile)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record))
