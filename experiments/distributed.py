@@ -23,6 +23,12 @@ resource; folds then ask for ``{"GPU": 1}``, one fold per card::
 Without GPU resources on any worker, folds go to any worker; one worker process trains
 one fold at a time whatever its number of threads (Keras' dtype policy and seeds are
 process-wide).
+
+Memory: each fold task loads the experiment's features into its own process when
+``data.in_memory: auto`` finds they take under a quarter of RAM, and a Dask worker is
+restarted past its ``--memory-limit`` (default: RAM / workers of the host). With several
+fold workers on one host, set ``data.in_memory: false`` (memory-mapped shards, one page
+cache for all) or give the workers ``--memory-limit 0``.
 """
 
 from __future__ import annotations
