@@ -113,8 +113,9 @@ test: setup ## Run the test suite (small sizes; about 10 minutes on 2 cores)
 bench-features: setup ## Feature extraction clips/s: toolkit vs single-process librosa vs decode only
 	$(PY) -m bench.features --out bench/features.json
 
-bench-train: setup ## Training samples/s: toolkit pipeline vs naive per-file loop
+bench-train: setup ## Training samples/s: toolkit pipeline vs naive per-file loop; full-size CRNN: pipeline or model the limit
 	$(PY) -m bench.train --out bench/train.json
+	$(PY) -m bench.pipeline --out bench/pipeline.json
 
 bench-predict: setup ## Submission clips/s for a K-fold ensemble, feature vs model time
 	$(PY) -m bench.predict --out bench/predict.json

@@ -145,7 +145,7 @@ class TrainingConfig:
         Epochs without a better validation log loss before stopping; 0 disables it.
     seed : int
     precision : {"auto", "float32", "mixed_float16", "mixed_bfloat16"}
-        ``auto``: mixed precision on GPUs (bfloat16 where supported), float32 on CPU.
+        ``auto``: ``mixed_float16`` on GPUs, float32 on CPU.
     strategy : {"auto", "default", "mirrored"}
         ``auto``: ``MirroredStrategy`` with more than one GPU, the default strategy otherwise.
     jit_compile : {"auto", True, False}

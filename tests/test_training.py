@@ -171,19 +171,6 @@ def test_clear_errors(env, tmp_path, capsys):
                             k=2, seed=0)
     assert runner.main(args(env, write_config(tmp_path, "ok"), tmp_path / "runs", "--folds", str(bad_folds))) == 2
     assert "do not match the metadata" in capsys.readouterr().err
-    assert runner.main(args(env, write_config(tmp_path, "ok2"), tmp_path / "runs", "--scheduler", "tcp://x:1")) == 2
-    assert "not implemented" in capsys.readouterr().err
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not tf.config.list_physical_devices("GPU"),
-                    reason="no GPU visible to TensorFlow: the mixed-precision / strategy path is checked on GPU machines")
-def test_trains_with_mixed_precision_on_a_gpu(env, tmp_path):
-    config = write_config(tmp_path, "tiny_gpu")
-    assert runner.main(args(env, config, tmp_path / "runs")) == 0
-    summary = json.loads((tmp_path / "runs" / "tiny_gpu" / "fold_0" / "summary.json").read_text())
-    assert "GPU" in summary["device"] and summary["precision"] == "mixed_float16"
-    assert np.isfinite(summary["metrics"]["log_loss"])
 
 
 def test_runtime_selection_follows_the_config():
