@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 
 from common.demo_data import generate_demo_dataset
 
@@ -103,22 +104,73 @@ def demo_data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def musicnn_weights_dir(request) -> Path:
-    """The musicnn checkpoints, fetched once into pytest's cache (skips when pip cannot reach PyPI).
-
-    Uses the same cache folders as tests/test_musicnn.py; the project's models/musicnn is not touched.
-    """
+def musicnn_wheel(request) -> Path:
+    """The musicnn wheel, downloaded once into pytest's cache (skips when pip cannot reach PyPI)."""
     from common.errors import ToolkitError
-    from common.pretrained import MUSICNN_WHEEL, download_musicnn_wheel, extract_musicnn_weights, weights_present
+    from common.pretrained import MUSICNN_WHEEL, download_musicnn_wheel
+
+    folder = request.config.cache.mkdir("musicnn-wheel")
+    if not (folder / MUSICNN_WHEEL).is_file():
+        try:
+            download_musicnn_wheel(folder)
+        except ToolkitError as error:
+            pytest.skip(f"cannot download the musicnn wheel (needed for its weights): {error}")
+    return folder / MUSICNN_WHEEL
+
+
+@pytest.fixture(scope="session")
+def musicnn_weights_dir(request, musicnn_wheel) -> Path:
+    """The musicnn checkpoints extracted into pytest's cache (the project's models/musicnn is not touched)."""
+    from common.pretrained import extract_musicnn_weights, weights_present
 
     folder = request.config.cache.mkdir("musicnn-weights") / "musicnn"
     if not weights_present(weights_dir=folder):
-        wheel_dir = request.config.cache.mkdir("musicnn-wheel")
-        if not (wheel_dir / MUSICNN_WHEEL).is_file():
-            try:
-                download_musicnn_wheel(wheel_dir)
-            except ToolkitError as error:
-                pytest.skip(f"cannot download the musicnn wheel (needed for its weights): {error}")
         shutil.rmtree(folder, ignore_errors=True)
-        extract_musicnn_weights(wheel_dir / MUSICNN_WHEEL, folder)
+        extract_musicnn_weights(musicnn_wheel, folder)
     return folder
+
+
+#: Feature settings of the tiny training experiments (8 kHz, 16 mels, 8-s clips).
+TINY_FEATURES = {"sample_rate": 8000, "n_fft": 256, "hop_length": 256, "n_mels": 16, "clip_seconds": 8.0}
+
+
+def write_tiny_config(directory: Path, name: str, *, task: str = "single", epochs: int = 2, min_tracks: int = 5,
+                      dense_units: int = 8, batch_size: int = 32, **training) -> Path:
+    """Write ``directory/<name>.yaml``: a one-block short-chunk CNN on ``TINY_FEATURES``.
+
+    ``training`` adds keys of the config's ``training`` section (e.g. ``optimizer``).
+    """
+    values = {
+        "features": TINY_FEATURES,
+        "task": {"name": task, "min_tracks": min_tracks},
+        "model": {"name": "shortchunk", "params": {"channels": [8], "dense_units": dense_units, "dropout": 0.1}},
+        "data": {"crop_seconds": 3.0, "eval": "chunks", "batch_size": batch_size},
+        "training": {"epochs": epochs, "early_stopping_patience": 0, **training},
+    }
+    path = Path(directory) / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_training_data(demo_data_dir, tmp_path_factory) -> dict:
+    """Features (``TINY_FEATURES``) and a 2-fold file of ``demo_data_dir``.
+
+    Treat the folds and the ``fma_small`` features as read-only; tests may add caches of
+    other sources (the crowdAI test folder) to the cache root.
+
+    Returns ``{"data", "cache", "folds"}``: the demo folder, the cache root and the folds CSV.
+    """
+    from common.features import cache_dir_for, extract
+    from common.folds import make_folds, write_folds
+    from common.metadata import FmaDataset
+    from common.settings import FeatureSettings
+
+    root = tmp_path_factory.mktemp("tiny_training")
+    dataset = FmaDataset.open(demo_data_dir, "small")
+    settings = FeatureSettings.from_dict(TINY_FEATURES)
+    cache = root / "cache"
+    extract(dataset.items(), settings=settings, cache_dir=cache_dir_for(cache, "fma_small", settings),
+            n_jobs=2, progress=False)
+    folds = write_folds(root / "folds.csv", make_folds(dataset.tracks, k=2, seed=0), subset="small", k=2, seed=0)
+    return {"data": demo_data_dir, "cache": cache, "folds": folds}

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from common.config import SpecAugmentConfig, config_from_dict
 from common.data import ClipStore, class_sample_weights, feature_stats, train_dataset

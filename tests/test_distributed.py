@@ -11,7 +11,7 @@ import time
 
 import pandas as pd
 import pytest
-import yaml
+from conftest import write_tiny_config
 
 from common.errors import ToolkitError
 from experiments import runner
@@ -20,35 +20,14 @@ from experiments.distributed import fold_resources, train_folds_on_dask
 distributed = pytest.importorskip("distributed")
 
 SUBSET = "small"
-FEATURES = {"sample_rate": 8000, "n_fft": 256, "hop_length": 256, "n_mels": 16, "clip_seconds": 8.0}
 EPOCHS = 2
 
 
 @pytest.fixture(scope="module")
-def env(demo_data_dir, tmp_path_factory):
-    """Tiny features, a 2-fold file and a tiny experiment config for the demo data."""
-    from common.features import cache_dir_for, extract
-    from common.folds import make_folds, write_folds
-    from common.metadata import FmaDataset
-    from common.settings import FeatureSettings
-
-    root = tmp_path_factory.mktemp("distributed")
-    dataset = FmaDataset.open(demo_data_dir, SUBSET)
-    settings = FeatureSettings.from_dict(FEATURES)
-    cache = root / "cache"
-    extract(dataset.items(), settings=settings, cache_dir=cache_dir_for(cache, f"fma_{SUBSET}", settings),
-            n_jobs=2, progress=False)
-    folds = root / "folds.csv"
-    write_folds(folds, make_folds(dataset.tracks, k=2, seed=0), subset=SUBSET, k=2, seed=0)
-    config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump({
-        "features": FEATURES,
-        "task": {"name": "single", "min_tracks": 5},
-        "model": {"name": "shortchunk", "params": {"channels": [8], "dense_units": 8, "dropout": 0.1}},
-        "data": {"crop_seconds": 3.0, "eval": "chunks", "batch_size": 32},
-        "training": {"epochs": EPOCHS, "early_stopping_patience": 0},
-    }))
-    return {"data": demo_data_dir, "cache": cache, "folds": folds, "config": config, "root": root}
+def env(tiny_training_data, tmp_path_factory):
+    """Tiny features and a 2-fold file of the demo data (shared), and a tiny experiment config."""
+    config = write_tiny_config(tmp_path_factory.mktemp("distributed"), "tiny", epochs=EPOCHS)
+    return {**tiny_training_data, "config": config}
 
 
 @pytest.fixture(scope="module")

@@ -16,52 +16,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from conftest import write_tiny_config
 
 from crowdai import score, submit, tag, validate
 from crowdai.submission import list_test_ids, read_submission
 from experiments import runner
 
 SUBSET = "small"
-FEATURES = {"sample_rate": 8000, "n_fft": 256, "hop_length": 256, "n_mels": 16, "clip_seconds": 8.0}
 SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 
 
-def write_config(directory: Path, name: str, *, task: str, epochs: int) -> Path:
-    values = {
-        "features": FEATURES,
-        "task": {"name": task, "min_tracks": 2},
-        "model": {"name": "shortchunk", "params": {"channels": [8], "dense_units": 16, "dropout": 0.1}},
-        "data": {"crop_seconds": 3.0, "eval": "chunks", "batch_size": 8},
-        "training": {"epochs": epochs, "early_stopping_patience": 0, "optimizer": {"learning_rate": 0.01}},
-    }
-    path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
-
-
 @pytest.fixture(scope="module")
-def trained(demo_data_dir, tmp_path_factory):
-    """Features, a 2-fold file and two trained tiny experiments (single and multi)."""
-    from common.features import cache_dir_for, extract
-    from common.folds import make_folds, write_folds
-    from common.metadata import FmaDataset
-    from common.settings import FeatureSettings
-
+def trained(tiny_training_data, tmp_path_factory):
+    """Two trained tiny experiments (single and multi) on the shared tiny features and folds."""
     root = tmp_path_factory.mktemp("end_to_end")
-    dataset = FmaDataset.open(demo_data_dir, SUBSET)
-    settings = FeatureSettings.from_dict(FEATURES)
-    cache = root / "cache"
-    extract(dataset.items(), settings=settings, cache_dir=cache_dir_for(cache, f"fma_{SUBSET}", settings),
-            n_jobs=2, progress=False)
-    folds = write_folds(root / "folds.csv", make_folds(dataset.tracks, k=2, seed=0), subset=SUBSET, k=2, seed=0)
+    data, cache, folds = tiny_training_data["data"], tiny_training_data["cache"], tiny_training_data["folds"]
     runs = root / "runs"
     for name, task, epochs in (("tiny", "single", 8), ("tiny_multi", "multi", 1)):
-        config = write_config(root, name, task=task, epochs=epochs)
-        assert runner.main(["--config", str(config), "--data", str(demo_data_dir), "--subset", SUBSET,
+        config = write_tiny_config(root, name, task=task, epochs=epochs, min_tracks=2, dense_units=16, batch_size=8,
+                                   optimizer={"learning_rate": 0.01})
+        assert runner.main(["--config", str(config), "--data", str(data), "--subset", SUBSET,
                             "--folds", str(folds), "--cache", str(cache), "--runs", str(runs)]) == 0
-    return {"root": root, "runs": runs, "cache": cache, "test_dir": demo_data_dir / "crowdai_fma_test",
-            "labels": demo_data_dir / "crowdai_fma_test_labels.csv", "demo": demo_data_dir}
+    return {"root": root, "runs": runs, "cache": cache, "test_dir": data / "crowdai_fma_test",
+            "labels": data / "crowdai_fma_test_labels.csv", "demo": data}
 
 
 def test_submit_validate_score(trained, tmp_path, capsys):

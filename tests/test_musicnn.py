@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,8 @@ import pytest
 from common.errors import ConfigError, ToolkitError
 from common.metadata import TOP_GENRES
 from common.pretrained import (
-    MUSICNN_CHECKPOINTS, MUSICNN_WHEEL, download_musicnn_wheel, extract_musicnn_weights,
-    load_musicnn_checkpoint, weights_present,
+    MUSICNN_CHECKPOINTS, MUSICNN_WHEEL, extract_musicnn_weights,
+    load_musicnn_checkpoint,
 )
 from common.tagging import View, format_scores, pool_segments, segment_bounds
 
@@ -26,25 +25,13 @@ needs_audio = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def wheel(request) -> Path:
-    """The musicnn wheel, downloaded once into pytest's cache (skips when pip cannot reach PyPI)."""
-    folder = request.config.cache.mkdir("musicnn-wheel")
-    if not (folder / MUSICNN_WHEEL).is_file():
-        try:
-            download_musicnn_wheel(folder)
-        except ToolkitError as error:
-            pytest.skip(f"cannot download the musicnn wheel (needed for its weights): {error}")
-    return folder / MUSICNN_WHEEL
+def wheel(musicnn_wheel) -> Path:
+    return musicnn_wheel
 
 
 @pytest.fixture(scope="module")
-def weights_dir(request, wheel) -> Path:
-    """The extracted checkpoints, in pytest's cache (the project's models/musicnn is not touched)."""
-    folder = request.config.cache.mkdir("musicnn-weights") / "musicnn"
-    if not weights_present(weights_dir=folder):
-        shutil.rmtree(folder, ignore_errors=True)
-        extract_musicnn_weights(wheel, folder)
-    return folder
+def weights_dir(musicnn_weights_dir) -> Path:
+    return musicnn_weights_dir
 
 
 @pytest.fixture(scope="module")
@@ -216,13 +203,6 @@ def test_tag_cli_writes_table_json_png_and_keeps_existing_outputs(weights_dir, t
     assert main(argv) == 2
     assert "already exists" in capsys.readouterr().err
     assert png.stat().st_mtime_ns == before
-
-
-def test_tag_cli_with_a_trained_experiment_is_not_available_yet(tmp_path, capsys):
-    from crowdai.tag import main
-
-    assert main([str(tmp_path / "song.mp3"), "--exp", "crnn", "--out", str(tmp_path)]) == 2
-    assert "not available yet" in capsys.readouterr().err
 
 
 # --- generic tagging helpers -------------------------------------------------------------------

@@ -10,43 +10,17 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 import yaml
+from conftest import write_tiny_config
 
 from experiments import runner
 
 SUBSET = "small"
-FEATURES = {"sample_rate": 8000, "n_fft": 256, "hop_length": 256, "n_mels": 16, "clip_seconds": 8.0}
-
-
-def write_config(directory, name, *, task="single", epochs=2, **training):
-    values = {
-        "features": FEATURES,
-        "task": {"name": task, "min_tracks": 5},
-        "model": {"name": "shortchunk", "params": {"channels": [8], "dense_units": 8, "dropout": 0.1}},
-        "data": {"crop_seconds": 3.0, "eval": "chunks", "batch_size": 32},
-        "training": {"epochs": epochs, "early_stopping_patience": 0, **training},
-    }
-    path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
 
 
 @pytest.fixture(scope="module")
-def env(demo_data_dir, tmp_path_factory):
-    """Features (tiny settings) and a 2-fold file for the demo data."""
-    from common.features import cache_dir_for, extract
-    from common.folds import make_folds, write_folds
-    from common.metadata import FmaDataset
-    from common.settings import FeatureSettings
-
-    root = tmp_path_factory.mktemp("training")
-    dataset = FmaDataset.open(demo_data_dir, SUBSET)
-    settings = FeatureSettings.from_dict(FEATURES)
-    cache = root / "cache"
-    extract(dataset.items(), settings=settings, cache_dir=cache_dir_for(cache, f"fma_{SUBSET}", settings),
-            n_jobs=2, progress=False)
-    folds = root / "folds.csv"
-    write_folds(folds, make_folds(dataset.tracks, k=2, seed=0), subset=SUBSET, k=2, seed=0)
-    return {"data": demo_data_dir, "cache": cache, "folds": folds, "root": root}
+def env(tiny_training_data):
+    """Tiny features and a 2-fold file of the demo data (shared, read-only)."""
+    return tiny_training_data
 
 
 def args(env, config, runs, *extra):
@@ -85,7 +59,7 @@ def check_run_files(exp_dir, *, task, n_folds):
 
 
 def test_single_task_through_the_cli_then_skip(env, tmp_path):
-    config = write_config(tmp_path, "tiny_single")
+    config = write_tiny_config(tmp_path, "tiny_single")
     runs = tmp_path / "runs"
     assert runner.main(args(env, config, runs, "--fold", "0")) == 0
     assert not (runs / "tiny_single" / "summary.json").exists()  # fold 1 remains
@@ -104,7 +78,7 @@ def test_single_task_through_the_cli_then_skip(env, tmp_path):
 def test_multi_task_writes_every_run_file(env, tmp_path):
     from common.config import load_config
 
-    config = load_config(write_config(tmp_path, "tiny_multi", task="multi", epochs=1))
+    config = load_config(write_tiny_config(tmp_path, "tiny_multi", task="multi", epochs=1))
     data = runner.open_experiment_data(config, data=env["data"], subset=SUBSET, folds_path=env["folds"],
                                        cache=env["cache"])
     assert data.task.name == "multi" and data.task.n_classes >= 2 and data.y.sum(axis=1).min() >= 1
@@ -138,7 +112,7 @@ class RecordStart(keras.callbacks.Callback):
 def test_interrupted_fold_resumes_from_its_checkpoint(env, tmp_path):
     from common.config import load_config
 
-    config = load_config(write_config(tmp_path, "tiny_resume", epochs=3))
+    config = load_config(write_tiny_config(tmp_path, "tiny_resume", epochs=3))
     data = runner.open_experiment_data(config, data=env["data"], subset=SUBSET, folds_path=env["folds"],
                                        cache=env["cache"])
     fold_dir = tmp_path / "runs" / "tiny_resume" / "fold_0"
@@ -157,7 +131,7 @@ def test_interrupted_fold_resumes_from_its_checkpoint(env, tmp_path):
 
 
 def test_clear_errors(env, tmp_path, capsys):
-    config = write_config(tmp_path, "other_features")
+    config = write_tiny_config(tmp_path, "other_features")
     text = config.read_text().replace("n_mels: 16", "n_mels: 20")
     config.write_text(text)
     assert runner.main(args(env, config, tmp_path / "runs")) == 2
@@ -169,7 +143,7 @@ def test_clear_errors(env, tmp_path, capsys):
     tracks = FmaDataset.open(env["data"], SUBSET).tracks
     bad_folds = write_folds(tmp_path / "folds.csv", make_folds(tracks.iloc[:-20], k=2, seed=0), subset=SUBSET,
                             k=2, seed=0)
-    assert runner.main(args(env, write_config(tmp_path, "ok"), tmp_path / "runs", "--folds", str(bad_folds))) == 2
+    assert runner.main(args(env, write_tiny_config(tmp_path, "ok"), tmp_path / "runs", "--folds", str(bad_folds))) == 2
     assert "do not match the metadata" in capsys.readouterr().err
 
 
