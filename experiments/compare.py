@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = args.out or args.runs / "compare"
     try:
-        table, notes = collect(args.runs, exclude=(out,))
+        table, notes = collect(args.runs, exclude=(out, args.runs / "compare"))
         for note in notes:
             print(f"compare: {note}")
         if table.empty:
