@@ -32,6 +32,7 @@ from common.config import ExperimentConfig, TrainingConfig
 from common.data import ClipStore, feature_stats, train_dataset
 from common.errors import ConfigError
 from common.inference import predict_clips
+from common.io import write_text_atomic
 from common.tasks import Task
 
 CHECKPOINT_DIR = "checkpoint"
@@ -103,13 +104,6 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _save_model_atomic(model: keras.Model, path: Path) -> None:
     tmp = path.with_name(path.stem + ".tmp.keras")
     model.save(tmp)
@@ -130,13 +124,13 @@ def prepare_run_dir(run_dir: Path, *, config: ExperimentConfig, task: Task) -> N
     if config_path.exists() and config_path.read_text() != text:
         raise ConfigError(f"{config_path}: this run was made with a different config of experiment "
                           f"{config.name!r}; move {run_dir} away or give the experiment a new name")
-    write_atomic(config_path, text)
+    write_text_atomic(config_path, text, overwrite=True)
     classes = run_dir / "classes.json"
     if classes.exists() and Task.load(classes) != task:
         raise ConfigError(f"{classes}: the run has other classes than the task now gives; move {run_dir} away")
     task.save(classes)
     if not (run_dir / "git_commit.txt").exists():
-        write_atomic(run_dir / "git_commit.txt", git_commit() + "\n")
+        write_text_atomic(run_dir / "git_commit.txt", git_commit() + "\n", overwrite=True)
 
 
 class FoldCheckpoint(keras.callbacks.Callback):
@@ -190,7 +184,7 @@ class FoldCheckpoint(keras.callbacks.Callback):
         checkpoint = self.run_dir / CHECKPOINT_DIR
         checkpoint.mkdir(exist_ok=True)
         _save_model_atomic(self.model, checkpoint / "last.keras")
-        write_atomic(checkpoint / "state.json", json.dumps(state))
+        write_text_atomic(checkpoint / "state.json", json.dumps(state), overwrite=True)
         if self.patience and state["wait"] >= self.patience:
             self.model.stop_training = True
 
@@ -330,7 +324,7 @@ def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipSt
         "device": runtime.device, "precision": runtime.precision,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n", overwrite=True)
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
     return summary
 
@@ -339,5 +333,5 @@ def write_oof(path: Path, *, ids, fold: int | np.ndarray, task: Task, y: np.ndar
     """Write predictions as ``id, fold, target, <class>...`` and return the table."""
     table = pd.DataFrame({"id": list(ids), "fold": fold, "target": task.target_strings(y)})
     table = pd.concat([table, pd.DataFrame(probs, columns=list(task.class_names))], axis=1)
-    write_atomic(path, table.to_csv(index=False))
+    write_text_atomic(path, table.to_csv(index=False), overwrite=True)
     return table

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import ConfigError, ToolkitError
+from common.pretrained import DEFAULT_WEIGHTS_DIR
 from common.settings import EMBEDDING_MIN_CLIP_SECONDS
 
 #: Ways of combining experiments.
@@ -269,7 +270,7 @@ def segment_spans(bounds: np.ndarray, *, settings, n_total: int, min_length: int
 
 
 def _segment_vector_probs(y: np.ndarray, bounds: np.ndarray, *, ensemble: FoldEnsemble,
-                          batch_size: int | None) -> np.ndarray:
+                          batch_size: int | None, weights_dir: str | Path) -> np.ndarray:
     """Ensemble probabilities ``(n_segments, n_classes)`` of clip-embedding features, one per segment."""
     from common.audio import features_for
 
@@ -282,12 +283,13 @@ def _segment_vector_probs(y: np.ndarray, bounds: np.ndarray, *, ensemble: FoldEn
         start = max(min(start - missing // 2, len(y) - min_samples), 0)
         segment = y[start:max(end, start + min_samples)]
         segment = np.pad(segment, (0, max(min_samples - len(segment), 0)))
-        vectors.append(features_for(segment, settings=settings))
+        vectors.append(features_for(segment, settings=settings, weights_dir=weights_dir))
     return ensemble.predict(np.stack(vectors), batch_size=batch_size)
 
 
 def experiment_song(path: str | Path, *, ensemble: FoldEnsemble, window: float = 10.0, hop: float = 10.0,
-                    batch_size: int | None = None) -> tuple[np.ndarray, dict, dict[str, Any]]:
+                    batch_size: int | None = None, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,
+                    ) -> tuple[np.ndarray, dict, dict[str, Any]]:
     """Per-segment probabilities of one song from an experiment's fold ensemble.
 
     The whole song is decoded at the experiment's rate and analysed once; each segment's
@@ -303,6 +305,8 @@ def experiment_song(path: str | Path, *, ensemble: FoldEnsemble, window: float =
     window, hop : float
         Segment length and step in seconds.
     batch_size : int, optional
+    weights_dir : path-like
+        Pretrained weights of embedding features (``features.kind: musicnn``).
 
     Returns
     -------
@@ -323,7 +327,8 @@ def experiment_song(path: str | Path, *, ensemble: FoldEnsemble, window: float =
     bounds = segment_bounds(duration, window=window, hop=hop)
     if settings.layout == "vector":
         return bounds, {"genres": View(tuple(ensemble.task.class_names),
-                                       _segment_vector_probs(y, bounds, ensemble=ensemble, batch_size=batch_size))}, {
+                                       _segment_vector_probs(y, bounds, ensemble=ensemble, batch_size=batch_size,
+                                                             weights_dir=weights_dir))}, {
             "task": ensemble.task.name, "folds": len(ensemble.models), "eval": "embedding",
             "context": (f"each segment is embedded on its own; segments shorter than "
                         f"{EMBEDDING_MIN_CLIP_SECONDS[settings.kind]} s are embedded from that much audio centred on them"),

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hop", type=float, default=10.0, help="segment step in seconds (default %(default)s)")
     parser.add_argument("--top", type=int, default=3, help="classes shown per segment (default %(default)s)")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR,
-                        help="musicnn weights folder (default %(default)s; fetched by `make weights`)")
+                        help="musicnn weights folder, for zero-shot tagging and musicnn-embedding experiments "
+                             "(default %(default)s; fetched by `make weights`)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser
 
@@ -49,7 +50,8 @@ def _tag_with_experiment(args: argparse.Namespace, *, json_path: Path, png_path:
     from crowdai.ensemble import experiment_song, load_ensemble
 
     ensemble = load_ensemble(args.runs, args.exp)
-    bounds, views, notes = experiment_song(args.file, ensemble=ensemble, window=args.window, hop=args.hop)
+    bounds, views, notes = experiment_song(args.file, ensemble=ensemble, window=args.window, hop=args.hop,
+                                           weights_dir=args.weights)
     model = (f"{args.exp} fold ensemble ({len(ensemble.models)} folds, {ensemble.config.model.name}, "
              f"task {ensemble.task.name}, {ensemble.task.n_classes} classes)")
     print(f"{args.file}: {model}; segment  genres")

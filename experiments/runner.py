@@ -149,12 +149,12 @@ def summarise_experiment(config: ExperimentConfig, exp_data: ExperimentData, *, 
     """Write ``oof.csv``, ``classes.json`` and ``summary.json`` of a fully trained experiment."""
     from common import metrics
     from common.inference import load_fold_models, predict_ensemble
-    from common.training import write_atomic
+    from common.io import write_text_atomic
 
     task = exp_data.task
     fold_summaries = [json.loads((exp_dir / f"fold_{k}" / "summary.json").read_text()) for k in fold_numbers]
     oof = pd.concat([pd.read_csv(exp_dir / f"fold_{k}" / "oof.csv", dtype={"id": str}) for k in fold_numbers])
-    write_atomic(exp_dir / "oof.csv", oof.to_csv(index=False))
+    write_text_atomic(exp_dir / "oof.csv", oof.to_csv(index=False), overwrite=True)
     task.save(exp_dir / "classes.json")
     cv = {key: {"mean": float(np.mean([s["metrics"][key] for s in fold_summaries])),
                 "std": float(np.std([s["metrics"][key] for s in fold_summaries]))}
@@ -175,7 +175,7 @@ def summarise_experiment(config: ExperimentConfig, exp_data: ExperimentData, *, 
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "folds": fold_summaries, "cv": cv, "test": test,
     }
-    write_atomic(exp_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(exp_dir / "summary.json", json.dumps(summary, indent=2) + "\n", overwrite=True)
     return summary
 
 

@@ -128,12 +128,12 @@ def test_head_on_embeddings_trains_through_the_runner(head_run):
     assert resolved["features"]["kind"] == "musicnn" and resolved["data"]["crop_seconds"] is None
 
 
-def test_tagging_a_song_with_the_head_embeds_every_segment(head_run, audio_writer, signal):
+def test_tagging_a_song_with_the_head_embeds_every_segment(env, head_run, audio_writer, signal):
     from crowdai.ensemble import experiment_song, load_ensemble
 
     ensemble = load_ensemble(head_run["exp_dir"].parent, "musicnn_head")
     song = audio_writer("song.wav", signal("chirp", sr=22050, seconds=7.0), sr=22050)
-    bounds, views, notes = experiment_song(song, ensemble=ensemble, window=2.0, hop=2.0)
+    bounds, views, notes = experiment_song(song, ensemble=ensemble, window=2.0, hop=2.0, weights_dir=env["weights"])
     probs = views["genres"].probs
     assert bounds.shape == (4, 2) and probs.shape == (4, 16) and notes["eval"] == "embedding"
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
