@@ -101,6 +101,7 @@ demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, tra
 	$(MAKE) folds DATA=$(DEMO_DATA) SUBSET=small
 	$(MAKE) train DATA=$(DEMO_DATA) SUBSET=small EXP=demo RUNS=$(DEMO_RUNS)
 	$(MAKE) compare RUNS=$(DEMO_RUNS)
+	$(MAKE) plots DATA=$(DEMO_DATA) SUBSET=small EXP=demo OUT=$(OUT)/demo
 	$(MAKE) submit EXP=demo RUNS=$(DEMO_RUNS) TEST_DIR=$(DEMO_TEST)
 	$(MAKE) validate TEST_DIR=$(DEMO_TEST)
 	$(MAKE) score LABELS=$(DEMO_DATA)/crowdai_fma_test_labels.csv

@@ -190,21 +190,12 @@ class FoldCheckpoint(keras.callbacks.Callback):
 
 
 def write_scalars(log_dir: Path, values: dict[str, float], *, step: int) -> None:
-    """Append scalars to TensorBoard event files in ``log_dir``.
-
-    Uses TensorFlow's own ``tf.summary.write`` with the scalar plugin's metadata, so the
-    ``tensorboard`` package is needed only to view the logs, not to write them.
-    """
-    from tensorflow.core.framework import summary_pb2
-
-    metadata = summary_pb2.SummaryMetadata()
-    metadata.plugin_data.plugin_name = "scalars"
-    metadata.data_class = summary_pb2.DATA_CLASS_SCALAR
+    """Append one epoch's scalars (all but ``epoch``) to TensorBoard event files in ``log_dir``."""
     writer = tf.summary.create_file_writer(str(log_dir))
     with writer.as_default():
         for name, value in values.items():
             if name != "epoch":
-                tf.summary.write(name, tf.constant(float(value), tf.float32), step=step, metadata=metadata)
+                tf.summary.scalar(name, float(value), step=step)
     writer.close()
 
 

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 import yaml
 from conftest import write_tiny_config
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from experiments import runner
 
@@ -36,7 +37,10 @@ def check_run_files(exp_dir, *, task, n_folds):
         fold_dir = exp_dir / f"fold_{k}"
         for name in ("config.yaml", "git_commit.txt", "history.csv", "model.keras", "oof.csv", "summary.json"):
             assert (fold_dir / name).is_file(), name
-        assert any((fold_dir / "tensorboard").iterdir())
+        events = EventAccumulator(str(fold_dir / "tensorboard"))
+        events.Reload()
+        history = pd.read_csv(fold_dir / "history.csv")
+        assert [e.step for e in events.Tensors("val_loss")] == history["epoch"].tolist()
         assert not (fold_dir / "checkpoint").exists()
         summary = json.loads((fold_dir / "summary.json").read_text())
         assert {"experiment", "fold", "task", "model", "params", "epochs", "best_epoch", "seconds_per_epoch",
