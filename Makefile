@@ -7,6 +7,9 @@ SHELL := /bin/bash
 PYTHON_SYSTEM ?= python3.11
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
+EXTRAS    ?= dev
+comma := ,
+STAMP     := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 DATA      ?= data
 SUBSET    ?= medium
 EXP       ?= crnn
@@ -51,13 +54,13 @@ help: ## List the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "Variables (current value): DATA=$(DATA) SUBSET=$(SUBSET) EXP=$(EXP) CACHE=$(CACHE) RUNS=$(RUNS) K=$(K) FOLD=$(FOLD) JOBS=$(JOBS) SCHEDULER=$(SCHEDULER) TEST_DIR=$(TEST_DIR) FILE=$(FILE) OUT=$(OUT)"
 
-$(VENV)/.installed: pyproject.toml
+$(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	@touch $@
 
-setup: $(VENV)/.installed ## Create .venv and install the toolkit (fast when nothing changed)
+setup: $(STAMP) ## Create .venv and install the toolkit (fast when nothing changed; GPU machines: EXTRAS=dev,gpu)
 
 demo-data: setup ## Generate the mini-FMA (metadata, mp3s, crowdAI-style test folder) under data/demo
 	$(PY) -m common.demo_data --out $(DEMO_DATA)
