@@ -35,6 +35,7 @@ from pathlib import Path
 import lameenc
 import numpy as np
 import pandas as pd
+import scipy.fft
 import soxr
 from joblib import Parallel, delayed
 
@@ -152,11 +153,16 @@ _TAGS = ("lo-fi", "live", "field", "demo", "vinyl", "remix", "instrumental", "di
 
 
 def _coloured_noise(n: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
-    """Noise of power spectrum ~ 1/f**alpha, unit RMS, shape (n,)."""
-    spectrum = np.fft.rfft(rng.standard_normal(n))
-    freqs = np.fft.rfftfreq(n)
+    """Noise of power spectrum ~ 1/f**alpha, unit RMS, shape (n,).
+
+    Shaped on the next FFT-friendly length (clip lengths vary at random, and a length with
+    large prime factors makes the FFT many times slower), then cut to ``n``.
+    """
+    size = scipy.fft.next_fast_len(n, real=True)
+    spectrum = np.fft.rfft(rng.standard_normal(size))
+    freqs = np.fft.rfftfreq(size)
     freqs[0] = freqs[1]
-    noise = np.fft.irfft(spectrum * freqs ** (-alpha / 2.0), n)
+    noise = np.fft.irfft(spectrum * freqs ** (-alpha / 2.0), size)[:n]
     return noise / (np.sqrt(np.mean(noise ** 2)) + 1e-12)
 
 
