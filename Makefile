@@ -39,9 +39,10 @@ DEMO_DATA := data/demo
 DEMO_RUNS := runs/demo
 DEMO_TEST := $(DEMO_DATA)/crowdai_fma_test
 # The demo tags the largest demo song (never one of the broken files) with the trained
-# ensemble, and a real recording with musicnn where ../shared/audio exists.
-DEMO_SONG = $(firstword $(shell ls -S $(DEMO_DATA)/fma_small/*/*.mp3 2>/dev/null))
-REAL_SONG = $(firstword $(wildcard ../shared/audio/Kevin_MacLeod_-_Vibe_Ace.ogg) $(DEMO_SONG))
+# ensemble, and a real recording with musicnn where ../shared/audio exists. The song is
+# picked by the shell when the line runs: the demo data does not exist before the recipe starts.
+DEMO_SONG = "$$(ls -S $(DEMO_DATA)/fma_small/*/*.mp3 | head -n 1)"
+REAL_SONG = $(or $(wildcard ../shared/audio/Kevin_MacLeod_-_Vibe_Ace.ogg),$(DEMO_SONG))
 
 TAG_EXP = $(if $(filter command line environment override,$(origin EXP)),$(EXP),musicnn)
 SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
