@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.io import write_text_atomic
+
 SAMPLE_RATE = 44100
 SECONDS = 30.0
 
@@ -142,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(c) decode only, 1 process: {result['decode_only_clips_per_s']:.1f} clips/s")
     print(f"ratio a/b: {result['ratio']:.2f} (load average {result['load_average_1min']:.1f} "
           f"on {result['cores']} cores)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps(result, indent=2) + "\n", overwrite=True)
     return 0
 
 

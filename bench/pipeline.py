@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.io import write_text_atomic
+
 
 def _timed_fit(model, dataset, *, steps: int, warmup: int) -> float:
     """Seconds of ``steps`` training steps after ``warmup`` untimed ones (train function reused)."""
@@ -135,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     record = run(config_path=args.config, n_clips=args.clips, steps=args.steps, warmup=args.warmup,
                  batch_size=args.batch_size, jit_compile=args.jit_compile)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps(record, indent=2) + "\n", overwrite=True)
     print(json.dumps(record))
     return 0
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.io import write_text_atomic
+
 
 def _device() -> str:
     import tensorflow as tf
@@ -138,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     folds = sorted({int(k) for k in args.folds.split(",")})
     result = run(n_clips=args.clips, seconds=args.seconds, folds=folds, config_path=args.config, jobs=args.jobs)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps(result, indent=2) + "\n", overwrite=True)
     fit = result["fit"]
     print(f"predict: T(K) = {fit['F_seconds']:.1f} s + K x {fit['M_seconds_per_fold']:.1f} s for {args.clips} clips; "
           f"naive K x (F + M): {result['naive_K_times_features_plus_model']} -> {args.out}")

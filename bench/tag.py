@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from common.io import write_text_atomic
+
 _ORIGINAL = r"""
 import json, sys, time
 sys.path.insert(0, {tools!r})
@@ -99,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         result["original"] = None
         print(f"original: skipped, no musicnn virtualenv at {args.original_python} "
               "(tools/make_musicnn_golden.py says how to make one)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps(result, indent=2) + "\n", overwrite=True)
     print(f"wrote {args.out}")
     return 0
 

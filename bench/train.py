@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.io import write_text_atomic
+
 
 def _device() -> str:
     import tensorflow as tf
@@ -125,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up epoch")
     args = parser.parse_args(argv)
     record = run(config_path=args.config, n_clips=args.clips, epochs=args.epochs)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps(record, indent=2) + "\n", overwrite=True)
     print(json.dumps(record))
     return 0
 

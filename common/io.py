@@ -9,8 +9,15 @@ from pathlib import Path
 from common.errors import OutputExistsError
 
 
+def _umask() -> int:
+    """The process's file-creation mask (reading it means setting it, so set it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
-    """Write ``text`` to a temporary file next to ``path``, then move it in place.
+    """Write ``text`` (UTF-8) to a temporary file next to ``path``, then move it in place.
 
     Readers never see a half-written file. Without ``overwrite`` the move is a hard link,
     which fails atomically when ``path`` exists.
@@ -24,8 +31,9 @@ def write_text_atomic(path: str | Path, text: str, *, overwrite: bool = False) -
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as handle:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         if overwrite:
             os.replace(tmp, path)
         else:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import ConfigError, ToolkitError
+from common.io import write_text_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,9 +144,7 @@ def write_json(document: Mapping[str, Any], path: str | Path, *, overwrite: bool
     """Write ``document`` as indented JSON (refuses to replace a file unless ``overwrite``)."""
     path = Path(path)
     _check_new(path, overwrite=overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    return write_text_atomic(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n", overwrite=True)
 
 
 def save_taggram(
