@@ -1,0 +1,207 @@
+"""libmpg123 mono-mix decoding (common.mp3) against the soundfile path it replaces for mp3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lameenc
+import numpy as np
+import pytest
+import soundfile as sf
+
+from common import audio, mp3
+from common.errors import UnreadableAudioError
+from common.settings import FeatureSettings
+
+if not mp3.available():
+    pytest.skip("the system libmpg123 is not installed (Debian/Ubuntu: apt-get install libmpg123-0); "
+                "common.audio decodes mp3 through soundfile instead", allow_module_level=True)
+
+#: Largest |libmpg123 mono mix - soundfile channel mean| allowed; measured <= 1.1e-6
+#: on stereo 44.1/48 kHz and exactly 0 on mono files.
+SAMPLE_TOLERANCE = 1e-5
+#: Largest log-mel difference (dB) allowed between the two paths after load_clip.
+LOGMEL_TOLERANCE_DB = 0.05
+
+
+def _encode(path: Path, *, sr: int, channels: int, seconds: float = 6.0, seed: int = 0) -> Path:
+    """A lameenc mp3 of a chirp plus noise (channels of different loudness)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(sr * seconds)) / sr
+    chirp = 0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t)
+    y = chirp[:, None] * np.linspace(1.0, 0.6, channels)[None, :] + 0.1 * rng.standard_normal((t.size, channels))
+    encoder = lameenc.Encoder()
+    encoder.set_bit_rate(128 if channels == 2 else 64)
+    encoder.set_in_sample_rate(sr)
+    encoder.set_channels(channels)
+    encoder.set_quality(7)
+    pcm = np.round(np.clip(y, -1, 1) * 32767).astype("<i2")
+    path.write_bytes(bytes(encoder.encode(pcm.tobytes()) + encoder.flush()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def mp3s(tmp_path_factory) -> dict[str, Path]:
+    """Encoded test files: 44.1-kHz stereo, 22.05-kHz mono, and a truncated copy of the first."""
+    folder = tmp_path_factory.mktemp("mp3")
+    files = {
+        "stereo_44k": _encode(folder / "stereo_44k.mp3", sr=44100, channels=2),
+        "mono_22k": _encode(folder / "mono_22k.mp3", sr=22050, channels=1, seed=1),
+    }
+    data = files["stereo_44k"].read_bytes()
+    files["truncated"] = folder / "truncated.mp3"
+    files["truncated"].write_bytes(data[: int(0.4 * len(data))])  # cut mid-frame
+    return files
+
+
+def _soundfile_decode(path: Path, monkeypatch) -> tuple[np.ndarray, int]:
+    with monkeypatch.context() as patch:
+        patch.setattr(mp3, "available", lambda: False)
+        return audio._decode(path)
+
+
+def _outcome(decode, path: Path):
+    """(y, rate), or the (class, reason) of the error ``decode(path)`` raises."""
+    try:
+        return decode(path)
+    except UnreadableAudioError as error:
+        return type(error), error.reason
+
+
+@pytest.mark.parametrize("name", ["stereo_44k", "mono_22k", "truncated"])
+def test_decode_mono_matches_soundfile(mp3s, name, monkeypatch):
+    y, rate = mp3.decode_mono(mp3s[name])
+    expected, expected_rate = _soundfile_decode(mp3s[name], monkeypatch)
+    assert rate == expected_rate == (22050 if name == "mono_22k" else 44100)
+    assert y.dtype == np.float32 and y.ndim == 1
+    assert y.shape == expected.shape  # the truncated file keeps exactly the frames soundfile keeps
+    assert np.abs(y - expected).max() < SAMPLE_TOLERANCE
+    assert np.abs(expected).max() > 0.1  # real signal, not two arrays of zeros
+
+
+def test_truncated_file_keeps_its_first_frames(mp3s):
+    full, _ = mp3.decode_mono(mp3s["stereo_44k"])
+    part, _ = mp3.decode_mono(mp3s["truncated"])
+    assert 0.3 * full.size < part.size < 0.5 * full.size
+    np.testing.assert_allclose(part[:1000], full[:1000], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["stereo_44k", "mono_22k"])
+def test_logmel_of_clip_matches_soundfile_path(mp3s, name, monkeypatch):
+    settings = FeatureSettings()
+    fast = audio.logmel(audio.load_clip(mp3s[name], settings=settings), settings=settings)
+    with monkeypatch.context() as patch:
+        patch.setattr(mp3, "available", lambda: False)
+        slow = audio.logmel(audio.load_clip(mp3s[name], settings=settings), settings=settings)
+    assert fast.shape == slow.shape == settings.clip_shape
+    assert np.abs(fast - slow).max() < LOGMEL_TOLERANCE_DB
+
+
+def test_every_demo_mp3_decodes_as_through_soundfile(demo_data_dir, monkeypatch):
+    """The generated mini-FMA, broken files included (zero-byte, truncated, silent, 2-s)."""
+    paths = sorted((demo_data_dir / "fma_small").rglob("*.mp3"))
+    assert len(paths) > 10
+    for path in paths:
+        fast = _outcome(audio._decode, path)
+        slow = _outcome(lambda p: _soundfile_decode(p, monkeypatch), path)
+        if isinstance(slow[0], np.ndarray):
+            assert fast[1] == slow[1] and fast[0].shape == slow[0].shape, path
+            assert np.abs(fast[0] - slow[0]).max() < SAMPLE_TOLERANCE, path
+        else:
+            assert fast == slow, path
+
+
+def _write_bad(folder: Path, kind: str) -> Path:
+    path = folder / f"{kind}.mp3"
+    if kind == "zero_bytes":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("track_id,genre\n2,Hip-Hop\n" * 500)
+    else:  # random bytes; "random_after_sync" gets past the start test to mpg123's own checks
+        noise = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+        path.write_bytes((b"\xff\xfb\x90\x64" if kind == "random_after_sync" else b"") + noise)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["zero_bytes", "text", "random_bytes", "random_after_sync"])
+def test_non_mp3_data_is_unreadable_for_both_decoders(tmp_path, kind, monkeypatch):
+    path = _write_bad(tmp_path, kind)
+    with pytest.raises(UnreadableAudioError) as fast:
+        mp3.decode_mono(path)
+    with pytest.raises(UnreadableAudioError) as slow:
+        _soundfile_decode(path, monkeypatch)
+    with pytest.raises(UnreadableAudioError) as through_audio:
+        audio._decode(path)
+    assert fast.value.reason == slow.value.reason == through_audio.value.reason == "unreadable"
+    assert fast.value.path == path and "libmpg123" in fast.value.detail
+
+
+def test_corrupt_stretch_stops_decoding_instead_of_garbage(mp3s, tmp_path):
+    data = mp3s["stereo_44k"].read_bytes()
+    half = len(data) // 2
+    noise = np.random.default_rng(1).integers(0, 256, 20_000, dtype=np.uint8).tobytes()
+    path = tmp_path / "corrupt.mp3"
+    path.write_bytes(data[:half] + noise + data[half:])
+    full, _ = mp3.decode_mono(mp3s["stereo_44k"])
+    y, _ = mp3.decode_mono(path)
+    assert 0.4 * full.size < y.size < 0.6 * full.size
+    assert np.abs(y).max() < 1.0
+
+
+@pytest.fixture
+def decode_spy(monkeypatch) -> list[Path]:
+    """Paths that went through mp3.decode_mono (which still decodes them)."""
+    calls: list[Path] = []
+    real = mp3.decode_mono
+
+    def spy(path):
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(mp3, "decode_mono", spy)
+    return calls
+
+
+@pytest.mark.parametrize("suffix", [".mp3", ".MP3"])
+def test_decode_uses_libmpg123_for_mp3(mp3s, tmp_path, suffix, decode_spy):
+    path = tmp_path / f"song{suffix}"
+    path.write_bytes(mp3s["stereo_44k"].read_bytes())
+    y, rate = audio._decode(path)
+    assert decode_spy == [path] and rate == 44100 and y.size > 0
+
+
+def test_decode_uses_soundfile_without_libmpg123(mp3s, decode_spy, monkeypatch):
+    monkeypatch.setattr(mp3, "available", lambda: False)
+    y, rate = audio._decode(mp3s["stereo_44k"])
+    assert decode_spy == [] and rate == 44100 and y.size > 0
+
+
+def test_other_formats_go_through_soundfile(tmp_path, signal, decode_spy):
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, signal("sine", sr=16000, seconds=1.0, channels=2), 16000)
+    y, rate = audio._decode(wav)
+    assert decode_spy == [] and rate == 16000 and y.shape == (16000,)
+
+
+def test_wav_named_mp3_still_decodes_through_soundfile(tmp_path, signal, decode_spy):
+    """libmpg123 refuses it (it would find "frames" in a sine's PCM); soundfile reads it as before."""
+    path = tmp_path / "really_a_wav.mp3"
+    sf.write(path, signal("sine", sr=16000, seconds=1.0), 16000, format="WAV")
+    with pytest.raises(UnreadableAudioError):
+        mp3.decode_mono(path)
+    decode_spy.clear()
+    y, rate = audio._decode(path)
+    assert decode_spy == [path] and rate == 16000 and y.shape == (16000,)
+
+
+def test_without_the_library_mp3s_go_through_soundfile(mp3s, monkeypatch):
+    monkeypatch.setattr(mp3.ctypes.util, "find_library", lambda name: None)
+    mp3._library.cache_clear()
+    try:
+        assert not mp3.available()
+        with pytest.raises(UnreadableAudioError, match="libmpg123 is not installed"):
+            mp3.decode_mono(mp3s["stereo_44k"])
+        y, rate = audio._decode(mp3s["stereo_44k"])
+        assert rate == 44100 and y.size > 0
+    finally:
+        mp3._library.cache_clear()
