@@ -9,6 +9,8 @@ crop" or chunk is the vector itself).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,27 @@ def chunk_starts(n_frames: int, *, crop_frames: int, hop_frames: int) -> np.ndar
     last = max(n_frames - crop_frames, 0)
     starts = np.arange(0, last + 1, hop_frames, dtype=np.int64)
     return starts if starts[-1] == last else np.append(starts, last)
+
+
+@functools.lru_cache(maxsize=4)
+def forward_function(model) -> Callable[[np.ndarray], np.ndarray]:
+    """``model(x, training=False)`` as a function traced once for every batch size.
+
+    ``model.predict_on_batch`` traces its graph again for each new batch size until
+    TensorFlow relaxes the shape (for musicnn ~0.5 s a trace, as long as a minute of
+    audio takes to tag); songs give any number of patches. This function has a
+    batch dimension of ``None`` from the start. Cached for the last 4 models.
+
+    Returns
+    -------
+    callable
+        ``(batch, *model.input_shape[1:])`` float32 array -> ``(batch, *model.output_shape[1:])``.
+    """
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+    traced = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    return lambda x: traced(np.asarray(x, dtype=np.float32)).numpy()
 
 
 def predict_clips(model, features, *, crop_frames: int, eval: str = "center",

@@ -39,9 +39,10 @@ import numpy as np
 
 from common.audio import load_audio
 from common.errors import ConfigError, TooShortAudioError
+from common.inference import forward_function
 from common.metadata import TOP_GENRES
 from common.models.musicnn import (
-    MSD_TAGS, MUSICNN_FEATURES, PATCH_FRAMES, build_pretrained_musicnn, musicnn_logmel, patches,
+    MSD_TAGS, MUSICNN_FEATURES, N_TAGS, PATCH_FRAMES, build_pretrained_musicnn, musicnn_logmel, patches,
 )
 from common.pretrained import DEFAULT_WEIGHTS_DIR
 from common.tagging import View, pool_segments, segment_bounds
@@ -88,8 +89,12 @@ def genre_scores(tag_probs: np.ndarray) -> np.ndarray:
     return raw / np.maximum(raw.sum(axis=1, keepdims=True), np.finfo(float).tiny)
 
 
-def tag_patches(y: np.ndarray, *, model, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def tag_patches(y: np.ndarray, *, model, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """musicnn taggram of a 16-kHz signal: one row per 3-s patch (as the original computes it).
+
+    Patches go through :func:`common.inference.forward_function` ``batch_size`` at a
+    time (one graph for every song length; a whole long song in one call would hold
+    gigabytes of front-end activations).
 
     Returns
     -------
@@ -98,7 +103,9 @@ def tag_patches(y: np.ndarray, *, model, batch_size: int = 64) -> tuple[np.ndarr
     probs : np.ndarray, shape (n_patches, 50), float32
     """
     batch = patches(musicnn_logmel(y))
-    probs = model.predict(batch, batch_size=batch_size, verbose=0) if len(batch) else np.empty((0, 50))
+    forward = forward_function(model)
+    probs = np.concatenate([forward(batch[start:start + batch_size]) for start in range(0, len(batch), batch_size)]) \
+        if len(batch) else np.empty((0, N_TAGS), dtype=np.float32)
     centres = (np.arange(len(batch)) + 0.5) * PATCH_SECONDS
     return centres, np.asarray(probs, dtype=np.float32)
 
