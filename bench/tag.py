@@ -10,16 +10,20 @@ On the same recordings (default ``../shared/audio/*.ogg``, whole files), in one 
     file and runs patches one at a time. It needs musicnn's own environment, a
     throwaway virtualenv (see ``tools/make_musicnn_golden.py`` for how to make it,
     default ``/tmp/musicnn-venv``); its float16 cast is fixed the same way there.
-    Without that virtualenv this half is skipped with a message.
+    Without that virtualenv this half is skipped with a message. It runs twice:
+    as shipped (TensorFlow's default kernels), and with ``TF_ENABLE_ONEDNN_OPTS=1``,
+    the oneDNN kernels the toolkit turns on (``common/__init__.py``), so that the
+    report separates what the setting gives from what the code gives.
 
 Each side processes every file once after one warm-up file. Writes the rates and
-the ratio a/b as JSON.
+the ratios as JSON (``speedup``: against the original as shipped).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -56,12 +60,17 @@ def run_ours(files: list[Path], *, weights_dir: Path) -> float:
     return time.perf_counter() - start
 
 
-def run_original(files: list[Path], *, python: Path) -> float:
-    """Wall seconds the original musicnn needs for ``files`` (in its own virtualenv)."""
+def run_original(files: list[Path], *, python: Path, onednn: bool) -> float:
+    """Wall seconds the original musicnn needs for ``files`` (in its own virtualenv).
+
+    ``onednn``: run it with ``TF_ENABLE_ONEDNN_OPTS=1``; otherwise with TensorFlow's default.
+    """
     tools = Path(__file__).resolve().parents[1] / "tools"
     code = _ORIGINAL.format(tools=str(tools), files=[str(p) for p in files])
-    result = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False,
-                            env={"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"})
+    env = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"}
+    if onednn:
+        env["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    result = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"original musicnn failed: {result.stderr.strip()[-800:]}")
     return float(json.loads(result.stdout.strip().splitlines()[-1])["seconds"])
@@ -89,16 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"files": len(files), "audio_seconds": round(audio_seconds, 2)}
     ours = run_ours(files, weights_dir=args.weights)
     result["ours"] = {"wall_seconds": round(ours, 3), "audio_seconds_per_second": round(audio_seconds / ours, 2)}
-    print(f"ours:     {audio_seconds:.0f} s of audio in {ours:.1f} s = {audio_seconds / ours:.1f} s/s")
+    print(f"{'ours:':17s} {audio_seconds:.0f} s of audio in {ours:.1f} s = {audio_seconds / ours:.1f} s/s")
+    result["ours"]["tf_enable_onednn_opts"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
     if args.original_python.is_file():
-        original = run_original(files, python=args.original_python)
-        result["original"] = {"wall_seconds": round(original, 3),
-                              "audio_seconds_per_second": round(audio_seconds / original, 2)}
-        result["speedup"] = round(original / ours, 2)
-        print(f"original: {audio_seconds:.0f} s of audio in {original:.1f} s = {audio_seconds / original:.1f} s/s")
-        print(f"speedup:  {original / ours:.2f}x")
+        for key, onednn in (("original", False), ("original_onednn", True)):
+            original = run_original(files, python=args.original_python, onednn=onednn)
+            result[key] = {"wall_seconds": round(original, 3),
+                           "audio_seconds_per_second": round(audio_seconds / original, 2)}
+            print(f"{key + ':':17s} {audio_seconds:.0f} s of audio in {original:.1f} s = "
+                  f"{audio_seconds / original:.1f} s/s, ours is {original / ours:.2f}x faster")
+        result["speedup"] = round(result["original"]["wall_seconds"] / ours, 2)
+        result["speedup_vs_original_onednn"] = round(result["original_onednn"]["wall_seconds"] / ours, 2)
     else:
-        result["original"] = None
+        result["original"] = result["original_onednn"] = None
         print(f"original: skipped, no musicnn virtualenv at {args.original_python} "
               "(tools/make_musicnn_golden.py says how to make one)")
     write_text_atomic(args.out, json.dumps(result, indent=2) + "\n", overwrite=True)
