@@ -9,6 +9,12 @@ anti-alias filter (the same quality ``librosa.load`` uses by default), which on 
 qualities alias audibly and ``"VHQ"`` is twice as slow for nothing a mel filter
 bank could see.
 
+When the system libmpg123 is installed (Debian/Ubuntu ``libmpg123-0``), mp3s are
+decoded by :mod:`common.mp3` instead, which mixes the channels to mono *before* the
+synthesis filter bank (same signal as averaging afterwards, to float32 rounding):
+``load_clip`` on a 30-s stereo mp3 is ~10 % faster. Without it, or for a file it
+refuses, soundfile decodes as above.
+
 The log-mel path is a plain numpy/scipy STFT in float32 with a cached mel filter
 bank; it equals ``librosa.feature.melspectrogram`` (``center=True``, zero padding,
 periodic Hann window, Slaney mel) to float32 rounding, without librosa's per-call
@@ -28,6 +34,7 @@ import scipy.fft
 import soundfile as sf
 import soxr
 
+from common import mp3
 from common.errors import SilentAudioError, TooShortAudioError, UnreadableAudioError
 from common.pretrained import DEFAULT_WEIGHTS_DIR
 from common.settings import FeatureSettings
@@ -42,6 +49,9 @@ AUDIO_SUFFIXES: tuple[str, ...] = (".mp3", ".wav", ".ogg", ".flac")
 def _decode(path: Path) -> tuple[np.ndarray, int]:
     """Decode ``path`` to a mono float32 signal at its own rate.
 
+    An ``.mp3`` goes through :func:`common.mp3.decode_mono` when the system libmpg123
+    is installed; anything it refuses, and every other file, through soundfile.
+
     Returns
     -------
     y : np.ndarray, shape (n,), float32
@@ -51,6 +61,11 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
         raise UnreadableAudioError(path, "no such file")
     if path.stat().st_size == 0:
         raise UnreadableAudioError(path, "empty file (0 bytes)")
+    if path.suffix.lower() == ".mp3" and mp3.available():
+        try:
+            return mp3.decode_mono(path)
+        except UnreadableAudioError:
+            pass  # not an MPEG stream to libmpg123: libsndfile reads it (a wav named .mp3) or says why not
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as error:
@@ -149,7 +164,7 @@ def load_clip(path: str | Path, *, settings: FeatureSettings) -> np.ndarray:
     if seconds < settings.min_seconds:
         raise TooShortAudioError(path, f"{seconds:.2f} s < minimum {settings.min_seconds:g} s")
     clip = crop_or_pad(y, n_samples=settings.clip_samples, crop=settings.crop)
-    peak = float(np.max(np.abs(clip)))
+    peak = float(max(clip.max(), -clip.min()))
     peak_dbfs = 20.0 * np.log10(peak) if peak > 0 else -np.inf
     if peak_dbfs < settings.silence_dbfs:
         raise SilentAudioError(path, f"peak {peak_dbfs:.1f} dBFS < {settings.silence_dbfs:g} dBFS")
@@ -199,7 +214,9 @@ def mel_spectrogram(y: np.ndarray, *, settings: FeatureSettings, power: float = 
     padded = np.pad(np.asarray(y, dtype=np.float32), n_fft // 2)
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
     spectrum = scipy.fft.rfft(frames * _window(n_fft), axis=-1, workers=1)
-    magnitude = spectrum.real ** 2 + spectrum.imag ** 2
+    parts = spectrum.view(np.float32)  # (n_frames, 2 * (n_fft // 2 + 1)): real, imaginary, real, ...
+    np.square(parts, out=parts)
+    magnitude = parts[:, 0::2] + parts[:, 1::2]
     if power != 2.0:
         magnitude = magnitude ** (power / 2.0)
     basis = mel_basis(sample_rate=settings.sample_rate, n_fft=n_fft, n_mels=settings.n_mels,
@@ -226,8 +243,17 @@ def logmel(y: np.ndarray, *, settings: FeatureSettings) -> np.ndarray:
     """
     mel = mel_spectrogram(y, settings=settings, power=2.0)
     if settings.log_scale == "db":
-        return (10.0 * np.log10(np.maximum(mel, np.float32(1e-10)))).astype(np.float32, copy=False)
-    return np.log10(1.0 + np.float32(10000.0) * mel).astype(np.float32, copy=False)
+        np.maximum(mel, np.float32(1e-10), out=mel)
+        scale = np.float32(10.0)
+    else:
+        mel *= np.float32(10000.0)
+        mel += np.float32(1.0)
+        scale = np.float32(1.0)
+    # log10(x) = ln(x) / ln(10): numpy's float32 ``log`` is vectorised, its ``log10`` is
+    # not (4x slower here, a sixth of the whole log-mel)
+    np.log(mel, out=mel)
+    mel *= scale / np.float32(np.log(10.0))
+    return mel
 
 
 def features_for(clip: np.ndarray, *, settings: FeatureSettings,
