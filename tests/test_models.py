@@ -184,3 +184,28 @@ def test_bad_configuration_is_a_config_error(name, input_shape, kwargs, match):
     kwargs = {"activation": "softmax", **kwargs}
     with pytest.raises(ConfigError, match=match):
         build_model(name, input_shape=input_shape, n_outputs=3, **kwargs)
+
+
+def test_forward_function_matches_predict_for_every_batch_size():
+    from common.inference import forward_function
+
+    model = build_model("mlp", input_shape=(12,), n_outputs=4, activation="softmax")
+    x = np.random.default_rng(0).normal(size=(7, 12)).astype("float32")
+    forward = forward_function(model)
+    assert forward_function(model) is forward  # cached per model
+    for size in (1, 3, 7):
+        np.testing.assert_allclose(forward(x[:size]), model.predict(x[:size], verbose=0), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "1"), ("0", "0")])
+def test_import_common_turns_onednn_on_unless_the_user_chose(preset, expected):
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
+    if preset is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = preset
+    code = "import os, common; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == expected
