@@ -112,7 +112,7 @@ demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, tra
 	$(MAKE) tag EXP=demo RUNS=$(DEMO_RUNS) FILE=$(DEMO_SONG) OUT=$(OUT)/demo TAG_ARGS=--overwrite
 	$(MAKE) tag FILE=$(REAL_SONG) OUT=$(OUT)/demo TAG_ARGS=--overwrite
 
-test: setup ## Run the test suite (small sizes; about 10 minutes on 2 cores)
+test: setup ## Run the test suite (small sizes; about 6 minutes on 2 cores)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench-features: setup ## Feature extraction clips/s: toolkit vs single-process librosa vs decode only
