@@ -31,6 +31,7 @@ WEIGHTS   ?= models/musicnn
 MEAN      ?= arithmetic
 BLEND     ?=
 TAG_ARGS  ?=
+TEST      ?=
 
 # Quieter TensorFlow start-up (errors still show).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
@@ -48,7 +49,7 @@ TAG_EXP = $(if $(filter command line environment override,$(origin EXP)),$(EXP),
 SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
 FOLD_ARG = $(if $(FOLD),--fold $(FOLD),)
 
-.PHONY: help setup demo-data features plots folds train compare submit validate score tag \
+.PHONY: help setup download demo-data features plots folds train compare submit validate score tag \
         weights demo test bench bench-features bench-train bench-predict bench-tag clean
 
 help: ## List the targets and what they do
@@ -62,6 +63,9 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 setup: $(STAMP) ## Create .venv and install the toolkit (fast when nothing changed; GPU machines: EXTRAS=dev,gpu)
+
+download: setup ## Fetch fma_metadata + fma_SUBSET (+ crowdAI test set with TEST=1), SHA-1 checked, resumable; unpack into DATA
+	$(PY) -m common.download --subset $(SUBSET) --data $(DATA) $(if $(TEST),--test,)
 
 demo-data: setup ## Generate the mini-FMA (metadata, mp3s, crowdAI-style test folder) under data/demo
 	$(PY) -m common.demo_data --out $(DEMO_DATA)
