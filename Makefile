@@ -31,6 +31,7 @@ WEIGHTS   ?= models/musicnn
 MEAN      ?= arithmetic
 BLEND     ?=
 TAG_ARGS  ?=
+TEST      ?=
 
 # Quieter TensorFlow start-up (errors still show).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
@@ -48,12 +49,21 @@ TAG_EXP = $(if $(filter command line environment override,$(origin EXP)),$(EXP),
 SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
 FOLD_ARG = $(if $(FOLD),--fold $(FOLD),)
 
-.PHONY: help setup demo-data features plots folds train compare submit validate score tag \
+.PHONY: help setup download demo-data features plots folds train compare submit validate score tag \
         weights demo test bench bench-features bench-train bench-predict bench-tag clean
 
-help: ## List the targets and what they do
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "Variables (current value): DATA=$(DATA) SUBSET=$(SUBSET) EXP=$(EXP) CACHE=$(CACHE) RUNS=$(RUNS) K=$(K) FOLD=$(FOLD) JOBS=$(JOBS) SCHEDULER=$(SCHEDULER) TEST_DIR=$(TEST_DIR) FILE=$(FILE) OUT=$(OUT)"
+# `make help` lists the targets in the order a newcomer runs them; a target missing here
+# is listed after these, in file order.
+HELP_ORDER := help setup download demo-data demo features plots folds train compare blend submit validate \
+              upload package score tag weights test bench-features bench-train bench-predict bench-tag bench clean
+
+help: ## List the targets in the order a newcomer runs them, and what they do
+	@awk -v order="$(HELP_ORDER)" 'BEGIN {FS = ":.*## "} \
+	  /^[a-zA-Z_-]+:.*## / {n++; name[n] = $$1; text[$$1] = $$2} \
+	  function show(t) {printf "  \033[36m%-15s\033[0m %s\n", t, text[t]; shown[t] = 1} \
+	  END {k = split(order, wanted, " "); for (i = 1; i <= k; i++) if (wanted[i] in text) show(wanted[i]); \
+	       for (i = 1; i <= n; i++) if (!(name[i] in shown)) show(name[i])}' $(MAKEFILE_LIST)
+	@echo "Variables (current value): DATA=$(DATA) SUBSET=$(SUBSET) EXP=$(EXP) CACHE=$(CACHE) RUNS=$(RUNS) K=$(K) FOLD=$(FOLD) JOBS=$(JOBS) SCHEDULER=$(SCHEDULER) TEST_DIR=$(TEST_DIR) TEST=$(TEST) FILE=$(FILE) OUT=$(OUT)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -62,6 +72,9 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 setup: $(STAMP) ## Create .venv and install the toolkit (fast when nothing changed; GPU machines: EXTRAS=dev,gpu)
+
+download: setup ## Fetch fma_metadata + fma_SUBSET (+ crowdAI test set with TEST=1), SHA-1 checked, resumable; unpack into DATA
+	$(PY) -m common.download --subset $(SUBSET) --data $(DATA) $(if $(TEST),--test,)
 
 demo-data: setup ## Generate the mini-FMA (metadata, mp3s, crowdAI-style test folder) under data/demo
 	$(PY) -m common.demo_data --out $(DEMO_DATA)
@@ -109,8 +122,8 @@ demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, tra
 	$(MAKE) submit EXP=demo RUNS=$(DEMO_RUNS) TEST_DIR=$(DEMO_TEST)
 	$(MAKE) validate TEST_DIR=$(DEMO_TEST)
 	$(MAKE) score LABELS=$(DEMO_DATA)/crowdai_fma_test_labels.csv
-	$(MAKE) tag EXP=demo RUNS=$(DEMO_RUNS) FILE=$(DEMO_SONG) OUT=$(OUT)/demo TAG_ARGS=--overwrite
-	$(MAKE) tag FILE=$(REAL_SONG) OUT=$(OUT)/demo TAG_ARGS=--overwrite
+	$(MAKE) tag EXP=demo RUNS=$(DEMO_RUNS) FILE=$(DEMO_SONG) OUT=$(OUT)/demo
+	$(MAKE) tag FILE=$(REAL_SONG) OUT=$(OUT)/demo
 
 test: setup ## Run the test suite (small sizes; about 6 minutes on 2 cores)
 	$(PY) -m pytest $(PYTEST_ARGS)

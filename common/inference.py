@@ -35,14 +35,19 @@ def chunk_starts(n_frames: int, *, crop_frames: int, hop_frames: int) -> np.ndar
     return starts if starts[-1] == last else np.append(starts, last)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=16)
 def forward_function(model) -> Callable[[np.ndarray], np.ndarray]:
     """``model(x, training=False)`` as a function traced once for every batch size.
 
     ``model.predict_on_batch`` traces its graph again for each new batch size until
     TensorFlow relaxes the shape (for musicnn ~0.5 s a trace, as long as a minute of
-    audio takes to tag); songs give any number of patches. This function has a
-    batch dimension of ``None`` from the start. Cached for the last 4 models.
+    audio takes to tag); songs give any number of patches. With a fold ensemble those
+    traces of the models' predict functions add up to TensorFlow's "triggered
+    tf.function retracing" warning. This function has a batch dimension of ``None``
+    from the start, and one trace per model. TensorFlow counts traces per Python
+    function, by its code object: one lambda per model would count a 5-fold ensemble's
+    five first traces as retraces of one function; a ``functools.partial`` (no code
+    object) is counted per model. Cached for the last 16 models (a few 5-fold ensembles).
 
     Returns
     -------
@@ -52,8 +57,12 @@ def forward_function(model) -> Callable[[np.ndarray], np.ndarray]:
     import tensorflow as tf
 
     spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-    traced = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    traced = tf.function(functools.partial(_inference_call, model), input_signature=[spec])
     return lambda x: traced(np.asarray(x, dtype=np.float32)).numpy()
+
+
+def _inference_call(model, x):
+    return model(x, training=False)
 
 
 def predict_clips(model, features, *, crop_frames: int, eval: str = "center",
@@ -96,7 +105,7 @@ def predict_clips(model, features, *, crop_frames: int, eval: str = "center",
             pad = [(0, 0)] * (x.ndim - 1) + [(0, crop_frames - x.shape[-1])]
             x = np.pad(x, pad, mode="minimum")
         chunks = np.stack([x[..., s:s + crop_frames] for s in starts], axis=1)
-        probs = np.asarray(model.predict_on_batch(chunks.reshape(-1, *chunks.shape[2:])), dtype=np.float64)
+        probs = np.asarray(forward_function(model)(chunks.reshape(-1, *chunks.shape[2:])), dtype=np.float64)
         outputs.append(probs.reshape(len(x), len(starts), -1).mean(axis=1))
     if not outputs:
         return np.zeros((0, model.output_shape[-1]))

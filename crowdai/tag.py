@@ -4,7 +4,8 @@
 model tags each 3-s patch, the patches are averaged per segment, and the 50 MSD
 tags are mapped to the 16 FMA genres (``common.zero_shot``). Prints, per segment,
 the top genres and the top raw tags, then the whole song; writes
-``OUT/<stem>_tags.json`` and ``OUT/<stem>_taggram.png`` (genres x time)::
+``OUT/<stem>_tags.json`` and ``OUT/<stem>_taggram.png`` (genres x time); both are derived
+from the song and the model, so a second run replaces them and says so (``overwrote ...``)::
 
     python -m crowdai.tag song.mp3 --exp musicnn --out out [--window 10 --hop 10]
 
@@ -41,11 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR,
                         help="musicnn weights folder, for zero-shot tagging and musicnn-embedding experiments "
                              "(default %(default)s; fetched by `make weights`)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser
 
 
-def _tag_with_experiment(args: argparse.Namespace, *, json_path: Path, png_path: Path) -> int:
+def _report_written(paths: tuple[Path, ...], *, existed: set[Path]) -> None:
+    """``wrote A and B``, or ``overwrote ...`` for the outputs that were already there."""
+    for verb, group in (("overwrote", [p for p in paths if p in existed]),
+                        ("wrote", [p for p in paths if p not in existed])):
+        if group:
+            print(f"{verb} {' and '.join(str(p) for p in group)}")
+
+
+def _tag_with_experiment(args: argparse.Namespace, *, json_path: Path, png_path: Path) -> None:
     """Tag ``args.file`` with the fold ensemble of the trained experiment ``args.exp``."""
     from crowdai.ensemble import experiment_song, load_ensemble
 
@@ -58,11 +66,9 @@ def _tag_with_experiment(args: argparse.Namespace, *, json_path: Path, png_path:
     print(segment_table(views, bounds, top=args.top))
     document = tags_document(views, bounds, source=args.file, model=model, window=args.window, hop=args.hop,
                              notes={**notes, "exp_dir": str(ensemble.exp_dir)})
-    write_json(document, json_path, overwrite=args.overwrite)
+    write_json(document, json_path, overwrite=True)
     save_taggram(views["genres"], bounds, png_path, title=f"{args.file.name}: {args.exp} ({ensemble.task.name})",
-                 overwrite=args.overwrite)
-    print(f"wrote {json_path} and {png_path}")
-    return 0
+                 overwrite=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,11 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         json_path = args.out / f"{args.file.stem}_tags.json"
         png_path = args.out / f"{args.file.stem}_taggram.png"
-        for path in (json_path, png_path):
-            if path.exists() and not args.overwrite:
-                raise ToolkitError(f"{path}: already exists; remove it or pass --overwrite")
+        existed = {path for path in (json_path, png_path) if path.exists()}
         if args.exp != ZERO_SHOT_EXP:
-            return _tag_with_experiment(args, json_path=json_path, png_path=png_path)
+            _tag_with_experiment(args, json_path=json_path, png_path=png_path)
+            _report_written((json_path, png_path), existed=existed)
+            return 0
         from common.zero_shot import UNREACHABLE_GENRES, zero_shot_song
 
         bounds, views = zero_shot_song(args.file, window=args.window, hop=args.hop, weights_dir=args.weights)
@@ -83,13 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         print(segment_table(views, bounds, top=args.top))
         document = tags_document(views, bounds, source=args.file, model=model, window=args.window, hop=args.hop,
                                  notes={"genres_never_predicted": list(UNREACHABLE_GENRES)})
-        write_json(document, json_path, overwrite=args.overwrite)
+        write_json(document, json_path, overwrite=True)
         save_taggram(views["genres"], bounds, png_path, title=f"{args.file.name}: zero-shot genres (musicnn)",
-                     overwrite=args.overwrite)
+                     overwrite=True)
     except ToolkitError as error:
         print(f"tag: error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {json_path} and {png_path}")
+    _report_written((json_path, png_path), existed=existed)
     return 0
 
 

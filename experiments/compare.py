@@ -4,7 +4,8 @@ Usage::
 
     python -m experiments.compare --runs runs --out runs/compare
 
-Reads ``RUNS/<exp>/summary.json`` (and, for an experiment still training, the
+Reads ``RUNS/<exp>/summary.json`` (or ``RUNS/<group>/<exp>/``, one level down, as
+``make demo`` trains into ``runs/demo/demo``; such an experiment is named ``<group>/<exp>``) (and, for an experiment still training, the
 ``fold_<k>/summary.json`` of its finished folds), prints one table — experiment, task,
 model, CV mean ± std of log loss, macro F1 and accuracy, test-split scores, parameters,
 seconds per epoch, date — and writes into OUT:
@@ -62,10 +63,35 @@ def _fold_dirs(exp_dir: Path) -> list[Path]:
                   key=lambda d: int(d.name.split("_")[1]) if d.name.split("_")[1].isdigit() else -1)
 
 
-def _record(summary: dict, *, cv: dict, folds: int, status: str, exp_dir: Path) -> dict:
+def _is_experiment(folder: Path) -> bool:
+    """Whether ``folder`` is an experiment's run folder (``summary.json`` or a ``fold_<k>`` folder)."""
+    return (folder / "summary.json").is_file() or bool(_fold_dirs(folder))
+
+
+def experiment_dirs(runs_dir: Path, *, exclude: tuple[Path, ...] = ()) -> list[Path]:
+    """The experiment folders of ``runs_dir``: ``RUNS/<exp>``, or one level down ``RUNS/<group>/<exp>``.
+
+    A folder of ``runs_dir`` that is no experiment but holds experiments (``runs/demo``
+    after ``make demo``) stands for them; one holding none is returned as it is (and
+    reported as skipped by :func:`collect`). Hidden folders and ``exclude`` are left out.
+    """
+    excluded = {p.resolve() for p in exclude}
+
+    def children(folder: Path) -> list[Path]:
+        return sorted(d for d in folder.iterdir()
+                      if d.is_dir() and not d.name.startswith(".") and d.resolve() not in excluded)
+
+    found = []
+    for folder in children(runs_dir):
+        inner = [] if _is_experiment(folder) else [d for d in children(folder) if _is_experiment(d)]
+        found.extend(inner or [folder])
+    return found
+
+
+def _record(summary: dict, *, cv: dict, folds: int, status: str, name: str) -> dict:
     test = summary.get("test") or {}
     record = {
-        "experiment": exp_dir.name, "task": summary.get("task"),
+        "experiment": name, "task": summary.get("task"),
         "model": summary.get("model"), "status": status, "folds": folds,
         "params": summary.get("params"), "seconds_per_epoch": summary.get("seconds_per_epoch"),
         "date": summary.get("date"),
@@ -80,18 +106,20 @@ def _record(summary: dict, *, cv: dict, folds: int, status: str, exp_dir: Path) 
     return record
 
 
-def load_experiment(exp_dir: Path) -> dict | None:
+def load_experiment(exp_dir: Path, *, name: str | None = None) -> dict | None:
     """One row of the comparison table, or None when the experiment has no finished fold.
 
     Parameters
     ----------
     exp_dir : Path
-        ``RUNS/<exp>``.
+        ``RUNS/<exp>`` (or ``RUNS/<group>/<exp>``).
+    name : str, optional
+        Shown as ``experiment`` (default: the folder name).
 
     Returns
     -------
     dict or None
-        Keys :data:`TABLE_COLUMNS`; ``experiment`` is the folder name. An experiment without ``summary.json`` is reported
+        Keys :data:`TABLE_COLUMNS`. An experiment without ``summary.json`` is reported
         ``incomplete`` with CV statistics over its finished folds (std with ``ddof=0``) and
         no test scores.
     """
@@ -99,7 +127,7 @@ def load_experiment(exp_dir: Path) -> dict | None:
     if summary_path.is_file():
         summary = _read_json(summary_path)
         return _record(summary, cv=summary.get("cv") or {}, folds=len(summary.get("folds") or []),
-                       status="complete", exp_dir=exp_dir)
+                       status="complete", name=name or exp_dir.name)
     fold_summaries = [_read_json(d / "summary.json") for d in _fold_dirs(exp_dir) if (d / "summary.json").is_file()]
     if not fold_summaries:
         return None
@@ -111,7 +139,8 @@ def load_experiment(exp_dir: Path) -> dict | None:
     first = dict(fold_summaries[0], test=None)
     first["seconds_per_epoch"] = float(np.mean([f.get("seconds_per_epoch", np.nan) for f in fold_summaries]))
     return _record(first, cv=cv, folds=len(fold_summaries),
-                   status=f"incomplete ({len(fold_summaries)} fold{'s' if len(fold_summaries) > 1 else ''} done)", exp_dir=exp_dir)
+                   status=f"incomplete ({len(fold_summaries)} fold{'s' if len(fold_summaries) > 1 else ''} done)",
+                   name=name or exp_dir.name)
 
 
 def collect(runs_dir: Path, *, exclude: tuple[Path, ...] = ()) -> tuple[pd.DataFrame, list[str]]:
@@ -132,12 +161,9 @@ def collect(runs_dir: Path, *, exclude: tuple[Path, ...] = ()) -> tuple[pd.DataF
     """
     if not runs_dir.is_dir():
         raise ToolkitError(f"{runs_dir}: runs folder not found; train an experiment first (make train)")
-    excluded = {p.resolve() for p in exclude}
     records, notes = [], []
-    for exp_dir in sorted(d for d in runs_dir.iterdir() if d.is_dir() and not d.name.startswith(".")):
-        if exp_dir.resolve() in excluded:
-            continue
-        record = load_experiment(exp_dir)
+    for exp_dir in experiment_dirs(runs_dir, exclude=exclude):
+        record = load_experiment(exp_dir, name=exp_dir.relative_to(runs_dir).as_posix())
         if record is None:
             notes.append(f"skipped {exp_dir}: no summary.json and no finished fold yet")
         else:
@@ -256,7 +282,7 @@ def plot_confusion(oof_path: Path, *, out: Path, title: str) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=Path("runs"), help="folder holding one folder per experiment")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="folder holding one folder per experiment (or per group of experiments)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: RUNS/compare)")
     return parser
 
@@ -285,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             print("compare: no single-label experiment with oof.csv; no confusion matrix")
         else:
             written.append(plot_confusion(
-                args.runs / best.experiment / "oof.csv", out=out / f"confusion_{best.experiment}.png",
+                args.runs / best.experiment / "oof.csv", out=out / f"confusion_{best.experiment.replace('/', '_')}.png",
                 title=f"{best.experiment}: out-of-fold confusion (CV log loss {best.cv_log_loss_mean:.4f})"))
     except ToolkitError as error:
         print(f"compare: error: {error}", file=sys.stderr)

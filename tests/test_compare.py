@@ -105,3 +105,22 @@ def test_empty_runs_folder_is_an_error(tmp_path, capsys):
     (tmp_path / "runs").mkdir()
     assert compare.main(["--runs", str(tmp_path / "runs")]) == 1
     assert "no experiment with a finished fold" in capsys.readouterr().err
+
+
+def test_compare_finds_experiments_one_level_down_as_make_demo_writes_them(tmp_path, capsys):
+    """`make demo` trains into runs/demo/demo; `make compare` (RUNS=runs) then finds it beside runs/<exp>."""
+    runs = tmp_path / "runs"
+    write_experiment(runs / "demo", "demo", log_losses=[0.9, 1.0])
+    (runs / "demo" / "compare").mkdir()  # the demo's own report folder: not an experiment
+    (runs / "demo" / "compare" / "compare.csv").write_text("experiment\n")
+    write_experiment(runs, "crnn", log_losses=[1.2, 1.3])
+    assert compare.main(["--runs", str(runs)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped" not in printed
+    table = pd.read_csv(runs / "compare" / "compare.csv")
+    assert table["experiment"].tolist() == ["demo/demo", "crnn"]
+    assert (runs / "compare" / "confusion_demo_demo.png").read_bytes()[:8] == PNG_MAGIC
+    assert (runs / "compare" / "learning_curves.png").read_bytes()[:8] == PNG_MAGIC
+    # the demo's own call, RUNS=runs/demo, still names it "demo"
+    assert compare.main(["--runs", str(runs / "demo")]) == 0
+    assert pd.read_csv(runs / "demo" / "compare" / "compare.csv")["experiment"].tolist() == ["demo"]

@@ -152,5 +152,8 @@ def test_tag_with_a_multi_experiment_uses_the_genre_tree(trained, tmp_path, caps
     from common.metadata import TOP_GENRES
 
     assert set(classes) - set(TOP_GENRES)  # sub-genres such as Punk or IDM, not only the 16 top genres
-    assert tag.main([str(file), "--exp", "tiny_multi", "--runs", str(trained["runs"]), "--out", str(tmp_path)]) == 2
-    assert "already exists" in capsys.readouterr().err
+    # a second run replaces the derived JSON and PNG and says so
+    (tmp_path / "chirp_tags.json").write_text("{}")
+    assert tag.main([str(file), "--exp", "tiny_multi", "--runs", str(trained["runs"]), "--out", str(tmp_path)]) == 0
+    assert f"overwrote {tmp_path / 'chirp_tags.json'} and {tmp_path / 'chirp_taggram.png'}" in capsys.readouterr().out
+    assert json.loads((tmp_path / "chirp_tags.json").read_text()) == document

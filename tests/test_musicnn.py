@@ -184,7 +184,7 @@ def test_zero_shot_song_pools_patches_into_segments(models, manifest):
 
 
 @needs_audio
-def test_tag_cli_writes_table_json_png_and_keeps_existing_outputs(weights_dir, tmp_path, capsys):
+def test_tag_cli_writes_table_json_png_and_overwrites_its_outputs(weights_dir, tmp_path, capsys):
     from crowdai.tag import main
 
     argv = [str(AUDIO / "198-209-0000.ogg"), "--exp", "musicnn", "--out", str(tmp_path),
@@ -200,9 +200,9 @@ def test_tag_cli_writes_table_json_png_and_keeps_existing_outputs(weights_dir, t
     png = tmp_path / "198-209-0000_taggram.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     before = png.stat().st_mtime_ns
-    assert main(argv) == 2
-    assert "already exists" in capsys.readouterr().err
-    assert png.stat().st_mtime_ns == before
+    assert main(argv) == 0  # derived files: replaced, and said so
+    assert f"overwrote {tmp_path / '198-209-0000_tags.json'} and {png}" in capsys.readouterr().out
+    assert png.stat().st_mtime_ns > before
 
 
 # --- generic tagging helpers -------------------------------------------------------------------
