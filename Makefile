@@ -80,7 +80,7 @@ demo-data: setup ## Generate the mini-FMA (metadata, mp3s, crowdAI-style test fo
 	$(PY) -m common.demo_data --out $(DEMO_DATA)
 
 features: setup ## Log-mel cache for DATA/fma_SUBSET (or TEST_DIR with SOURCE=test) with EXP's feature settings
-	$(PY) -m common.features --config $(CONFIG) --cache $(CACHE) --jobs $(JOBS) $(SCHEDULER_ARG) \
+	$(PY) -m common.features --config $(CONFIG) --cache $(CACHE) --jobs $(JOBS) --weights $(WEIGHTS) $(SCHEDULER_ARG) \
 	  $(if $(filter test,$(SOURCE)),--audio-dir $(TEST_DIR),--data $(DATA) --subset $(SUBSET))
 
 plots: setup ## Genre histogram of SUBSET and the log-mel image of one track, as PNGs in OUT
@@ -98,7 +98,7 @@ compare: setup ## Table of all experiments in RUNS (CSV, Markdown, learning curv
 
 submit: setup ## crowdAI CSV for TEST_DIR from the fold ensembles of EXP (comma-separated; MEAN, BLEND=0.7,0.3)
 	$(PY) -m crowdai.submit --exp $(EXP) --runs $(RUNS) --test-dir $(TEST_DIR) --cache $(CACHE) --out submissions \
-	  --mean $(MEAN) $(if $(BLEND),--weights $(BLEND),)
+	  --mean $(MEAN) --musicnn-weights $(WEIGHTS) $(if $(BLEND),--weights $(BLEND),)
 
 validate: setup ## Check SUBMISSION (default: newest) against TEST_DIR before upload
 	$(PY) -m crowdai.validate $(SUBMISSION) --test-dir $(TEST_DIR)

@@ -15,10 +15,17 @@ Layout of one cache directory ``<cache_root>/<source>-<kind>-<digest>/``:
     so a killed run never leaves half a shard.
 ``shard_NNNNN.json``
     Per-item status of the shard, written after the shard: its presence marks
-    the shard done, so a re-run computes only the shards without one.
+    the shard done, so a re-run computes only the shards without one, and in the
+    others only the items whose failure is *transient* (see below).
 ``index.csv`` / ``failures.csv``
     Written at the end: ``id, shard, row`` of every success, and
-    ``id, path, reason, detail`` of every failure. ``index.csv`` marks the cache complete.
+    ``id, path, reason, detail, kind`` of every failure. ``index.csv`` marks the cache complete.
+
+Failures never stop a run; each item that fails is one row. A decode failure (the
+:class:`~common.errors.AudioError` family: ``unreadable``, ``silent``, ``too_short``) is
+*permanent*: kept on re-runs unless ``--retry-failed``. A missing file (reason ``missing``)
+and any other exception (reason: its type, e.g. ``MemoryError``) are *transient*: a
+re-run computes those items again into the same shard.
 
 Nothing in these files depends on time, worker count or order of completion, so a
 resumed run yields byte-identical files to an uninterrupted one. Extraction holds at
@@ -42,13 +49,18 @@ import pandas as pd
 
 from common.audio import AUDIO_SUFFIXES, features_for, load_clip
 from common.errors import AudioError, ConfigError, FeatureCacheError, ToolkitError
+from common.io import absolute_path
 from common.pretrained import DEFAULT_WEIGHTS_DIR
 from common.settings import FeatureSettings
 
 Item = tuple[str, Path]
 
 _ITEMS_COLUMNS = ["id", "path", "shard", "row"]
-_FAILURE_COLUMNS = ["id", "path", "reason", "detail"]
+_FAILURE_COLUMNS = ["id", "path", "reason", "detail", "kind"]
+_RECORD_COLUMNS = ["id", "status", "reason", "detail", "kind"]
+
+#: Failure kinds: retried on every run / kept (retried with ``retry_failed``).
+TRANSIENT, PERMANENT = "transient", "permanent"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +77,11 @@ class ExtractionSummary:
         Items computed by this call per wall-clock second (0 when all were cached).
     seconds : float
         Wall-clock time of this call.
+    n_transient : int
+        Failures that the next run retries (missing files, unexpected exceptions).
+    top_reasons : tuple of (reason, count, example)
+        The three most common failure reasons, most common first; ``example`` is the
+        ``path: detail`` of one such failure.
     """
 
     n_ok: int
@@ -72,11 +89,21 @@ class ExtractionSummary:
     n_cached: int
     clips_per_s: float
     seconds: float
+    n_transient: int = 0
+    top_reasons: tuple[tuple[str, int, str], ...] = ()
 
     def line(self) -> str:
         """The one-line summary the CLI prints."""
-        return (f"features: {self.n_ok} ok, {self.n_failed} failed, {self.n_cached} cached, "
+        line = (f"features: {self.n_ok} ok, {self.n_failed} failed, {self.n_cached} cached, "
                 f"{self.clips_per_s:.1f} clips/s")
+        if self.n_transient:
+            line += (f"; {self.n_transient} transient failure{'s' if self.n_transient > 1 else ''} "
+                     f"will be retried on the next run")
+        return line
+
+    def mostly_failed(self) -> bool:
+        """Whether more than half of the items failed (a wrong data folder, a broken decoder)."""
+        return 2 * self.n_failed > self.n_ok + self.n_failed
 
 
 def cache_dir_for(cache_root: str | Path, source: str, settings: FeatureSettings) -> Path:
@@ -146,28 +173,72 @@ def _prepare(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: Pat
     return table
 
 
-def _extract_shard(cache_dir: str, shard: int, items: list[tuple[str, str]],
-                   settings: FeatureSettings, weights_dir: str) -> list[dict[str, str]]:
-    """Compute one shard, write it atomically, then its record; return the record."""
+def _extract_item(path: str, *, settings: FeatureSettings, weights_dir: str,
+                  out: np.ndarray) -> dict[str, str]:
+    """Features of one file into ``out`` (left as it is on failure); its record entry, without id.
+
+    Every exception becomes a failure: decode failures are permanent, a missing file
+    and anything unexpected (a resampler, ctypes or memory error) transient.
+    """
+    if not os.path.isfile(path):
+        return {"status": "failed", "reason": "missing", "detail": f"{path}: no such file", "kind": TRANSIENT}
+    try:
+        clip = load_clip(path, settings=settings)
+        out[...] = features_for(clip, settings=settings, weights_dir=weights_dir)
+    except AudioError as error:
+        return {"status": "failed", "reason": error.reason, "detail": error.detail, "kind": PERMANENT}
+    except Exception as error:  # noqa: BLE001  (one bad file must not stop 100,000)
+        return {"status": "failed", "reason": type(error).__name__, "detail": str(error) or repr(error),
+                "kind": TRANSIENT}
+    return {"status": "ok", "reason": "", "detail": "", "kind": ""}
+
+
+def _extract_shard(cache_dir: str, shard: int, items: list[tuple[str, str]], settings: FeatureSettings,
+                   weights_dir: str, retry: list[int] | None = None) -> list[dict[str, str]]:
+    """Compute one shard, write it atomically, then its record; return the record.
+
+    ``retry`` lists rows to compute again into the existing shard and record (the other
+    rows are kept as they are); None computes every row. A row is the same numbers
+    whichever way it is computed, so a healed shard equals one computed in one go.
+    """
     directory = Path(cache_dir)
-    data = np.zeros((len(items), *settings.clip_shape), dtype=np.float16)
-    record = []
-    for row, (item_id, path) in enumerate(items):
-        try:
-            clip = load_clip(path, settings=settings)
-            data[row] = features_for(clip, settings=settings, weights_dir=weights_dir)
-        except AudioError as error:
-            record.append({"id": item_id, "status": "failed", "reason": error.reason,
-                           "detail": error.detail})
-        else:
-            record.append({"id": item_id, "status": "ok", "reason": "", "detail": ""})
     name = _shard_name(shard)
+    if retry is None:
+        data = np.zeros((len(items), *settings.clip_shape), dtype=np.float16)
+        record: list[dict[str, str]] = [{} for _ in items]
+        rows = range(len(items))
+    else:
+        data = np.load(directory / f"{name}.npy")
+        record = json.loads((directory / f"{name}.json").read_text())
+        rows = retry
+    for row in rows:
+        item_id, path = items[row]
+        data[row] = 0
+        entry = _extract_item(path, settings=settings, weights_dir=weights_dir, out=data[row])
+        if entry["status"] != "ok":
+            data[row] = 0
+        record[row] = {"id": item_id, **entry}
     tmp = directory / f"{name}.npy.tmp-{os.getpid()}"
     with open(tmp, "wb") as handle:
         np.save(handle, data)
     os.replace(tmp, directory / f"{name}.npy")
     _atomic_write_bytes(directory / f"{name}.json", (json.dumps(record, indent=1) + "\n").encode())
     return record
+
+
+def _rows_to_retry(record: list[dict[str, str]], *, retry_failed: bool) -> list[int]:
+    """Rows of a done shard to compute again: transient failures, or every failure with ``retry_failed``.
+
+    Records of caches made before failure kinds existed hold decode failures only: permanent.
+    """
+    return [row for row, entry in enumerate(record) if entry["status"] != "ok"
+            and (retry_failed or entry.get("kind", PERMANENT) == TRANSIENT)]
+
+
+def _run_task(task: tuple) -> tuple[int, list[dict[str, str]]]:
+    """Run ``_extract_shard(*task)`` (looked up at call time); ``(items computed, record)``."""
+    record = _extract_shard(*task)
+    return (len(record) if task[5] is None else len(task[5])), record
 
 
 def _read_record(cache_dir: Path, shard: int) -> list[dict[str, str]] | None:
@@ -177,56 +248,63 @@ def _read_record(cache_dir: Path, shard: int) -> list[dict[str, str]] | None:
     return json.loads(path.read_text())
 
 
-def _run_local(tasks: list[tuple], *, n_jobs: int) -> Iterator[list[dict[str, str]]]:
+def _run_local(tasks: list[tuple], *, n_jobs: int) -> Iterator[tuple[int, list[dict[str, str]]]]:
     import joblib
 
     if not tasks:
         return
     with joblib.parallel_config(backend="loky", inner_max_num_threads=1):
         yield from joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-            joblib.delayed(_extract_shard)(*task) for task in tasks)
+            joblib.delayed(_run_task)(task) for task in tasks)
 
 
-def _run_dask(tasks: list[tuple], *, scheduler: str) -> Iterator[list[dict[str, str]]]:
+def _run_dask(tasks: list[tuple], *, scheduler: str) -> Iterator[tuple[int, list[dict[str, str]]]]:
     from distributed import Client, as_completed
 
     if not tasks:
         return
     run_id = uuid.uuid4().hex[:8]  # task keys only; nothing of it reaches the cache files
     with Client(scheduler) as client:
-        futures = [client.submit(_extract_shard, *task, key=f"feature-shard-{run_id}-{task[1]:05d}")
-                   for task in tasks]
+        futures = [client.submit(_run_task, task, key=f"feature-shard-{run_id}-{task[1]:05d}") for task in tasks]
         for future in as_completed(futures):
             yield future.result()
 
 
 def extract(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: str | Path,
             n_jobs: int = -1, shard_size: int = 256, scheduler: str | None = None,
-            progress: bool = True, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> ExtractionSummary:
+            progress: bool = True, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,
+            retry_failed: bool = False) -> ExtractionSummary:
     """Extract the features of ``items`` into ``cache_dir``, computing only missing shards.
 
     Parameters
     ----------
     items : sequence of (id, path)
-        Ids are stored as strings; their order fixes shards and rows.
+        Ids are stored as strings; their order fixes shards and rows. Paths are made
+        absolute here (against this process's working directory) before anything is stored
+        or sent to a worker.
     settings : FeatureSettings
     cache_dir : path-like
-        Usually :func:`cache_dir_for`. Created if needed.
+        Usually :func:`cache_dir_for`. Created if needed; made absolute like the paths.
     n_jobs : int
         joblib worker processes (-1: all cores); each runs BLAS/OpenMP on one thread.
     shard_size : int
         Items per shard (256 log-mels of the default settings are 67 MB).
     scheduler : str, optional
         Address of a ``dask.distributed`` scheduler; shards are then computed by its
-        workers, which must see ``cache_dir`` at the same path. A shard whose worker
+        workers, which must see ``cache_dir`` and the audio at the same absolute paths
+        (a shared file system), whatever their working directory. A shard whose worker
         dies is recomputed by another.
     progress : bool
         Show a tqdm bar over clips (on stderr).
     weights_dir : path-like
         Pretrained weights (``make weights``) for embedding kinds (``musicnn``); each worker
         builds the network once. Checked before any work starts.
+    retry_failed : bool
+        Compute permanent failures (decode errors) of earlier runs again too; transient
+        ones (missing files, unexpected exceptions) are always retried.
 
-    Ends by printing one line, ``features: N ok, M failed, K cached, R clips/s``.
+    Ends by printing one line, ``features: N ok, M failed, K cached, R clips/s``
+    (plus how many transient failures the next run retries).
 
     Returns
     -------
@@ -242,8 +320,10 @@ def extract(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: str 
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    cache_dir = Path(cache_dir)
-    weights_dir = Path(weights_dir).resolve()  # workers may run in another directory
+    # workers run in their own directory (on other hosts): send them absolute paths only
+    cache_dir = absolute_path(cache_dir)
+    weights_dir = absolute_path(weights_dir)
+    items = [(item_id, absolute_path(path)) for item_id, path in items]
     if settings.layout == "vector":
         from common.embeddings import require_weights
 
@@ -252,19 +332,21 @@ def extract(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: str 
     n_shards = int(table["shard"].max()) + 1 if len(table) else 0
     records: dict[int, list[dict[str, str]]] = {}
     tasks = []
+    n_cached = 0
     for shard, group in table.groupby("shard", sort=True):
         record = _read_record(cache_dir, int(shard))
-        if record is not None:
+        retry = None if record is None else _rows_to_retry(record, retry_failed=retry_failed)
+        if record is not None and not retry:
             records[int(shard)] = record
         else:
             tasks.append((str(cache_dir), int(shard), list(zip(group["id"], group["path"])), settings,
-                          str(weights_dir)))
-    n_cached = sum(len(record) for record in records.values())
+                          str(weights_dir), retry))
+        n_cached += 0 if record is None else len(record) - len(retry)
     results = _run_dask(tasks, scheduler=scheduler) if scheduler else _run_local(tasks, n_jobs=n_jobs)
     with tqdm(total=len(table), initial=n_cached, unit="clip", desc="features", disable=not progress,
               file=sys.stderr) as bar:
-        for record in results:
-            bar.update(len(record))
+        for n_computed, _record in results:
+            bar.update(n_computed)
     _remove_temporaries(cache_dir)  # a worker that died mid-shard leaves its temporary file
     for shard in range(n_shards):
         if shard not in records:
@@ -272,18 +354,24 @@ def extract(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: str 
         if records[shard] is None:
             raise FeatureCacheError(f"{cache_dir}: {_shard_name(shard)} was not written; run again to finish it")
     status = pd.DataFrame([entry for shard in range(n_shards) for entry in records[shard]],
-                          columns=["id", "status", "reason", "detail"])
+                          columns=_RECORD_COLUMNS)
+    status["kind"] = status["kind"].where(status["status"] == "ok", status["kind"].fillna(PERMANENT)).fillna("")
     if not status["id"].equals(table["id"]):
         raise FeatureCacheError(f"{cache_dir}: shard records do not match items.csv")
     ok = (status["status"] == "ok").to_numpy()
-    _atomic_write_csv(cache_dir / "failures.csv",
-                      pd.concat([table.loc[~ok, ["id", "path"]], status.loc[~ok, ["reason", "detail"]]],
-                                axis=1)[_FAILURE_COLUMNS])
+    failures = pd.concat([table.loc[~ok, ["id", "path"]], status.loc[~ok, ["reason", "detail", "kind"]]],
+                         axis=1)[_FAILURE_COLUMNS]
+    _atomic_write_csv(cache_dir / "failures.csv", failures)
     _atomic_write_csv(cache_dir / "index.csv", table.loc[ok, ["id", "shard", "row"]])
     seconds = time.perf_counter() - start
     computed = len(table) - n_cached
+    counts = failures["reason"].value_counts(sort=True)
+    top_reasons = tuple((str(reason), int(count), "{}: {}".format(*failures.loc[failures["reason"] == reason,
+                                                                               ["path", "detail"]].iloc[0]))
+                        for reason, count in counts.iloc[:3].items())
     summary = ExtractionSummary(n_ok=int(ok.sum()), n_failed=int((~ok).sum()), n_cached=n_cached,
-                                clips_per_s=computed / seconds if computed else 0.0, seconds=seconds)
+                                clips_per_s=computed / seconds if computed else 0.0, seconds=seconds,
+                                n_transient=int((failures["kind"] == TRANSIENT).sum()), top_reasons=top_reasons)
     print(summary.line(), flush=True)
     return summary
 
@@ -420,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", default=None, help="dask.distributed scheduler address, tcp://host:8786")
     parser.add_argument("--shard-size", type=int, default=256, help="clips per shard (default 256)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="compute decode failures (unreadable, silent, too short) of earlier runs again; "
+                             "missing files and unexpected errors are always retried")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR,
                         help="musicnn weights for embedding kinds (default: %(default)s; `make weights`)")
     return parser
@@ -435,18 +526,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.data is not None:
             from common.metadata import FmaDataset
 
-            items = FmaDataset.open(args.data, args.subset).items()
-            source = f"fma_{args.subset}"
+            dataset = FmaDataset.open(args.data, args.subset)
+            audio_dir = dataset.require_audio_dir()  # before anything is cached: a wrong DATA caches nothing
+            print(f"audio: {audio_dir}", file=sys.stderr)
+            items = dataset.items()
+            source = dataset.feature_source
         else:
             items = folder_items(args.audio_dir)
             source = args.audio_dir.resolve().name
         cache_dir = cache_dir_for(args.cache, source, settings)
         print(f"cache: {cache_dir}", file=sys.stderr)
-        extract(items, settings=settings, cache_dir=cache_dir, n_jobs=args.jobs,
-                shard_size=args.shard_size, scheduler=args.scheduler, progress=not args.no_progress,
-                weights_dir=args.weights)
+        summary = extract(items, settings=settings, cache_dir=cache_dir, n_jobs=args.jobs,
+                          shard_size=args.shard_size, scheduler=args.scheduler, progress=not args.no_progress,
+                          weights_dir=args.weights, retry_failed=args.retry_failed)
     except ToolkitError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    if summary.mostly_failed():
+        reasons = "; ".join(f"{count} {reason} (e.g. {example})" for reason, count, example in summary.top_reasons)
+        print(f"error: {summary.n_failed} of {summary.n_ok + summary.n_failed} clips failed, more than half: "
+              f"check the audio folder and the decoder. Most common: {reasons}. See {cache_dir / 'failures.csv'}",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -9,6 +9,14 @@ from pathlib import Path
 from common.errors import OutputExistsError
 
 
+def absolute_path(path: str | Path) -> Path:
+    """``path`` made absolute against this process's working directory (symlinks kept, ``..`` folded).
+
+    Done on the client before a path goes to a Dask worker, whose working directory is its own.
+    """
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+
 def _umask() -> int:
     """The process's file-creation mask (reading it means setting it, so set it back)."""
     mask = os.umask(0)

@@ -31,6 +31,10 @@ TOP_GENRE_IDS: dict[str, int] = {
 #: Nested subsets, smallest first: small is inside medium, medium inside large.
 SUBSETS: tuple[str, ...] = ("small", "medium", "large")
 
+#: Audio archives, smallest first; each holds the tracks of the ones before it
+#: (fma_full holds every track untrimmed, the others 30-s clips).
+AUDIO_ARCHIVES: tuple[str, ...] = ("small", "medium", "large", "full")
+
 #: Official split names in ``('set', 'split')``.
 SPLITS: tuple[str, ...] = ("training", "validation", "test")
 
@@ -306,6 +310,11 @@ def select_subset(tracks: pd.DataFrame, subset: str) -> pd.DataFrame:
     return tracks[tracks[("set", "subset")] <= subset].copy()
 
 
+def _holds_audio(folder: Path) -> bool:
+    """Whether ``folder`` holds at least one ``NNN/*.mp3`` (stops at the first)."""
+    return folder.is_dir() and next(folder.glob("*/*.mp3"), None) is not None
+
+
 @dataclass(frozen=True, eq=False)
 class FmaDataset:
     """One FMA subset: its tracks, the genre tree and where the audio lies.
@@ -335,15 +344,38 @@ class FmaDataset:
 
     @property
     def audio_dir(self) -> Path:
-        """``data_dir/fma_<subset>``."""
+        """The audio folder read: ``data_dir/fma_<subset>``, or else the smallest superset archive present.
+
+        Subsets are nested, so ``fma_large/`` holds every ``medium`` track (``fma_full/`` too,
+        untrimmed). A folder without any ``NNN/*.mp3`` counts as absent. When none is
+        present this is ``data_dir/fma_<subset>`` (see :meth:`require_audio_dir`).
+        """
+        for archive in AUDIO_ARCHIVES[AUDIO_ARCHIVES.index(self.subset):]:
+            folder = self.data_dir / f"fma_{archive}"
+            if _holds_audio(folder):
+                return folder
         return self.data_dir / f"fma_{self.subset}"
 
+    @property
+    def feature_source(self) -> str:
+        """Source name of this subset's feature cache (:func:`common.features.cache_dir_for`).
+
+        ``fma_<subset>``: the 30-s clips are the same in every archive that holds them.
+        ``fma_<subset>_untrimmed`` when they are read from ``fma_full/`` (whole tracks),
+        so that those features never mix with the clips' in one cache.
+        """
+        untrimmed = self.audio_dir.name == "fma_full"
+        return f"fma_{self.subset}_untrimmed" if untrimmed else f"fma_{self.subset}"
+
     def require_audio_dir(self) -> Path:
-        """Return :attr:`audio_dir`, or raise :class:`MetadataError` saying what to unpack."""
-        if not self.audio_dir.is_dir():
-            raise MetadataError(f"{self.audio_dir}: audio folder not found; download "
-                                f"fma_{self.subset}.zip and unpack it into {self.data_dir}/")
-        return self.audio_dir
+        """Return :attr:`audio_dir`, or raise :class:`MetadataError` naming the folder and the archive to unpack."""
+        folder = self.audio_dir
+        if _holds_audio(folder):
+            return folder
+        supersets = [f"fma_{archive}.zip" for archive in AUDIO_ARCHIVES[AUDIO_ARCHIVES.index(self.subset) + 1:]]
+        state = "holds no NNN/NNNNNN.mp3 files" if folder.is_dir() else "audio folder not found"
+        raise MetadataError(f"{folder}: {state} (nor does any superset folder); download fma_{self.subset}.zip "
+                            f"(or a superset: {', '.join(supersets)}) and unpack it into {self.data_dir}/")
 
     def items(self) -> list[tuple[str, Path]]:
         """``(str(track_id), mp3 path)`` for every track of the subset, in index order."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -38,8 +39,14 @@ import numpy as np
 
 from common.errors import ToolkitError
 
-#: Where the weights live unless told otherwise (relative to the project root).
-DEFAULT_WEIGHTS_DIR = Path("models/musicnn")
+#: The checkout this module belongs to (``common/`` is directly inside it).
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+#: Where the weights live unless told otherwise: ``$FMA_WEIGHTS`` when set (read at import),
+#: else ``<project root>/models/musicnn``; absolute either way, so that neither a script run
+#: from another folder nor a Dask worker with its own working directory looks elsewhere.
+DEFAULT_WEIGHTS_DIR = (Path(os.path.abspath(os.environ["FMA_WEIGHTS"])) if os.environ.get("FMA_WEIGHTS")
+                       else PROJECT_ROOT / "models" / "musicnn")
 
 #: The wheel that carries the weights, and its sha256 as published on PyPI.
 MUSICNN_WHEEL = "musicnn-0.1.0-py3-none-any.whl"

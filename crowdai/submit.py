@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import OutputExistsError, ToolkitError, UnreadableAudioError
+from common.pretrained import DEFAULT_WEIGHTS_DIR
 from crowdai.ensemble import MEANS, FoldEnsemble, combine, load_ensemble, parse_weights
 
 #: Fallback kinds of a file whose features failed.
@@ -95,7 +96,8 @@ def _fallback_features(path: str, *, settings) -> tuple[np.ndarray | None, float
 
 def predict_test_folder(ensembles: Sequence[FoldEnsemble], *, test_dir: str | Path, cache_root: str | Path,
                         weights: np.ndarray | None = None, mean: str = "arithmetic", n_jobs: int = -1,
-                        batch_size: int | None = None, progress: bool = True) -> TestPredictions:
+                        batch_size: int | None = None, progress: bool = True,
+                        weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> TestPredictions:
     """Fold-ensemble probabilities of every mp3 of ``test_dir``, combined across experiments.
 
     Features are extracted once per distinct :class:`~common.settings.FeatureSettings`
@@ -115,6 +117,8 @@ def predict_test_folder(ensembles: Sequence[FoldEnsemble], *, test_dir: str | Pa
         Crops per model call (default: each experiment's batch size).
     progress : bool
         Progress bars (features, then fold models) on stderr.
+    weights_dir : path-like
+        musicnn checkpoints, for experiments on musicnn embedding features (``make weights``).
 
     Returns
     -------
@@ -138,7 +142,8 @@ def predict_test_folder(ensembles: Sequence[FoldEnsemble], *, test_dir: str | Pa
     for settings, group in groups.items():
         start = time.perf_counter()
         cache_dir = cache_dir_for(cache_root, test_dir.resolve().name, settings)
-        extract(items, settings=settings, cache_dir=cache_dir, n_jobs=n_jobs, progress=progress)
+        extract(items, settings=settings, cache_dir=cache_dir, n_jobs=n_jobs, progress=progress,
+                weights_dir=weights_dir)
         cache = FeatureCache.open(cache_dir)
         available = set(cache.ids.tolist())
         ok_rows = np.array([i for i, file_id in enumerate(ids) if file_id in available], dtype=np.int64)
@@ -250,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mean", choices=MEANS, default="arithmetic", help="how experiments are combined")
     parser.add_argument("--weights", default=None, help="one positive weight per experiment, e.g. 0.7,0.3")
     parser.add_argument("--jobs", type=int, default=-1, help="feature extraction workers (-1: all cores)")
+    parser.add_argument("--musicnn-weights", type=Path, default=DEFAULT_WEIGHTS_DIR,
+                        help="musicnn checkpoints for embedding features (default: %(default)s; `make weights`)")
     parser.add_argument("--batch-size", type=int, default=None, help="crops per model call (default: experiment's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -271,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         ensembles = [load_ensemble(args.runs, name, require_top_genres=True) for name in names]
         predictions = predict_test_folder(ensembles, test_dir=args.test_dir, cache_root=args.cache, weights=weights,
                                           mean=args.mean, n_jobs=args.jobs, batch_size=args.batch_size,
-                                          progress=not args.no_progress)
+                                          progress=not args.no_progress, weights_dir=args.musicnn_weights)
         csv_path, json_path, sidecar = write_outputs(predictions, csv_path, ensembles=ensembles,
                                                      test_dir=args.test_dir, mean=args.mean, weights=weights)
         problems = validate_submission(csv_path, test_dir=args.test_dir)

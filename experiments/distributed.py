@@ -41,6 +41,7 @@ from pathlib import Path
 
 from common.config import ExperimentConfig
 from common.errors import ToolkitError
+from common.io import absolute_path
 
 #: One fold at a time per worker process.
 _FOLD_LOCK = threading.Lock()
@@ -110,7 +111,7 @@ def train_folds_on_dask(config: ExperimentConfig, *, scheduler: str, data: Path,
     """
     from distributed import Client, KilledWorker, as_completed
 
-    data, folds_path, cache, runs = (Path(p).resolve() for p in (data, folds_path, cache, runs))
+    data, folds_path, cache, runs = (absolute_path(p) for p in (data, folds_path, cache, runs))
     exp_dir = runs / config.name
     todo = [k for k in folds if not (exp_dir / f"fold_{k}" / "summary.json").exists()]
     if not todo:

@@ -78,7 +78,7 @@ def open_experiment_data(config: ExperimentConfig, *, data: Path, subset: str, f
     tracks = dataset.tracks
     folds = read_folds(folds_path, tracks=tracks)
     hint = features_hint(config, data=data, subset=subset, cache=cache)
-    cache_dir = cache_dir_for(cache, f"fma_{subset}", config.features)
+    cache_dir = cache_dir_for(cache, dataset.feature_source, config.features)
     try:
         features = FeatureCache.open(cache_dir)
     except FeatureCacheError as exc:

@@ -245,3 +245,133 @@ def test_the_same_items_given_by_relative_paths_resume_the_same_cache(clean_cach
     monkeypatch.chdir(tmp_path)
     summary = extract(relative, settings=SETTINGS, cache_dir=copy, shard_size=4, progress=False)
     assert summary.n_cached == 29 and summary.n_ok == 24
+
+
+# --- failure kinds: transient (missing file, unexpected exception) are retried, decode failures are kept ---
+
+
+def _load_clip_failing(failures: dict[str, BaseException]):
+    """A ``load_clip`` that raises ``failures[stem]`` for those files (n_jobs=1 runs in this process)."""
+    def load(path, *, settings):
+        error = failures.get(Path(path).stem)
+        if error is not None:
+            raise error
+        return load_clip(path, settings=settings)
+    return load
+
+
+def test_unexpected_exceptions_are_transient_rows_retried_on_the_next_run(clean_cache, audio_folder, tmp_path,
+                                                                         monkeypatch, capsys):
+    import common.features as features
+
+    cache_dir = tmp_path / "cache"
+    items = folder_items(audio_folder)
+    monkeypatch.setattr(features, "load_clip", _load_clip_failing(
+        {"song05": RuntimeError("resampler exploded"), "song10": MemoryError("cannot allocate"),
+         "b_silent": OSError("ctypes call failed")}))
+    summary = extract(items, settings=SETTINGS, cache_dir=cache_dir, n_jobs=1, shard_size=4, progress=False)
+    assert (summary.n_ok, summary.n_failed) == (22, 7)
+    failures = FeatureCache.open(cache_dir).failures.set_index("id")
+    assert list(FeatureCache.open(cache_dir).failures.columns) == ["id", "path", "reason", "detail", "kind"]
+    assert failures.loc["song05", ["reason", "detail", "kind"]].tolist() == [
+        "RuntimeError", "resampler exploded", "transient"]
+    assert failures.loc["song10", ["reason", "kind"]].tolist() == ["MemoryError", "transient"]
+    assert failures.loc["b_silent", ["reason", "kind"]].tolist() == ["OSError", "transient"]
+    assert failures.loc["b_short", ["reason", "kind"]].tolist() == ["too_short", "permanent"]
+    assert "3 transient failures will be retried" in capsys.readouterr().out
+
+    monkeypatch.undo()
+    healed = extract(items, settings=SETTINGS, cache_dir=cache_dir, n_jobs=1, shard_size=4, progress=False)
+    assert (healed.n_ok, healed.n_failed, healed.n_cached) == (24, 5, 29 - 3)
+    assert _files(cache_dir) == _files(clean_cache)
+
+
+def test_a_missing_file_is_retried_and_the_healed_cache_equals_a_clean_one(clean_cache, audio_folder, tmp_path):
+    folder = shutil.copytree(audio_folder, tmp_path / "songs")
+    items = folder_items(folder)
+    kept = tmp_path / "song07.mp3"
+    shutil.move(folder / "song07.mp3", kept)
+    cache_dir = tmp_path / "cache"
+    first = extract(items, settings=SETTINGS, cache_dir=cache_dir, n_jobs=1, shard_size=4, progress=False)
+    assert (first.n_ok, first.n_failed) == (23, 6)
+    row = FeatureCache.open(cache_dir).failures.set_index("id").loc["song07"]
+    assert (row["reason"], row["kind"]) == ("missing", "transient") and "song07.mp3" in row["detail"]
+
+    shutil.move(kept, folder / "song07.mp3")
+    healed = extract(items, settings=SETTINGS, cache_dir=cache_dir, n_jobs=1, shard_size=4, progress=False)
+    assert (healed.n_ok, healed.n_failed, healed.n_cached) == (24, 5, 28)
+    # the same files, once this copy's folder is named as the original's (paths and decoder messages hold it)
+    ours = {name: data.replace(str(folder).encode(), str(audio_folder).encode())
+            for name, data in _files(cache_dir).items()}
+    assert ours == _files(clean_cache)
+
+
+def test_decode_failures_stay_cached_unless_retry_failed(clean_cache, audio_folder, tmp_path, monkeypatch):
+    import common.features as features
+
+    copy = shutil.copytree(clean_cache, tmp_path / "copy")
+    items = folder_items(audio_folder)
+    calls = []
+    monkeypatch.setattr(features, "load_clip", lambda path, *, settings: (calls.append(Path(path).stem),
+                                                                          load_clip(path, settings=settings))[1])
+    assert extract(items, settings=SETTINGS, cache_dir=copy, n_jobs=1, shard_size=4, progress=False).n_cached == 29
+    assert calls == []
+    again = extract(items, settings=SETTINGS, cache_dir=copy, n_jobs=1, shard_size=4, progress=False,
+                    retry_failed=True)
+    assert sorted(calls) == sorted(BROKEN) and again.n_cached == 24
+    assert _files(copy) == _files(clean_cache)
+
+
+def test_a_run_where_most_clips_fail_exits_non_zero_with_the_top_reasons(tmp_path, config_file, capsys):
+    folder = tmp_path / "mostly_broken"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    sf.write(folder / "good.wav", _tone(rng, 8000, 2.0), 8000)
+    for name in ("e1.mp3", "e2.mp3", "e3.mp3"):
+        (folder / name).write_bytes(b"")
+    sf.write(folder / "quiet.wav", np.zeros(16000), 8000)
+    assert main(["--config", str(config_file), "--audio-dir", str(folder), "--cache", str(tmp_path / "cache"),
+                 "--jobs", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "4 of 5 clips failed" in err
+    assert "3 unreadable" in err and "1 silent" in err and "e1.mp3" in err
+
+
+# --- the audio folder: missing or empty stops before anything is cached; supersets are read ---
+
+
+@pytest.fixture
+def metadata_only(demo_data_dir, tmp_path) -> Path:
+    """A data folder with the demo's fma_metadata/ and no audio."""
+    data = tmp_path / "data"
+    shutil.copytree(demo_data_dir / "fma_metadata", data / "fma_metadata")
+    return data
+
+
+@pytest.mark.parametrize("empty", [False, True], ids=["missing", "empty"])
+def test_a_data_folder_without_audio_caches_nothing(metadata_only, config_file, tmp_path, capsys, empty):
+    if empty:
+        (metadata_only / "fma_small").mkdir()
+    cache = tmp_path / "cache"
+    assert main(["--config", str(config_file), "--data", str(metadata_only), "--subset", "small",
+                 "--cache", str(cache), "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert str(metadata_only / "fma_small") in err and "fma_small.zip" in err
+    assert not cache.exists()
+
+
+def test_a_superset_archive_is_read_and_named(metadata_only, demo_data_dir, tiny_training_data, tmp_path, capsys):
+    from conftest import TINY_FEATURES
+
+    (metadata_only / "fma_large").symlink_to(demo_data_dir / "fma_small", target_is_directory=True)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"features": TINY_FEATURES}))
+    assert main(["--config", str(config), "--data", str(metadata_only), "--subset", "small",
+                 "--cache", str(tmp_path / "cache"), "--jobs", "2", "--no-progress"]) == 0
+    assert f"audio: {metadata_only / 'fma_large'}" in capsys.readouterr().err
+    settings = FeatureSettings.from_dict(TINY_FEATURES)
+    ours = _files(cache_dir_for(tmp_path / "cache", "fma_small", settings))
+    local = _files(cache_dir_for(tiny_training_data["cache"], "fma_small", settings))
+    # the same files, once the folder read is named as the original's (paths and decoder messages hold it)
+    renamed = (str(metadata_only / "fma_large").encode(), str(demo_data_dir / "fma_small").encode())
+    assert {name: data.replace(*renamed) for name, data in ours.items()} == local

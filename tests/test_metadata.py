@@ -150,3 +150,26 @@ def test_fma_dataset(data_dir):
     assert len(ds.genres) == 8
     with pytest.raises(MetadataError, match=r"fma_medium\.zip"):
         ds.require_audio_dir()
+
+
+@pytest.mark.parametrize("present, expected", [
+    (["fma_medium", "fma_large", "fma_full"], "fma_medium"),
+    (["fma_small", "fma_large", "fma_full"], "fma_large"),
+    (["fma_full"], "fma_full"),
+])
+def test_a_subset_reads_its_own_archive_or_the_smallest_superset(data_dir, present, expected):
+    for archive in present:
+        (data_dir / archive / "000").mkdir(parents=True)
+        (data_dir / archive / "000" / "000002.mp3").write_bytes(b"ID3")
+    ds = FmaDataset.open(data_dir, "medium")
+    assert ds.require_audio_dir() == ds.audio_dir == data_dir / expected
+    assert ds.items()[0] == ("2", data_dir / expected / "000" / "000002.mp3")
+
+
+def test_no_superset_or_an_empty_one_names_the_archive_to_unpack(data_dir):
+    (data_dir / "fma_small" / "000").mkdir(parents=True)  # a subset of medium: not enough
+    (data_dir / "fma_small" / "000" / "000002.mp3").write_bytes(b"ID3")
+    (data_dir / "fma_large").mkdir()  # empty: as if the unzip never ran
+    ds = FmaDataset.open(data_dir, "medium")
+    with pytest.raises(MetadataError, match=r"fma_medium.*fma_medium\.zip"):
+        ds.require_audio_dir()
