@@ -24,8 +24,8 @@ import yaml
 
 from common.errors import ConfigError
 from common.settings import FeatureSettings
+from common.tasks import TaskName
 
-TaskName = Literal["single", "multi"]
 EvalMode = Literal["center", "chunks"]
 Balance = Literal["none", "class_weights", "sampling"]
 InMemory = Literal["auto", True, False]

@@ -11,7 +11,7 @@ Layout of one cache directory ``<cache_root>/<source>-<kind>-<digest>/``:
 ``shard_NNNNN.npy``
     float16 array ``(n, *clip_shape)`` holding the items of that shard in
     ``items.csv`` order; rows of failed items are zero (and listed as failed).
-    Written under a temporary name and moved into place with :func:`os.replace`,
+    Written under a temporary name and moved into place (:func:`common.io.atomic_output`),
     so a killed run never leaves half a shard.
 ``shard_NNNNN.json``
     Per-item status of the shard, written after the shard: its presence marks
@@ -49,7 +49,7 @@ import pandas as pd
 
 from common.audio import AUDIO_SUFFIXES, features_for, load_clip
 from common.errors import AudioError, ConfigError, FeatureCacheError, ToolkitError
-from common.io import absolute_path
+from common.io import TEMPORARY_GLOB, absolute_path, atomic_output, write_bytes_atomic
 from common.pretrained import DEFAULT_WEIGHTS_DIR
 from common.settings import FeatureSettings
 
@@ -115,14 +115,8 @@ def _shard_name(shard: int) -> str:
     return f"shard_{shard:05d}"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _atomic_write_csv(path: Path, frame: pd.DataFrame) -> None:
-    _atomic_write_bytes(path, frame.to_csv(index=False, lineterminator="\n").encode())
+    write_bytes_atomic(path, frame.to_csv(index=False, lineterminator="\n").encode(), overwrite=True)
 
 
 def _settings_json(settings: FeatureSettings) -> bytes:
@@ -131,7 +125,7 @@ def _settings_json(settings: FeatureSettings) -> bytes:
 
 def _remove_temporaries(cache_dir: Path) -> None:
     """Delete half-written files of killed runs or workers (never a finished file)."""
-    for stale in cache_dir.glob("*.tmp-*"):
+    for stale in cache_dir.glob(TEMPORARY_GLOB):
         stale.unlink(missing_ok=True)
 
 
@@ -159,7 +153,7 @@ def _prepare(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: Pat
             raise FeatureCacheError(f"{settings_path}: cache was made with other settings "
                                     f"({stored}); use a new cache directory (see cache_dir_for)")
     else:
-        _atomic_write_bytes(settings_path, _settings_json(settings))
+        write_bytes_atomic(settings_path, _settings_json(settings), overwrite=True)
     if items_path.exists():
         # ids, shards and rows must match; paths may differ (data folder moved, relative vs absolute)
         stored_items = pd.read_csv(items_path, dtype={"id": str, "path": str})
@@ -218,11 +212,9 @@ def _extract_shard(cache_dir: str, shard: int, items: list[tuple[str, str]], set
         if entry["status"] != "ok":
             data[row] = 0
         record[row] = {"id": item_id, **entry}
-    tmp = directory / f"{name}.npy.tmp-{os.getpid()}"
-    with open(tmp, "wb") as handle:
+    with atomic_output(directory / f"{name}.npy", overwrite=True) as tmp, open(tmp, "wb") as handle:
         np.save(handle, data)
-    os.replace(tmp, directory / f"{name}.npy")
-    _atomic_write_bytes(directory / f"{name}.json", (json.dumps(record, indent=1) + "\n").encode())
+    write_bytes_atomic(directory / f"{name}.json", (json.dumps(record, indent=1) + "\n").encode(), overwrite=True)
     return record
 
 

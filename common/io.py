@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from common.errors import OutputExistsError
+
+#: Matches the temporary files of :func:`atomic_output` (of killed writers) in a folder.
+TEMPORARY_GLOB = ".*.tmp*"
 
 
 def absolute_path(path: str | Path) -> Path:
@@ -24,23 +29,37 @@ def _umask() -> int:
     return mask
 
 
-def write_text_atomic(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
-    """Write ``text`` (UTF-8) to a temporary file next to ``path``, then move it in place.
+@contextlib.contextmanager
+def atomic_output(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; moved onto ``path`` when the block ends.
 
-    Readers never see a half-written file. Without ``overwrite`` the move is a hard link,
-    which fails atomically when ``path`` exists.
+    The one atomic-write mechanism of the toolkit: readers never see a half-written
+    file, and an exception (or a killed process) leaves ``path`` as it was. The
+    temporary file is named ``.<stem>.<random>.tmp<suffix>`` (hidden, and keeping the
+    suffix, which writers such as ``keras.Model.save`` check; :data:`TEMPORARY_GLOB`
+    matches it). Without ``overwrite`` the move is a hard link, which fails atomically
+    when ``path`` exists.
+
+    Yields
+    ------
+    Path
+        An existing empty file in ``path``'s folder; write it (or replace it) in the block.
 
     Raises
     ------
     OutputExistsError
-        ``path`` exists and ``overwrite`` is false; it is left untouched.
+        ``path`` exists and ``overwrite`` is false (checked before the block too, so no
+        work is wasted); ``path`` is left untouched.
     """
     path = Path(path)
+    if not overwrite and path.exists():
+        raise OutputExistsError(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            handle.write(text)
+        yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         if overwrite:
             os.replace(tmp, path)
@@ -50,6 +69,28 @@ def write_text_atomic(path: str | Path, text: str, *, overwrite: bool = False) -
             except FileExistsError:
                 raise OutputExistsError(path) from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes, *, overwrite: bool = False) -> Path:
+    """Write ``data`` to ``path`` through :func:`atomic_output`; ``path``.
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is false; it is left untouched.
+    """
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` through :func:`atomic_output`; ``path``.
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is false; it is left untouched.
+    """
+    return write_bytes_atomic(path, text.encode("utf-8"), overwrite=overwrite)

@@ -38,11 +38,10 @@ import numpy as np
 import pandas as pd
 import sklearn.metrics
 
+from common.tasks import TASKS
+
 #: Clipping bound of the leaderboard's log loss.
 EPS = 1e-15
-
-#: Task names understood by :func:`score`.
-TASKS: tuple[str, ...] = ("single", "multi")
 
 
 def clip_probabilities(probs: np.ndarray, *, eps: float = EPS, renormalise: bool = True) -> np.ndarray:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,9 @@ import pandas as pd
 from common.errors import ConfigError, MetadataError
 from common.metadata import TOP_GENRE_IDS, TOP_GENRES
 
-TASKS: tuple[str, ...] = ("single", "multi")
+#: The task names, the one list of them (config validation, metrics and labels read it).
+TaskName = Literal["single", "multi"]
+TASKS: tuple[str, ...] = typing.get_args(TaskName)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -32,7 +31,7 @@ from common.config import ExperimentConfig, TrainingConfig
 from common.data import ClipStore, feature_stats, train_dataset
 from common.errors import ConfigError
 from common.inference import predict_clips
-from common.io import write_text_atomic
+from common.io import atomic_output, write_text_atomic
 from common.tasks import Task
 
 CHECKPOINT_DIR = "checkpoint"
@@ -105,9 +104,8 @@ def git_commit() -> str:
 
 
 def _save_model_atomic(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_output(path, overwrite=True) as tmp:  # keeps the ``.keras`` suffix Keras requires
+        model.save(tmp)
 
 
 def prepare_run_dir(run_dir: Path, *, config: ExperimentConfig, task: Task) -> None:

@@ -19,6 +19,7 @@ import yaml
 from common.audio import features_for, load_clip
 from common.errors import FeatureCacheError
 from common.features import FeatureCache, cache_dir_for, extract, folder_items, main
+from common.io import TEMPORARY_GLOB
 from common.settings import FeatureSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +142,7 @@ def test_killed_run_resumes_to_the_same_cache_as_a_clean_run(clean_cache, audio_
     assert len(summary) == 1 and summary[0].startswith("features: 24 ok, 5 failed, ")
     cached = int(summary[0].split(", ")[2].split()[0])
     assert cached == 4 * done
-    assert not list(cache_dir.glob("*.tmp-*"))
+    assert not list(cache_dir.glob(TEMPORARY_GLOB))
     assert _files(cache_dir) == _files(clean_cache)
 
 

@@ -15,63 +15,30 @@ Adding a model
 Write a *body* ``body(x, *, param=default, ...) -> KerasTensor`` that maps the
 standardised input ``x`` (shape as above, float32) to a ``(batch, d)`` embedding
 (dropout included), with every hyper-parameter a keyword-only argument whose
-default is the paper's value; then add one line to ``MODELS``. The registry adds
-the input, the standardisation and the output layers, and rejects parameters the
-body does not declare.
+default is the paper's value; then add one line to ``MODELS``. The registry
+(:meth:`common.models.spec.ModelSpec.build`) adds the input, the standardisation and
+the output layers, and rejects parameters the body does not declare. A body's module
+never imports this package (it imports every body): it builds its own complete
+model, if it needs one, from its :class:`~common.models.spec.ModelSpec`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
 
 from common.errors import ConfigError
 from common.models import crnn, mlp, musicnn, samplecnn, shortchunk
-from common.models.layers import classifier_output, standardize
-
-InputKind = Literal["logmel", "waveform", "vector"]
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """One registry entry.
-
-    Attributes
-    ----------
-    body : callable
-        ``body(x, **params) -> (batch, d)`` tensor, see the module docstring.
-    input_kind : {"logmel", "waveform", "vector"}
-        Which feature layout the model reads (:attr:`common.settings.FeatureSettings.layout`):
-        ``(n_mels, frames)``, ``(samples,)`` or ``(dim,)``.
-    standardize : bool
-        Whether the registry standardises the input with the training statistics;
-        ``False`` for a body that normalises its raw input itself (statistics passed
-        to :func:`build_model` are then not used).
-    """
-
-    body: Callable[..., keras.KerasTensor]
-    input_kind: InputKind
-    standardize: bool = True
-
-    def param_names(self) -> list[str]:
-        """Names of the hyper-parameters ``body`` accepts (keyword-only arguments)."""
-        return [
-            p.name
-            for p in inspect.signature(self.body).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
-        ]
-
+from common.models.spec import InputKind, ModelSpec
 
 MODELS: dict[str, ModelSpec] = {
     "crnn": ModelSpec(crnn.crnn_body, "logmel"),
     "shortchunk": ModelSpec(shortchunk.shortchunk_body, "logmel"),
     "samplecnn": ModelSpec(samplecnn.samplecnn_body, "waveform"),
-    "musicnn": ModelSpec(musicnn.musicnn_body, "logmel", standardize=False),
+    "musicnn": musicnn.MUSICNN_SPEC,  # defined there: build_pretrained_musicnn builds it too
     "mlp": ModelSpec(mlp.mlp_body, "vector"),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
@@ -128,32 +95,10 @@ def build_model(
         Unknown model or parameter, input shape of the wrong rank, bad statistics,
         or hyper-parameters that do not fit the input size.
     """
-    spec = model_spec(name)
-    if activation not in ("softmax", "sigmoid"):
-        raise ConfigError(f"activation: {activation!r} is neither 'softmax' nor 'sigmoid'")
-    if int(n_outputs) < 1:
-        raise ConfigError(f"n_outputs: must be positive, got {n_outputs}")
-    known = spec.param_names()
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"model.params: unknown parameter(s) {', '.join(map(repr, unknown))} for model "
-            f"{name!r} (known: {', '.join(known)})"
-        )
-    shape = tuple(int(s) for s in input_shape)
-    rank = 2 if spec.input_kind == "logmel" else 1
-    if len(shape) != rank or min(shape) < 1:
-        layout = {"logmel": "(n_mels, frames)", "waveform": "(samples,)", "vector": "(dim,)"}[spec.input_kind]
-        raise ConfigError(
-            f"input_shape: model {name!r} takes {spec.input_kind} input {layout}, got {shape}"
-        )
-    inputs = keras.Input(shape=shape, name=spec.input_kind)
-    x = standardize(
-        inputs, kind=spec.input_kind, feature_mean=feature_mean, feature_std=feature_std
-    ) if spec.standardize else inputs
-    x = spec.body(x, **params)
-    outputs = classifier_output(x, n_outputs=n_outputs, activation=activation)
-    return keras.Model(inputs, outputs, name=name)
+    return model_spec(name).build(
+        name=name, input_shape=input_shape, n_outputs=n_outputs, activation=activation,
+        feature_mean=feature_mean, feature_std=feature_std, **params,
+    )
 
 
 def count_params(model: keras.Model) -> int:
@@ -184,6 +129,7 @@ def model_summary_dict(model: keras.Model) -> dict[str, Any]:
 
 
 __all__ = [
+    "InputKind",
     "MODELS",
     "MODEL_NAMES",
     "ModelSpec",

@@ -35,6 +35,7 @@ import numpy as np
 
 from common.audio import mel_spectrogram
 from common.errors import ConfigError, ToolkitError
+from common.models.spec import ModelSpec
 from common.settings import FeatureSettings
 from common.pretrained import DEFAULT_WEIGHTS_DIR, MUSICNN_CHECKPOINTS, load_musicnn_checkpoint
 
@@ -218,6 +219,10 @@ def musicnn_body(
     return keras.layers.Dropout(dropout, name="penultimate_dropout")(x)
 
 
+#: The registry entry: log-mel input, normalised by the body's own input batch norm.
+MUSICNN_SPEC = ModelSpec(musicnn_body, "logmel", standardize=False)
+
+
 def assign_checkpoint(
     layers: dict[str, keras.layers.Layer], checkpoint: str, *, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR
 ) -> set[str]:
@@ -280,10 +285,8 @@ def build_pretrained_musicnn(
         ``(batch, 96, frames)`` log-mel -> ``(batch, 50)`` tag probabilities
         (order: :data:`TAGS` ``[checkpoint]``).
     """
-    from common.models import build_model
-
-    model = build_model("musicnn", input_shape=(N_MELS, frames), n_outputs=N_TAGS, activation="sigmoid",
-                        pretrained=checkpoint, weights_dir=str(weights_dir))
+    model = MUSICNN_SPEC.build(name="musicnn", input_shape=(N_MELS, frames), n_outputs=N_TAGS,
+                               activation="sigmoid", pretrained=checkpoint, weights_dir=str(weights_dir))
     assign_checkpoint({HEAD_LAYER: model.get_layer(HEAD_LAYER)}, checkpoint, weights_dir=weights_dir)
     return model
 
