@@ -220,8 +220,12 @@ def mixup(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None, seed: tf.Tensor, *, a
 def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, crop_frames: int,
                   batch_size: int, seed: int, mixup_alpha: float = 0.0,
                   specaugment: SpecAugmentConfig | None = None, fill: np.ndarray | None = None,
-                  balance: str = "none") -> tf.data.Dataset:
-    """Shuffled, cropped, augmented training batches; one pass is one epoch.
+                  balance: str = "none", first_epoch: int = 0, n_epochs: int = 1) -> tf.data.Dataset:
+    """Shuffled, cropped, augmented training batches of epochs ``first_epoch .. first_epoch + n_epochs - 1``.
+
+    Every random choice of an epoch (its order or balanced draw, crops, SpecAugment,
+    mixup) is a stateless function of ``(seed, epoch, batch)``: a run resumed at epoch
+    ``k`` with ``first_epoch=k`` sees exactly the batches an uninterrupted run sees there.
 
     Parameters
     ----------
@@ -241,6 +245,9 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
     balance : {"none", "class_weights", "sampling"}
         ``class_weights`` yields a third element, the sample weights; ``sampling`` draws
         each batch with probabilities proportional to the inverse class frequency.
+    first_epoch, n_epochs : int
+        The epochs (0-based) the dataset holds, one after the other, ``ceil(n / batch_size)``
+        batches each (pass ``steps_per_epoch`` to ``fit``).
 
     Returns
     -------
@@ -251,15 +258,27 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
     positions = np.asarray(positions, dtype=np.int64)
     y = np.asarray(y, dtype=np.float32)
     n = len(positions)
+    steps = math.ceil(n / batch_size)
     weights = class_sample_weights(y) if balance != "none" else None
-    if balance == "sampling":
-        steps = math.ceil(n / batch_size)
-        logits = tf.constant(np.log(weights / weights.sum())[None, :], tf.float32)
-        rows = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(steps).map(
-            lambda s: tf.random.stateless_categorical(logits, batch_size, tf.stack([s, tf.constant(0, tf.int64)]))[0])
-    else:
-        rows = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-    seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
+    base_seed = tf.constant([seed, 0], tf.int64)
+    logits = None if balance != "sampling" else tf.constant(np.log(weights / weights.sum())[None, :], tf.float32)
+
+    def epoch_batches(epoch):
+        epoch_seed = tf.random.experimental.stateless_fold_in(base_seed, epoch)
+        if logits is not None:
+            draw_seed = tf.random.experimental.stateless_fold_in(epoch_seed, 1)
+            rows = tf.data.Dataset.range(steps).map(lambda step: tf.random.stateless_categorical(
+                logits, batch_size, tf.random.experimental.stateless_fold_in(draw_seed, step))[0])
+        else:
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(n, dtype=tf.int64), tf.random.experimental.stateless_fold_in(epoch_seed, 0))
+            rows = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        augment_seed = tf.random.experimental.stateless_fold_in(epoch_seed, 2)
+        seeds = tf.data.Dataset.range(steps).map(
+            lambda step: tf.random.experimental.stateless_fold_in(augment_seed, step))
+        return tf.data.Dataset.zip(rows, seeds)
+
+    batches = tf.data.Dataset.range(first_epoch, first_epoch + n_epochs).flat_map(epoch_batches)
     with_weights = balance == "class_weights"
     clip_shape = store.clip_shape
     n_classes = y.shape[1]
@@ -294,7 +313,7 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
             x, yb, wb = mixup(x, yb, wb, seed_t + tf.constant([0, 211], tf.int64), alpha=mixup_alpha)
         return (x, yb) if wb is None else (x, yb, wb)
 
-    return (tf.data.Dataset.zip(rows, seeds)
+    return (batches
             .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE))

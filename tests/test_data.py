@@ -41,14 +41,18 @@ def test_train_dataset_batches_crops_and_weights():
         matches = [(p, s) for p in positions for s in range(N_FRAMES - 15)
                    if np.array_equal(x[p, :, s:s + 16].astype(np.float32), crop)]
         assert matches and np.array_equal(y[matches[0][0]], label)
-    # one epoch covers every training row once; the next epoch is reshuffled; a rerun repeats it
+    # one epoch covers every training row once; the next epoch is reshuffled; a rerun repeats it;
+    # a dataset starting at epoch 1 (a resumed run) gives exactly the batches of epoch 1
     epoch = np.concatenate([b[1].numpy() for b in batches])
     assert np.array_equal(np.sort(epoch.argmax(1)), np.sort(y[positions].argmax(1)))
-    again = [b[0].numpy() for b in ds]
-    assert not np.array_equal(again[0], batches[0][0].numpy())
-    rerun = train_dataset(store, positions, y[positions], crop_frames=16, batch_size=8, seed=3,
-                          balance="class_weights")
-    assert np.array_equal(next(iter(rerun))[0].numpy(), batches[0][0].numpy())
+    two = [b[0].numpy() for b in train_dataset(store, positions, y[positions], crop_frames=16, batch_size=8,
+                                              seed=3, balance="class_weights", n_epochs=2)]
+    assert len(two) == 10 and all(np.array_equal(a, b[0].numpy()) for a, b in zip(two[:5], batches))
+    assert not np.array_equal(two[5], two[0])
+    resumed = [b[0].numpy() for b in train_dataset(store, positions, y[positions], crop_frames=16, batch_size=8,
+                                                  seed=3, balance="class_weights", first_epoch=1)]
+    assert len(resumed) == 5 and all(np.array_equal(a, b) for a, b in zip(resumed, two[5:]))
+    assert all(np.array_equal(a[0].numpy(), b[0].numpy()) for a, b in zip(ds, batches))
 
 
 def test_mixup_specaugment_and_balanced_sampling():
