@@ -78,9 +78,18 @@ def kill_worker_of_fold_0(client, fold_dir, record: dict) -> None:
                       finished=(fold_dir / "summary.json").exists())
 
 
-def test_folds_on_a_cluster_with_a_killed_worker_leave_the_files_of_a_local_run(env, cluster, tmp_path, capsys):
+def test_folds_on_a_cluster_with_a_killed_worker_leave_the_files_of_a_local_run(env, cluster, tmp_path, capsys,
+                                                                               monkeypatch):
     local, remote = tmp_path / "local", tmp_path / "dask"
     assert runner.main(args(env, local)) == 0
+    # the client reads no feature row: the folds and the summary (test-split scores) run on the workers
+    from common.features import FeatureCache
+
+    def client_reads_features(self, *args, **kwargs):
+        raise AssertionError("the client of --scheduler training read features")
+
+    monkeypatch.setattr(FeatureCache, "get", client_reads_features)
+    monkeypatch.setattr(FeatureCache, "load", client_reads_features)
     record: dict = {}
     with distributed.Client(cluster) as client:
         client.run(slow_down_epochs)
@@ -125,7 +134,7 @@ def test_folds_on_a_cluster_with_a_killed_worker_leave_the_files_of_a_local_run(
     done = train_folds_on_dask(load_config(env["config"]), **dispatch)
     assert list(done) == [1] and done[1]["fold"] == 1 and done[1]["epochs"] == EPOCHS
     assert len(lines) == 1 and "fold 1 done" in lines[0]
-    assert not (tmp_path / "again" / "tiny" / "summary.json").exists()  # written by the client's runner afterwards
+    assert not (tmp_path / "again" / "tiny" / "summary.json").exists()  # written by summarise_on_dask afterwards
     assert train_folds_on_dask(load_config(env["config"]), **dispatch) == {}
     assert (tmp_path / "again" / "tiny" / "fold_0" / "model.keras").stat().st_mtime_ns == stamp
 

@@ -204,3 +204,21 @@ def test_a_killed_and_resumed_fold_ends_as_an_uninterrupted_one(env, tmp_path):
     assert whole[0]["epoch"].tolist() == [1, 2, 3, 4]
     assert whole[0]["lr"].nunique() > 1  # the schedule moved the learning rate
     assert_same_outcome(whole, resumed, atol=SAME_RESULT_ATOL)
+
+
+def test_a_fold_trained_from_the_memory_mapped_store_equals_one_trained_in_memory(env, tmp_path):
+    """``data.in_memory: false`` (every batch gathered from the cache's shards) changes nothing but memory."""
+    import dataclasses
+
+    from common.config import load_config
+
+    config = load_config(write_tiny_config(tmp_path, "tiny_mmap", epochs=2))
+    outcomes = []
+    for in_memory in (True, False):
+        variant = dataclasses.replace(config, data=dataclasses.replace(config.data, in_memory=in_memory))
+        data = runner.open_experiment_data(variant, data=env["data"], subset=SUBSET, folds_path=env["folds"],
+                                           cache=env["cache"])
+        assert data.store.in_memory is in_memory
+        runner.train_experiment(variant, data, runs=tmp_path / str(in_memory), folds=[0])
+        outcomes.append(fold_outcome(tmp_path / str(in_memory) / "tiny_mmap" / "fold_0"))
+    assert_same_outcome(*outcomes, atol=SAME_RESULT_ATOL)
