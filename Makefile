@@ -49,7 +49,7 @@ SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
 FOLD_ARG = $(if $(FOLD),--fold $(FOLD),)
 
 .PHONY: help setup demo-data features plots folds train compare submit validate score tag \
-        weights demo test bench bench-features bench-train bench-predict bench-tag clean
+        weights demo test bench bench-features bench-train bench-predict bench-tag bench-metadata clean
 
 help: ## List the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -128,7 +128,10 @@ bench-predict: setup ## Submission clips/s for a K-fold ensemble, feature vs mod
 bench-tag: setup weights ## Seconds of audio tagged per second: our musicnn vs the original
 	$(PY) -m bench.tag --out bench/tag.json --weights $(WEIGHTS)
 
-bench: bench-features bench-train bench-predict ## All benchmarks, summarised in bench/summary.json and bench/summary.md
+bench-metadata: setup ## Seconds and peak memory of loading a generated full-size (106,574-row) tracks.csv
+	$(PY) -m bench.metadata --out bench/metadata.json
+
+bench: bench-features bench-train bench-predict bench-metadata ## All benchmarks, summarised in bench/summary.json and bench/summary.md
 	$(PY) -m bench.summary --dir bench
 
 clean: ## Remove generated demo data, caches and runs (never submissions/)
