@@ -104,14 +104,20 @@ class ClipStore:
         ``auto`` loads the rows when they take at most :data:`IN_MEMORY_SHARE` of
         :func:`memory_budget_bytes` (RAM, the container's cgroup limit, ``$FMA_MEMORY_LIMIT``);
         otherwise every gather reads the memory-mapped cache shards.
+    memory_limit : int, optional
+        A further cap on the budget in bytes (a Dask worker's ``--memory-limit``).
     """
 
-    def __init__(self, cache, ids: Sequence[str], *, in_memory: bool | str = "auto") -> None:
+    def __init__(self, cache, ids: Sequence[str], *, in_memory: bool | str = "auto",
+                 memory_limit: int | None = None) -> None:
         self.cache = cache
         self.ids = np.asarray([str(i) for i in ids], dtype=object)
         self.clip_shape = tuple(cache.settings.clip_shape)
         if in_memory == "auto":
-            in_memory = self.nbytes <= IN_MEMORY_SHARE * memory_budget_bytes()
+            budget = memory_budget_bytes()
+            if memory_limit:
+                budget = min(budget, memory_limit)
+            in_memory = self.nbytes <= IN_MEMORY_SHARE * budget
         self.in_memory = bool(in_memory)
         self._array = cache.load(list(self.ids)) if self.in_memory else None
         self._rows: np.ndarray | None = None

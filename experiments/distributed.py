@@ -27,10 +27,11 @@ process-wide).
 
 Memory: each fold task loads the experiment's features into its own process when
 ``data.in_memory: auto`` finds they take under a quarter of the memory budget (RAM, the
-container's cgroup limit, ``$FMA_MEMORY_LIMIT``; see :func:`common.data.memory_budget_bytes`), and a Dask worker is
-restarted past its ``--memory-limit`` (default: RAM / workers of the host). With several
-fold workers on one host, set ``data.in_memory: false`` (memory-mapped shards, one page
-cache for all) or give the workers ``--memory-limit 0``.
+container's cgroup limit, ``$FMA_MEMORY_LIMIT`` and the worker's ``--memory-limit``,
+default RAM / workers of the host, past which Dask restarts the worker; see
+:func:`common.data.memory_budget_bytes`); otherwise it gathers batches from the
+memory-mapped shards, which the fold workers of a host share through the page cache.
+``data.in_memory: false`` forces that.
 """
 
 from __future__ import annotations
@@ -60,6 +61,16 @@ def fold_resources(workers: Mapping[str, Mapping]) -> dict[str, float] | None:
     return {"GPU": 1} if has_gpus else None
 
 
+def _worker_memory_limit() -> int | None:
+    """This Dask worker's ``--memory-limit`` in bytes (None: none, or not in a worker)."""
+    from distributed import get_worker
+
+    try:
+        return get_worker().memory_manager.memory_limit or None
+    except ValueError:  # not running in a worker
+        return None
+
+
 def run_fold_task(config: ExperimentConfig, *, data: Path, subset: str, folds_path: Path, cache: Path,
                   runs: Path, fold: int, verbose: int = 0) -> dict:
     """Train (or resume) one fold on this worker; the Dask task body.
@@ -72,18 +83,23 @@ def run_fold_task(config: ExperimentConfig, *, data: Path, subset: str, folds_pa
     from experiments.runner import open_experiment_data, train_one_fold
 
     with _FOLD_LOCK:
-        exp_data = open_experiment_data(config, data=data, subset=subset, folds_path=folds_path, cache=cache)
+        exp_data = open_experiment_data(config, data=data, subset=subset, folds_path=folds_path, cache=cache,
+                                        memory_limit=_worker_memory_limit())
         summary = train_one_fold(config, exp_data, runs=runs, fold=fold, verbose=verbose)
     return {**summary, "worker": socket.gethostname()}
 
 
 def run_summary_task(config: ExperimentConfig, *, data: Path, subset: str, folds_path: Path, cache: Path,
                      runs: Path) -> dict | None:
-    """Write the experiment summary of finished folds on this worker (the Dask task body)."""
+    """Write the experiment summary of finished folds on this worker (the Dask task body).
+
+    Only the test-split rows are read, batch by batch from the memory-mapped cache.
+    """
     from experiments.runner import open_experiment_data, train_experiment
 
     with _FOLD_LOCK:
-        exp_data = open_experiment_data(config, data=data, subset=subset, folds_path=folds_path, cache=cache)
+        exp_data = open_experiment_data(config, data=data, subset=subset, folds_path=folds_path, cache=cache,
+                                        in_memory=False)
         return train_experiment(config, exp_data, runs=runs, folds=[])
 
 

@@ -57,11 +57,13 @@ def features_hint(config: ExperimentConfig, *, data: Path, subset: str, cache: P
 
 
 def open_experiment_data(config: ExperimentConfig, *, data: Path, subset: str, folds_path: Path,
-                         cache: Path, in_memory: bool | str | None = None) -> ExperimentData:
+                         cache: Path, in_memory: bool | str | None = None,
+                         memory_limit: int | None = None) -> ExperimentData:
     """Metadata, folds, task labels and features of an experiment.
 
     ``in_memory`` overrides the config's ``data.in_memory`` (False: the store reads no
-    feature row until asked, as the client of ``--scheduler`` training needs).
+    feature row until asked, as the client of ``--scheduler`` training needs);
+    ``memory_limit`` (bytes) further caps the budget of ``auto`` (see :class:`common.data.ClipStore`).
 
     Raises
     ------
@@ -102,7 +104,7 @@ def open_experiment_data(config: ExperimentConfig, *, data: Path, subset: str, f
     row = {t: i for i, t in enumerate(labelled)}
     ids = fold_ids + test_ids
     store = ClipStore(features, [str(t) for t in ids],
-                      in_memory=config.data.in_memory if in_memory is None else in_memory)
+                      in_memory=config.data.in_memory if in_memory is None else in_memory, memory_limit=memory_limit)
     return ExperimentData(task=task, store=store, folds=folds.loc[fold_ids, "fold"].to_numpy(np.int64),
                           y=y[[row[t] for t in ids]], n_test=len(test_ids))
 

@@ -237,6 +237,8 @@ def test_an_environment_limit_below_the_cache_size_makes_auto_memory_map(monkeyp
     monkeypatch.setenv("FMA_MEMORY_LIMIT", str(8 * size))
     store = ClipStore(cache, ids, in_memory="auto")
     assert store.in_memory and cache.loads == 1
+    assert not ClipStore(cache, ids, in_memory="auto", memory_limit=size).in_memory  # a Dask worker's limit
+    assert cache.loads == 1
     monkeypatch.setenv("FMA_MEMORY_LIMIT", "a lot")
     with pytest.raises(ConfigError, match="FMA_MEMORY_LIMIT"):
         ClipStore(cache, ids, in_memory="auto")

@@ -161,6 +161,17 @@ def test_unreachable_scheduler_is_a_clear_error(env, tmp_path):
                             timeout=1)
 
 
+def test_fold_tasks_budget_memory_against_their_workers_memory_limit(cluster):
+    from experiments.distributed import _worker_memory_limit
+
+    assert _worker_memory_limit() is None  # not in a worker
+    with distributed.Client(cluster) as client:
+        declared = {address: info["memory_limit"] for address, info in client.scheduler_info()["workers"].items()}
+        limits = {address: client.submit(_worker_memory_limit, workers=[address], pure=False).result()
+                  for address in declared}  # as in a fold task
+    assert limits == declared and all(limit > 0 for limit in limits.values())
+
+
 def test_folds_ask_for_a_gpu_only_when_workers_declare_gpus():
     assert fold_resources({"tcp://a:1": {"resources": {"GPU": 1}}, "tcp://b:1": {"resources": {}}}) == {"GPU": 1}
     assert fold_resources({"tcp://a:1": {"resources": {}}, "tcp://b:1": {}}) is None
