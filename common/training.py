@@ -7,7 +7,10 @@ events, ``model.keras`` when the validation log loss improves and the resumable
 ``checkpoint/`` (last model with optimizer state + ``state.json``), and at the end
 ``oof.csv`` and ``summary.json``. ``summary.json`` is written last: a fold that has it
 is finished and never retrained; a fold with ``checkpoint/state.json`` resumes after
-the last completed epoch.
+the last completed epoch, exactly: ``state.json`` also keeps the dropout seed states and
+the ``ReduceLROnPlateau`` counters, and every epoch's batches are a function of the seed
+and the epoch number (:func:`common.data.train_dataset`), so the resumed fold ends with
+the history and weights of an uninterrupted one.
 """
 
 from __future__ import annotations
