@@ -50,12 +50,12 @@ SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
 FOLD_ARG = $(if $(FOLD),--fold $(FOLD),)
 
 .PHONY: help setup download demo-data features plots folds train compare submit validate score tag \
-        weights demo test bench bench-features bench-train bench-predict bench-tag clean
+        weights demo test bench bench-features bench-train bench-predict bench-tag bench-metadata clean
 
 # `make help` lists the targets in the order a newcomer runs them; a target missing here
 # is listed after these, in file order.
 HELP_ORDER := help setup download demo-data demo features plots folds train compare blend submit validate \
-              upload package score tag weights test bench-features bench-train bench-predict bench-tag bench clean
+              upload package score tag weights test bench-features bench-train bench-predict bench-tag bench-metadata bench clean
 
 help: ## List the targets in the order a newcomer runs them, and what they do
 	@awk -v order="$(HELP_ORDER)" 'BEGIN {FS = ":.*## "} \
@@ -141,7 +141,10 @@ bench-predict: setup ## Submission clips/s for a K-fold ensemble, feature vs mod
 bench-tag: setup weights ## Seconds of audio tagged per second: our musicnn vs the original
 	$(PY) -m bench.tag --out bench/tag.json --weights $(WEIGHTS)
 
-bench: bench-features bench-train bench-predict ## All benchmarks, summarised in bench/summary.json and bench/summary.md
+bench-metadata: setup ## Seconds and peak memory of loading a generated full-size (106,574-row) tracks.csv
+	$(PY) -m bench.metadata --out bench/metadata.json
+
+bench: bench-features bench-train bench-predict bench-metadata ## All benchmarks, summarised in bench/summary.json and bench/summary.md
 	$(PY) -m bench.summary --dir bench
 
 clean: ## Remove generated demo data, caches and runs (never submissions/)

@@ -1,7 +1,7 @@
 """Collect the benchmark JSON files into ``summary.json`` and a Markdown table.
 
 ``python -m bench.summary --dir bench`` reads ``features.json``, ``train.json``,
-``pipeline.json``, ``predict.json`` and ``tag.json`` where present (each written by its
+``pipeline.json``, ``predict.json``, ``tag.json`` and ``metadata.json`` where present (each written by its
 own ``make bench-*`` target) and records the machine they ran on (cores, GPUs, load
 average: the machine may be shared). The Markdown starts with the headline numbers:
 feature clips/s per core and, from ``pipeline.json``, full-size training clips/s with
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from common.io import write_text_atomic
 
-BENCHMARKS: tuple[str, ...] = ("features", "train", "pipeline", "predict", "tag")
+BENCHMARKS: tuple[str, ...] = ("features", "train", "pipeline", "predict", "tag", "metadata")
 
 
 def machine_info() -> dict:
@@ -55,6 +55,10 @@ def headlines(results: dict[str, dict], machine: dict) -> list[str]:
                      f"{pipeline['training_clips_per_s']:.4g} clips/s; limited by the {pipeline['limit']} "
                      f"(pipeline alone {pipeline['pipeline_clips_per_s']:.4g} clips/s, "
                      f"model alone {pipeline['model_clips_per_s']:.4g} clips/s)")
+    metadata = results.get("metadata", {})
+    if "load_seconds" in metadata:
+        lines.append(f"- Metadata: tracks.csv of {metadata['rows']} rows loads in {metadata['load_seconds']:.3g} s "
+                     f"({metadata['ratio']:.3g} x pandas read_csv alone), peak {metadata['peak_memory_mb']:.4g} MB")
     return lines
 
 

@@ -99,8 +99,9 @@ class DataConfig:
     balance : {"none", "class_weights", "sampling"}
         Inverse-frequency sample weights, or batches drawn with inverse-frequency probabilities.
     in_memory : {"auto", True, False}
-        Hold the features in memory (``auto``: when they take less than a quarter of RAM)
-        or gather each batch from the memory-mapped cache.
+        Hold the features in memory (``auto``: when they take at most a quarter of the
+        memory budget: RAM, the cgroup limit, ``$FMA_MEMORY_LIMIT``; see
+        :func:`common.data.memory_budget_bytes`) or gather each batch from the memory-mapped cache.
     """
 
     crop_seconds: float | None = None

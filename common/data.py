@@ -16,18 +16,79 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from common.config import SpecAugmentConfig
-from common.errors import FeatureCacheError
+from common.errors import ConfigError, FeatureCacheError
+
+
+#: Environment variable capping the memory budget of ``in_memory: auto``, in bytes (a
+#: ``k``/``M``/``G``/``T`` suffix multiplies by powers of 1024), e.g. ``FMA_MEMORY_LIMIT=16G``.
+MEMORY_LIMIT_ENV = "FMA_MEMORY_LIMIT"
+
+#: ``in_memory: auto`` loads the rows when they take at most this share of the memory budget
+#: (the rest is for TensorFlow, the model, prefetched batches and the page cache).
+IN_MEMORY_SHARE = 0.25
+
+#: cgroup limits at or above this many bytes mean "no limit" (v1 writes 2**63 rounded to pages).
+_UNLIMITED = 1 << 60
+
+_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def physical_memory_bytes() -> int:
     """Installed RAM in bytes (POSIX ``sysconf``)."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def cgroup_memory_limit(*, root: str | Path = "/sys/fs/cgroup") -> int | None:
+    """The container's memory limit in bytes, or None when there is none.
+
+    Reads cgroup v2 ``root/memory.max`` or, failing that, cgroup v1
+    ``root/memory/memory.limit_in_bytes`` (or ``root/memory.limit_in_bytes``); ``max``,
+    a value of 2**60 or more, or no readable file means unlimited.
+    """
+    root = Path(root)
+    for path in (root / "memory.max", root / "memory" / "memory.limit_in_bytes", root / "memory.limit_in_bytes"):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text == "max":
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            continue
+        return None if value >= _UNLIMITED else value
+    return None
+
+
+def parse_memory_size(text: str, *, name: str = MEMORY_LIMIT_ENV) -> int:
+    """Bytes of ``"17179869184"``, ``"16G"``, ``"512M"`` (powers of 1024); ConfigError naming ``name`` if bad."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    suffix = value[-1:] if value[-1:] in _SUFFIXES else ""
+    try:
+        number = float(value[:len(value) - len(suffix)])
+    except ValueError:
+        number = -1.0
+    if not number > 0:
+        raise ConfigError(f"{name}={text!r}: expected a positive number of bytes, e.g. 17179869184 or 16G")
+    return int(number * _SUFFIXES[suffix])
+
+
+def memory_budget_bytes(*, cgroup_root: str | Path = "/sys/fs/cgroup",
+                        environ: Mapping[str, str] | None = None) -> int:
+    """Memory this process may use: the least of RAM, the cgroup limit and ``$FMA_MEMORY_LIMIT``."""
+    environ = os.environ if environ is None else environ
+    limits = [physical_memory_bytes(), cgroup_memory_limit(root=cgroup_root)]
+    if environ.get(MEMORY_LIMIT_ENV, "").strip():
+        limits.append(parse_memory_size(environ[MEMORY_LIMIT_ENV]))
+    return min(limit for limit in limits if limit is not None)
 
 
 class ClipStore:
@@ -40,18 +101,26 @@ class ClipStore:
     ids : sequence of str
         Feature ids, in the order positions refer to.
     in_memory : {"auto", True, False}
-        ``auto`` loads the rows when they take less than a quarter of physical memory.
+        ``auto`` loads the rows when they take at most :data:`IN_MEMORY_SHARE` of
+        :func:`memory_budget_bytes` (RAM, the container's cgroup limit, ``$FMA_MEMORY_LIMIT``);
+        otherwise every gather reads the memory-mapped cache shards.
+    memory_limit : int, optional
+        A further cap on the budget in bytes (a Dask worker's ``--memory-limit``).
     """
 
-    def __init__(self, cache, ids: Sequence[str], *, in_memory: bool | str = "auto") -> None:
+    def __init__(self, cache, ids: Sequence[str], *, in_memory: bool | str = "auto",
+                 memory_limit: int | None = None) -> None:
         self.cache = cache
         self.ids = np.asarray([str(i) for i in ids], dtype=object)
         self.clip_shape = tuple(cache.settings.clip_shape)
-        n_bytes = len(self.ids) * int(np.prod(self.clip_shape)) * 2
         if in_memory == "auto":
-            in_memory = n_bytes <= physical_memory_bytes() // 4
+            budget = memory_budget_bytes()
+            if memory_limit:
+                budget = min(budget, memory_limit)
+            in_memory = self.nbytes <= IN_MEMORY_SHARE * budget
         self.in_memory = bool(in_memory)
         self._array = cache.load(list(self.ids)) if self.in_memory else None
+        self._rows: np.ndarray | None = None
 
     @classmethod
     def from_array(cls, array: np.ndarray, ids: Sequence[str] | None = None) -> "ClipStore":
@@ -62,11 +131,17 @@ class ClipStore:
         store.clip_shape = tuple(array.shape[1:])
         store.in_memory = True
         store._array = np.asarray(array)
+        store._rows = None
         return store
 
     @property
     def shape(self) -> tuple[int, ...]:
         return (len(self.ids), *self.clip_shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all rows as float16."""
+        return len(self.ids) * int(np.prod(self.clip_shape)) * 2
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -75,16 +150,17 @@ class ClipStore:
         """Rows at ``positions``, shape ``(len(positions), *clip_shape)``, float16."""
         positions = np.asarray(positions, dtype=np.int64)
         if self._array is not None:
-            return np.take(self._array, positions, axis=0)
+            return np.take(self._array, positions if self._rows is None else self._rows[positions], axis=0)
         return np.asarray(self.cache.get(list(self.ids[positions])))
 
     def subset(self, positions: np.ndarray) -> "ClipStore":
-        """A store over the rows at ``positions`` (copied when in memory)."""
+        """A view of the rows at ``positions``: nothing is copied, rows are read when gathered."""
         positions = np.asarray(positions, dtype=np.int64)
         store = ClipStore.__new__(ClipStore)
         store.cache, store.clip_shape, store.in_memory = self.cache, self.clip_shape, self.in_memory
         store.ids = self.ids[positions]
-        store._array = None if self._array is None else np.take(self._array, positions, axis=0)
+        store._array = self._array
+        store._rows = None if self._array is None else (positions if self._rows is None else self._rows[positions])
         return store
 
     def __getitem__(self, index: slice | np.ndarray) -> np.ndarray:
@@ -93,9 +169,17 @@ class ClipStore:
         return self.gather(index)
 
 
+#: Bytes of one chunk of :func:`feature_stats` (as float64): bounds its memory whatever the clip size.
+STATS_CHUNK_BYTES = 64 << 20
+
+
 def feature_stats(store: ClipStore, positions: np.ndarray, *, layout: str | None = None,
-                  batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                  chunk_bytes: int = STATS_CHUNK_BYTES) -> tuple[np.ndarray, np.ndarray]:
     """Per-frequency (log-mel), per-component (vector) or global (waveform) mean and std.
+
+    Rows are gathered in chunks of at most ``chunk_bytes`` (as float64; at least one row)
+    and combined exactly (Chan et al.'s pairwise mean and variance update), so memory stays
+    bounded for 30-s waveforms of fma_large.
 
     Parameters
     ----------
@@ -105,6 +189,7 @@ def feature_stats(store: ClipStore, positions: np.ndarray, *, layout: str | None
     layout : {"logmel", "waveform", "vector"}, optional
         :attr:`common.settings.FeatureSettings.layout`; by default ``logmel`` for 2-D
         clips and ``waveform`` for 1-D ones.
+    chunk_bytes : int
 
     Returns
     -------
@@ -114,19 +199,24 @@ def feature_stats(store: ClipStore, positions: np.ndarray, *, layout: str | None
     positions = np.asarray(positions, dtype=np.int64)
     if len(positions) == 0:
         raise FeatureCacheError("feature statistics: no training clips")
-    total = sq = count = 0.0
-    for start in range(0, len(positions), batch_size):
-        x = store.gather(positions[start:start + batch_size]).astype(np.float64)
+    rows_per_chunk = max(1, chunk_bytes // (int(np.prod(store.clip_shape)) * 8))
+    count, mean, m2 = 0, 0.0, 0.0
+    for start in range(0, len(positions), rows_per_chunk):
+        x = store.gather(positions[start:start + rows_per_chunk]).astype(np.float64)
         if layout == "vector":
             x = x.reshape(len(x), -1, 1)
         else:
             x = x.reshape(len(x), -1, x.shape[-1]) if x.ndim == 3 else x.reshape(len(x), 1, -1)
-        total = total + x.sum(axis=(0, 2))
-        sq = sq + np.square(x).sum(axis=(0, 2))
-        count += x.shape[0] * x.shape[2]
-    mean = total / count
-    std = np.sqrt(np.maximum(sq / count - mean ** 2, 0.0))
-    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+        n = x.shape[0] * x.shape[2]
+        chunk_mean = x.mean(axis=(0, 2))
+        chunk_m2 = np.square(x - chunk_mean[None, :, None]).sum(axis=(0, 2))
+        delta = chunk_mean - mean
+        total = count + n
+        mean = mean + delta * n / total
+        m2 = m2 + chunk_m2 + np.square(delta) * count * n / total
+        count = total
+    std = np.sqrt(m2 / count)
+    return np.asarray(mean, np.float32), np.maximum(std, 1e-6).astype(np.float32)
 
 
 def class_sample_weights(y: np.ndarray) -> np.ndarray:
@@ -220,8 +310,12 @@ def mixup(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None, seed: tf.Tensor, *, a
 def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, crop_frames: int,
                   batch_size: int, seed: int, mixup_alpha: float = 0.0,
                   specaugment: SpecAugmentConfig | None = None, fill: np.ndarray | None = None,
-                  balance: str = "none") -> tf.data.Dataset:
-    """Shuffled, cropped, augmented training batches; one pass is one epoch.
+                  balance: str = "none", first_epoch: int = 0, n_epochs: int = 1) -> tf.data.Dataset:
+    """Shuffled, cropped, augmented training batches of epochs ``first_epoch .. first_epoch + n_epochs - 1``.
+
+    Every random choice of an epoch (its order or balanced draw, crops, SpecAugment,
+    mixup) is a stateless function of ``(seed, epoch, batch)``: a run resumed at epoch
+    ``k`` with ``first_epoch=k`` sees exactly the batches an uninterrupted run sees there.
 
     Parameters
     ----------
@@ -241,6 +335,9 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
     balance : {"none", "class_weights", "sampling"}
         ``class_weights`` yields a third element, the sample weights; ``sampling`` draws
         each batch with probabilities proportional to the inverse class frequency.
+    first_epoch, n_epochs : int
+        The epochs (0-based) the dataset holds, one after the other, ``ceil(n / batch_size)``
+        batches each (pass ``steps_per_epoch`` to ``fit``).
 
     Returns
     -------
@@ -251,15 +348,27 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
     positions = np.asarray(positions, dtype=np.int64)
     y = np.asarray(y, dtype=np.float32)
     n = len(positions)
+    steps = math.ceil(n / batch_size)
     weights = class_sample_weights(y) if balance != "none" else None
-    if balance == "sampling":
-        steps = math.ceil(n / batch_size)
-        logits = tf.constant(np.log(weights / weights.sum())[None, :], tf.float32)
-        rows = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(steps).map(
-            lambda s: tf.random.stateless_categorical(logits, batch_size, tf.stack([s, tf.constant(0, tf.int64)]))[0])
-    else:
-        rows = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-    seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
+    base_seed = tf.constant([seed, 0], tf.int64)
+    logits = None if balance != "sampling" else tf.constant(np.log(weights / weights.sum())[None, :], tf.float32)
+
+    def epoch_batches(epoch):
+        epoch_seed = tf.random.experimental.stateless_fold_in(base_seed, epoch)
+        if logits is not None:
+            draw_seed = tf.random.experimental.stateless_fold_in(epoch_seed, 1)
+            rows = tf.data.Dataset.range(steps).map(lambda step: tf.random.stateless_categorical(
+                logits, batch_size, tf.random.experimental.stateless_fold_in(draw_seed, step))[0])
+        else:
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(n, dtype=tf.int64), tf.random.experimental.stateless_fold_in(epoch_seed, 0))
+            rows = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        augment_seed = tf.random.experimental.stateless_fold_in(epoch_seed, 2)
+        seeds = tf.data.Dataset.range(steps).map(
+            lambda step: tf.random.experimental.stateless_fold_in(augment_seed, step))
+        return tf.data.Dataset.zip(rows, seeds)
+
+    batches = tf.data.Dataset.range(first_epoch, first_epoch + n_epochs).flat_map(epoch_batches)
     with_weights = balance == "class_weights"
     clip_shape = store.clip_shape
     n_classes = y.shape[1]
@@ -294,7 +403,7 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
             x, yb, wb = mixup(x, yb, wb, seed_t + tf.constant([0, 211], tf.int64), alpha=mixup_alpha)
         return (x, yb) if wb is None else (x, yb, wb)
 
-    return (tf.data.Dataset.zip(rows, seeds)
+    return (batches
             .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE))

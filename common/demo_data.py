@@ -471,6 +471,51 @@ def _plan(*, n_tracks: int, n_test: int, clip_seconds: float, seed: int):
     return rows, specs, labels
 
 
+def tracks_table(rows: list[tuple[int, dict]]) -> pd.DataFrame:
+    """``(track_id, row)`` pairs as a tracks table; ``to_csv`` writes FMA's three-row header."""
+    index = pd.Index([tid for tid, _ in rows], name="track_id")
+    return pd.DataFrame([row for _, row in rows], index=index,
+                        columns=pd.MultiIndex.from_tuples(TRACKS_COLUMNS)).sort_index()
+
+
+#: Tracks per subset of the real FMA (small within medium within large).
+FMA_SUBSET_SIZES: dict[str, int] = {"small": 8000, "medium": 25000, "large": 106574}
+
+
+def synthetic_tracks(n_rows: int = FMA_SUBSET_SIZES["large"], *, seed: int = 0,
+                     distinct_rows: int = 10_000) -> pd.DataFrame:
+    """A metadata-only tracks table at FMA scale, for loader tests and benchmarks (no audio).
+
+    ``distinct_rows`` rows are drawn as the demo draws its tracks (all 52 columns, FMA's
+    quirks), then repeated under unique track ids to reach ``n_rows``; subsets follow the
+    real proportions (:data:`FMA_SUBSET_SIZES`) and every row has a split.
+
+    Returns
+    -------
+    pandas.DataFrame, shape (n_rows, 52)
+        As :func:`tracks_table`; write it with ``to_csv``.
+    """
+    rng = np.random.default_rng([seed, 4])
+    distinct = min(n_rows, distinct_rows)
+    counts = {g: distinct // len(DEMO_GENRES) + 1 for g in DEMO_GENRES}
+    artists = _artist_table(rng, counts)
+    pool = []
+    for i in range(distinct):
+        artist = artists[i % len(artists)]
+        style = STYLES[artist["genre"]]
+        genres = [style.subgenres[int(rng.integers(len(style.subgenres)))]]
+        pool.append(_track_row(rng, track_id=i, artist=artist, genres=genres, genre_top=artist["genre"],
+                               subset="large", seconds=30.0))
+    track_ids = np.sort(rng.choice(np.arange(2, 2 * n_rows + 2), size=n_rows, replace=False))
+    fraction = np.arange(n_rows) / n_rows
+    subsets = np.select([fraction < FMA_SUBSET_SIZES["small"] / FMA_SUBSET_SIZES["large"],
+                         fraction < FMA_SUBSET_SIZES["medium"] / FMA_SUBSET_SIZES["large"]],
+                        ["small", "medium"], "large")[rng.permutation(n_rows)]
+    rows = [(int(tid), {**pool[i % distinct], ("set", "subset"): str(subset)})
+            for i, (tid, subset) in enumerate(zip(track_ids, subsets))]
+    return tracks_table(rows)
+
+
 def _genres_table(tracks: pd.DataFrame) -> pd.DataFrame:
     counts = pd.Series([g for cell in tracks[("track", "genres_all")]
                         for g in parse_id_list(cell)]).value_counts()
@@ -562,9 +607,7 @@ def generate_demo_dataset(out_dir: str | Path, *, n_tracks: int = 320, n_test: i
     rows, specs, labels = _plan(**params)
     Parallel(n_jobs=n_jobs)(delayed(_write_clip)(spec, out_dir / spec["path"]) for spec in specs)
 
-    index = pd.Index([tid for tid, _ in rows], name="track_id")
-    tracks = pd.DataFrame([row for _, row in rows], index=index,
-                          columns=pd.MultiIndex.from_tuples(TRACKS_COLUMNS)).sort_index()
+    tracks = tracks_table(rows)
     metadata_dir = out_dir / "fma_metadata"
     metadata_dir.mkdir(parents=True, exist_ok=True)
     tracks.to_csv(metadata_dir / "tracks.csv")

@@ -7,7 +7,10 @@ events, ``model.keras`` when the validation log loss improves and the resumable
 ``checkpoint/`` (last model with optimizer state + ``state.json``), and at the end
 ``oof.csv`` and ``summary.json``. ``summary.json`` is written last: a fold that has it
 is finished and never retrained; a fold with ``checkpoint/state.json`` resumes after
-the last completed epoch.
+the last completed epoch, exactly: ``state.json`` also keeps the dropout seed states and
+the ``ReduceLROnPlateau`` counters, and every epoch's batches are a function of the seed
+and the epoch number (:func:`common.data.train_dataset`), so the resumed fold ends with
+the history and weights of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -140,16 +143,34 @@ class FoldCheckpoint(keras.callbacks.Callback):
     ``model.keras`` on improvement, saves ``checkpoint/last.keras`` (with optimizer
     state) and then ``checkpoint/state.json``, and stops training after
     ``patience`` epochs without improvement (0: never).
+
+    A ``plateau`` callback (``ReduceLROnPlateau``) is stepped here, after validation and
+    before the checkpoint, so that the saved optimizer holds the learning rate of the next
+    epoch; its counters (``best``, ``wait``, ``cooldown_counter``) are kept in
+    ``state["plateau"]`` and restored on resume.
     """
 
     def __init__(self, *, run_dir: Path, task: Task, val_features, y_val: np.ndarray, crop_frames: int,
-                 eval: str, chunk_hop_frames: int, batch_size: int, patience: int, state: dict) -> None:
+                 eval: str, chunk_hop_frames: int, batch_size: int, patience: int, state: dict,
+                 plateau: keras.callbacks.ReduceLROnPlateau | None = None) -> None:
         super().__init__()
         self.run_dir, self.task, self.val_features = run_dir, task, val_features
         self.y_val, self.crop_frames, self.eval = y_val, crop_frames, eval
         self.chunk_hop_frames, self.batch_size, self.patience = chunk_hop_frames, batch_size, patience
         self.state = state
+        self.plateau = plateau
         self._started = 0.0
+
+    def set_model(self, model: keras.Model) -> None:
+        super().set_model(model)
+        if self.plateau is not None:
+            self.plateau.set_model(model)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.plateau is not None:
+            self.plateau.on_train_begin(logs)
+            for key, value in self.state.get("plateau", {}).items():
+                setattr(self.plateau, key, value)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._started = time.perf_counter()
@@ -168,6 +189,11 @@ class FoldCheckpoint(keras.callbacks.Callback):
                **{k: float(v) for k, v in logs.items() if k.startswith("val_") and k != "val_loss"},
                "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
                "seconds": seconds}
+        if self.plateau is not None:
+            self.plateau.on_epoch_end(epoch, logs)
+            self.state["plateau"] = {key: float(getattr(self.plateau, key)) if key == "best"
+                                     else int(getattr(self.plateau, key))
+                                     for key in ("best", "wait", "cooldown_counter")}
         history = self.run_dir / "history.csv"
         pd.DataFrame([row]).to_csv(history, mode="a", header=not history.exists(), index=False)
         write_scalars(self.run_dir / "tensorboard", row, step=epoch + 1)
@@ -179,12 +205,22 @@ class FoldCheckpoint(keras.callbacks.Callback):
             state["wait"] += 1
         state["epoch"] = epoch + 1
         state["seconds"].append(seconds)
+        state["seed_states"] = [keras.ops.convert_to_numpy(v).tolist() for v in _seed_states(self.model)]
         checkpoint = self.run_dir / CHECKPOINT_DIR
         checkpoint.mkdir(exist_ok=True)
         _save_model_atomic(self.model, checkpoint / "last.keras")
         write_text_atomic(checkpoint / "state.json", json.dumps(state), overwrite=True)
         if self.patience and state["wait"] >= self.patience:
             self.model.stop_training = True
+
+
+def _seed_states(model: keras.Model) -> list[keras.Variable]:
+    """The state variables of the model's random seed generators (dropout, noise), in model order.
+
+    ``model.save`` does not store them, so a model reloaded from a checkpoint would draw
+    other dropout masks than the model that kept training.
+    """
+    return [v for v in model.variables if v.path.split("/")[-1] == "seed_generator_state"]
 
 
 def write_scalars(log_dir: Path, values: dict[str, float], *, step: int) -> None:
@@ -278,24 +314,28 @@ def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipSt
                 import common.models  # noqa: F401  (custom layers)
 
                 model = keras.models.load_model(run_dir / CHECKPOINT_DIR / "last.keras")
+                if "seed_states" in state:
+                    for variable, value in zip(_seed_states(model), state["seed_states"], strict=True):
+                        variable.assign(np.asarray(value, dtype=variable.dtype))
         finished = state["epoch"] >= training.epochs or (
             training.early_stopping_patience and state["wait"] >= training.early_stopping_patience)
         if not finished:
             dataset = train_dataset(store, train_positions, y_train, crop_frames=crop_frames,
-                                    batch_size=data.batch_size, seed=training.seed + 1000 * fold + state["epoch"],
+                                    batch_size=data.batch_size, seed=training.seed + 1000 * fold,
                                     mixup_alpha=data.mixup_alpha, specaugment=data.specaugment, fill=mean,
-                                    balance=data.balance)
+                                    balance=data.balance, first_epoch=state["epoch"],
+                                    n_epochs=training.epochs - state["epoch"])
+            plateau = None
+            if training.schedule == "reduce_on_plateau":
+                plateau = keras.callbacks.ReduceLROnPlateau(
+                    monitor="val_loss", factor=0.5, patience=max(1, training.early_stopping_patience // 3),
+                    min_lr=training.optimizer.learning_rate * 1e-3)
             checkpoint = FoldCheckpoint(run_dir=run_dir, task=task, val_features=val_features, y_val=y_val,
                                         crop_frames=crop_frames, eval=data.eval, chunk_hop_frames=hop,
                                         batch_size=data.batch_size, patience=training.early_stopping_patience,
-                                        state=state)
-            fit_callbacks = [checkpoint]
-            if training.schedule == "reduce_on_plateau":
-                fit_callbacks.append(keras.callbacks.ReduceLROnPlateau(
-                    monitor="val_loss", factor=0.5, patience=max(1, training.early_stopping_patience // 3),
-                    min_lr=training.optimizer.learning_rate * 1e-3))
-            model.fit(dataset, epochs=training.epochs, initial_epoch=state["epoch"], shuffle=False,
-                      callbacks=[*fit_callbacks, *callbacks], verbose=verbose)
+                                        state=state, plateau=plateau)
+            model.fit(dataset, epochs=training.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
+                      shuffle=False, callbacks=[checkpoint, *callbacks], verbose=verbose)
         import common.models  # noqa: F401
 
         best = keras.models.load_model(run_dir / "model.keras", compile=False)

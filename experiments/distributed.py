@@ -4,8 +4,9 @@ Each unfinished fold becomes one task. A worker opens the experiment's data itse
 (metadata, folds file and feature cache, at the same absolute paths as the client:
 a shared file system) and trains the fold into the shared runs directory with
 :func:`experiments.runner.train_one_fold`, exactly as a local run does. The client only
-dispatches, waits, and then lets :func:`experiments.runner.train_experiment` write the
-experiment summary (every fold then has its ``summary.json`` and is skipped).
+dispatches and waits; once every fold has its ``summary.json``, one more task
+(:func:`summarise_on_dask`) writes the experiment summary, which scores the fold
+ensemble on the test split. The client never reads a feature row.
 
 A worker that dies mid-fold loses nothing but the epoch in progress: the scheduler
 gives the task to another worker (up to ``distributed.scheduler.allowed-failures``
@@ -25,10 +26,12 @@ one fold at a time whatever its number of threads (Keras' dtype policy and seeds
 process-wide).
 
 Memory: each fold task loads the experiment's features into its own process when
-``data.in_memory: auto`` finds they take under a quarter of RAM, and a Dask worker is
-restarted past its ``--memory-limit`` (default: RAM / workers of the host). With several
-fold workers on one host, set ``data.in_memory: false`` (memory-mapped shards, one page
-cache for all) or give the workers ``--memory-limit 0``.
+``data.in_memory: auto`` finds they take under a quarter of the memory budget (RAM, the
+container's cgroup limit, ``$FMA_MEMORY_LIMIT`` and the worker's ``--memory-limit``,
+default RAM / workers of the host, past which Dask restarts the worker; see
+:func:`common.data.memory_budget_bytes`); otherwise it gathers batches from the
+memory-mapped shards, which the fold workers of a host share through the page cache.
+``data.in_memory: false`` forces that.
 """
 
 from __future__ import annotations
@@ -59,6 +62,16 @@ def fold_resources(workers: Mapping[str, Mapping]) -> dict[str, float] | None:
     return {"GPU": 1} if has_gpus else None
 
 
+def _worker_memory_limit() -> int | None:
+    """This Dask worker's ``--memory-limit`` in bytes (None: none, or not in a worker)."""
+    from distributed import get_worker
+
+    try:
+        return get_worker().memory_manager.memory_limit or None
+    except ValueError:  # not running in a worker
+        return None
+
+
 def run_fold_task(config: ExperimentConfig, *, data: Path, subset: str, folds_path: Path, cache: Path,
                   runs: Path, fold: int, verbose: int = 0) -> dict:
     """Train (or resume) one fold on this worker; the Dask task body.
@@ -71,9 +84,55 @@ def run_fold_task(config: ExperimentConfig, *, data: Path, subset: str, folds_pa
     from experiments.runner import open_experiment_data, train_one_fold
 
     with _FOLD_LOCK:
-        exp_data = open_experiment_data(config, data=data, subset=subset, folds_path=folds_path, cache=cache)
+        exp_data = open_experiment_data(config, data=data, subset=subset, folds_path=folds_path, cache=cache,
+                                        memory_limit=_worker_memory_limit())
         summary = train_one_fold(config, exp_data, runs=runs, fold=fold, verbose=verbose)
     return {**summary, "worker": socket.gethostname()}
+
+
+def run_summary_task(config: ExperimentConfig, *, data: Path, subset: str, folds_path: Path, cache: Path,
+                     runs: Path) -> dict | None:
+    """Write the experiment summary of finished folds on this worker (the Dask task body).
+
+    Only the test-split rows are read, batch by batch from the memory-mapped cache.
+    """
+    from experiments.runner import open_experiment_data, train_experiment
+
+    with _FOLD_LOCK:
+        exp_data = open_experiment_data(config, data=data, subset=subset, folds_path=folds_path, cache=cache,
+                                        in_memory=False)
+        return train_experiment(config, exp_data, runs=runs, folds=[])
+
+
+def _connect(scheduler: str, *, timeout: float):
+    from distributed import Client
+
+    try:
+        return Client(scheduler, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise ToolkitError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({exc}); start one with "
+                           f"`dask scheduler` and workers with `dask worker {scheduler}`") from exc
+
+
+def summarise_on_dask(config: ExperimentConfig, *, scheduler: str, data: Path, subset: str, folds_path: Path,
+                      cache: Path, runs: Path, fold_numbers: list[int], timeout: float = 30.0) -> dict | None:
+    """The experiment summary, written by a cluster task once all ``fold_numbers`` are finished.
+
+    Returns
+    -------
+    dict or None
+        ``runs/<exp>/summary.json``'s content, or None while some fold has no ``summary.json``
+        (no task is sent then).
+    """
+    data, folds_path, cache, runs = (absolute_path(p) for p in (data, folds_path, cache, runs))
+    exp_dir = runs / config.name
+    if not all((exp_dir / f"fold_{k}" / "summary.json").exists() for k in fold_numbers):
+        return None
+    with _connect(scheduler, timeout=timeout) as client:
+        future = client.submit(run_summary_task, config, data=data, subset=subset, folds_path=folds_path,
+                               cache=cache, runs=runs, key=f"summary-{config.name}-{uuid.uuid4().hex[:8]}",
+                               resources=fold_resources(client.scheduler_info()["workers"]), pure=False)
+        return future.result()
 
 
 def train_folds_on_dask(config: ExperimentConfig, *, scheduler: str, data: Path, subset: str, folds_path: Path,
@@ -109,7 +168,7 @@ def train_folds_on_dask(config: ExperimentConfig, *, scheduler: str, data: Path,
         The scheduler cannot be reached, or a fold failed on every attempt (the worker's
         :class:`~common.errors.ToolkitError` is passed through as is).
     """
-    from distributed import Client, KilledWorker, as_completed
+    from distributed import KilledWorker, as_completed
 
     data, folds_path, cache, runs = (absolute_path(p) for p in (data, folds_path, cache, runs))
     exp_dir = runs / config.name
@@ -117,12 +176,7 @@ def train_folds_on_dask(config: ExperimentConfig, *, scheduler: str, data: Path,
     if not todo:
         return {}
     run_id = uuid.uuid4().hex[:8]
-    try:
-        client = Client(scheduler, timeout=timeout)
-    except (OSError, TimeoutError) as exc:
-        raise ToolkitError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({exc}); start one with "
-                           f"`dask scheduler` and workers with `dask worker {scheduler}`") from exc
-    with client:
+    with _connect(scheduler, timeout=timeout) as client:
         resources = fold_resources(client.scheduler_info()["workers"])
         futures = {client.submit(run_fold_task, config, data=data, subset=subset, folds_path=folds_path, cache=cache,
                                  runs=runs, fold=k, verbose=verbose, key=f"fold-{config.name}-{k}-{run_id}",

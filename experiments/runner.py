@@ -57,8 +57,13 @@ def features_hint(config: ExperimentConfig, *, data: Path, subset: str, cache: P
 
 
 def open_experiment_data(config: ExperimentConfig, *, data: Path, subset: str, folds_path: Path,
-                         cache: Path) -> ExperimentData:
+                         cache: Path, in_memory: bool | str | None = None,
+                         memory_limit: int | None = None) -> ExperimentData:
     """Metadata, folds, task labels and features of an experiment.
+
+    ``in_memory`` overrides the config's ``data.in_memory`` (False: the store reads no
+    feature row until asked, as the client of ``--scheduler`` training needs);
+    ``memory_limit`` (bytes) further caps the budget of ``auto`` (see :class:`common.data.ClipStore`).
 
     Raises
     ------
@@ -98,7 +103,8 @@ def open_experiment_data(config: ExperimentConfig, *, data: Path, subset: str, f
     fold_ids = [t for t in fold_ids if str(t) in available]
     row = {t: i for i, t in enumerate(labelled)}
     ids = fold_ids + test_ids
-    store = ClipStore(features, [str(t) for t in ids], in_memory=config.data.in_memory)
+    store = ClipStore(features, [str(t) for t in ids],
+                      in_memory=config.data.in_memory if in_memory is None else in_memory, memory_limit=memory_limit)
     return ExperimentData(task=task, store=store, folds=folds.loc[fold_ids, "fold"].to_numpy(np.int64),
                           y=y[[row[t] for t in ids]], n_test=len(test_ids))
 
@@ -199,17 +205,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
+        # the client of --scheduler training reads no feature row: folds and summary run on workers
         exp_data = open_experiment_data(config, data=args.data, subset=args.subset, folds_path=args.folds,
-                                         cache=args.cache)
+                                         cache=args.cache, in_memory=False if args.scheduler else None)
+        folds = None if args.fold is None else [args.fold]
         if args.scheduler:
-            from experiments.distributed import train_folds_on_dask
+            from experiments.distributed import summarise_on_dask, train_folds_on_dask
 
-            train_folds_on_dask(config, scheduler=args.scheduler, data=args.data, subset=args.subset,
-                                folds_path=args.folds, cache=args.cache, runs=args.runs,
-                                folds=check_folds(exp_data, None if args.fold is None else [args.fold]),
-                                verbose=args.verbose)
-        summary = train_experiment(config, exp_data, runs=args.runs,
-                                   folds=None if args.fold is None else [args.fold], verbose=args.verbose)
+            where = {"scheduler": args.scheduler, "data": args.data, "subset": args.subset,
+                     "folds_path": args.folds, "cache": args.cache, "runs": args.runs}
+            train_folds_on_dask(config, **where, folds=check_folds(exp_data, folds), verbose=args.verbose)
+            summary = summarise_on_dask(config, **where, fold_numbers=check_folds(exp_data, None))
+        else:
+            summary = train_experiment(config, exp_data, runs=args.runs, folds=folds, verbose=args.verbose)
     except ToolkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

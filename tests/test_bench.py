@@ -44,3 +44,18 @@ def test_tag_benchmark_without_the_original_reports_ours_only(tmp_path, musicnn_
     assert result["files"] == 1 and result["audio_seconds"] == pytest.approx(7.0, abs=0.01)
     assert result["ours"]["audio_seconds_per_second"] > 0
     assert result["original"] is None and result["original_onednn"] is None and "speedup" not in result
+
+
+def test_metadata_benchmark_reports_load_time_and_memory_and_the_summary_reads_them(tmp_path):
+    from bench import metadata, summary
+
+    out = tmp_path / "metadata.json"
+    assert metadata.main(["--rows", "3000", "--distinct-rows", "300", "--rounds", "2",
+                          "--csv-dir", str(tmp_path / "csv"), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["rows"] == 3000 and result["distinct_rows"] == 300 and len(result["rounds"]) == 2
+    for key in ("load_seconds", "read_csv_seconds", "ratio", "rows_per_s", "peak_memory_mb", "max_rss_mb"):
+        assert result[key] > 0, key
+    assert result["load_seconds"] == pytest.approx(np.median([r["load_seconds"] for r in result["rounds"]]))
+    assert summary.main(["--dir", str(tmp_path)]) == 0
+    assert "tracks.csv of 3000 rows" in (tmp_path / "summary.md").read_text()

@@ -6,8 +6,10 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from common.config import SpecAugmentConfig, config_from_dict
+from common.errors import ConfigError
 from common.data import ClipStore, class_sample_weights, feature_stats, train_dataset
 from common.inference import chunk_starts, predict_clips
 from common.tasks import Task
@@ -41,14 +43,18 @@ def test_train_dataset_batches_crops_and_weights():
         matches = [(p, s) for p in positions for s in range(N_FRAMES - 15)
                    if np.array_equal(x[p, :, s:s + 16].astype(np.float32), crop)]
         assert matches and np.array_equal(y[matches[0][0]], label)
-    # one epoch covers every training row once; the next epoch is reshuffled; a rerun repeats it
+    # one epoch covers every training row once; the next epoch is reshuffled; a rerun repeats it;
+    # a dataset starting at epoch 1 (a resumed run) gives exactly the batches of epoch 1
     epoch = np.concatenate([b[1].numpy() for b in batches])
     assert np.array_equal(np.sort(epoch.argmax(1)), np.sort(y[positions].argmax(1)))
-    again = [b[0].numpy() for b in ds]
-    assert not np.array_equal(again[0], batches[0][0].numpy())
-    rerun = train_dataset(store, positions, y[positions], crop_frames=16, batch_size=8, seed=3,
-                          balance="class_weights")
-    assert np.array_equal(next(iter(rerun))[0].numpy(), batches[0][0].numpy())
+    two = [b[0].numpy() for b in train_dataset(store, positions, y[positions], crop_frames=16, batch_size=8,
+                                              seed=3, balance="class_weights", n_epochs=2)]
+    assert len(two) == 10 and all(np.array_equal(a, b[0].numpy()) for a, b in zip(two[:5], batches))
+    assert not np.array_equal(two[5], two[0])
+    resumed = [b[0].numpy() for b in train_dataset(store, positions, y[positions], crop_frames=16, batch_size=8,
+                                                  seed=3, balance="class_weights", first_epoch=1)]
+    assert len(resumed) == 5 and all(np.array_equal(a, b) for a, b in zip(resumed, two[5:]))
+    assert all(np.array_equal(a[0].numpy(), b[0].numpy()) for a, b in zip(ds, batches))
 
 
 def test_mixup_specaugment_and_balanced_sampling():
@@ -74,7 +80,7 @@ def test_class_weights_and_feature_stats():
     assert np.isclose(w.mean(), 1.0) and w[3] > w[4] > w[0]
     x = np.random.default_rng(0).normal(5.0, 2.0, (20, 4, 30)).astype(np.float16)
     x[:, 2] += 10
-    mean, std = feature_stats(ClipStore.from_array(x), np.arange(10), batch_size=3)
+    mean, std = feature_stats(ClipStore.from_array(x), np.arange(10), chunk_bytes=3 * 4 * 30 * 8)
     np.testing.assert_allclose(mean, x[:10].astype(np.float64).mean(axis=(0, 2)), rtol=1e-5)
     np.testing.assert_allclose(std, x[:10].astype(np.float64).std(axis=(0, 2)), rtol=1e-4)
     wave_mean, _ = feature_stats(ClipStore.from_array(x[:, 0, :]), np.arange(20))
@@ -127,3 +133,112 @@ def test_small_model_learns_on_held_out_clips(tmp_path):
     assert json.loads((tmp_path / "fold_0" / "summary.json").read_text())["best_epoch"] >= 1
     oof = pd.read_csv(tmp_path / "fold_0" / "oof.csv")
     assert list(oof.columns) == ["id", "fold", "target", "a", "b", "c", "d"] and len(oof) == 80
+
+
+class _GatherSpy(ClipStore):
+    """An in-memory store that records the number of rows of every gather."""
+
+    def gather(self, positions):
+        self.sizes.append(len(positions))
+        return super().gather(positions)
+
+
+def test_waveform_stats_are_computed_in_bounded_chunks_and_equal_the_whole_computation():
+    rng = np.random.default_rng(4)
+    x = (rng.normal(0.01, 0.2, (37, 3000)) + rng.normal(0, 0.05, (37, 1))).astype(np.float16)
+    store = _GatherSpy.from_array(x)
+    store.sizes = []
+    chunk_bytes = 5 * 3000 * 8
+    positions = np.arange(2, 37)
+    mean, std = feature_stats(store, positions, layout="waveform", chunk_bytes=chunk_bytes)
+    whole = x[2:].astype(np.float64)
+    np.testing.assert_allclose(mean, [whole.mean()], rtol=1e-6)
+    np.testing.assert_allclose(std, [whole.std()], rtol=1e-6)
+    assert max(store.sizes) * 3000 * 8 <= chunk_bytes and sum(store.sizes) == len(positions)
+    assert len(store.sizes) == 7
+    # a chunk smaller than one clip still reads one clip at a time
+    store.sizes = []
+    again = feature_stats(store, positions, layout="waveform", chunk_bytes=100)
+    assert set(store.sizes) == {1} and np.allclose(again, (mean, std), rtol=1e-6)
+
+
+def test_subsets_are_views_of_the_store():
+    x, _ = synthetic(20, seed=5)
+    store = ClipStore.from_array(x)
+    part = store.subset(np.array([3, 7, 11, 19]))
+    assert part._array is store._array  # read through the store, not copied
+    inner = part.subset(np.array([2, 0]))
+    assert inner._array is store._array and list(inner.ids) == ["11", "3"]
+    np.testing.assert_array_equal(inner[:], x[[11, 3]])
+    np.testing.assert_array_equal(part[1:3], x[[7, 11]])
+    assert part.shape == (4, N_MELS, N_FRAMES) and part.nbytes == 4 * N_MELS * N_FRAMES * 2
+
+
+def test_cgroup_memory_limit_reads_v2_then_v1_and_knows_unlimited(tmp_path):
+    from common.data import cgroup_memory_limit
+
+    v2, v1, none = tmp_path / "v2", tmp_path / "v1", tmp_path / "none"
+    for folder in (v2, v1 / "memory", none):
+        folder.mkdir(parents=True)
+    (v2 / "memory.max").write_text("8589934592\n")
+    assert cgroup_memory_limit(root=v2) == 8 << 30
+    (v2 / "memory.max").write_text("max\n")
+    assert cgroup_memory_limit(root=v2) is None
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("2147483648\n")
+    assert cgroup_memory_limit(root=v1) == 2 << 30
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    assert cgroup_memory_limit(root=v1) is None
+    assert cgroup_memory_limit(root=none) is None
+
+
+def test_memory_budget_is_the_least_of_ram_cgroup_and_environment(tmp_path):
+    from common.data import memory_budget_bytes, parse_memory_size, physical_memory_bytes
+    from common.errors import ConfigError
+
+    (tmp_path / "memory.max").write_text(str(3 << 30))
+    ram = physical_memory_bytes()
+    assert memory_budget_bytes(cgroup_root=tmp_path / "absent", environ={}) == ram
+    assert memory_budget_bytes(cgroup_root=tmp_path, environ={}) == min(ram, 3 << 30)
+    assert memory_budget_bytes(cgroup_root=tmp_path, environ={"FMA_MEMORY_LIMIT": "1G"}) == min(ram, 1 << 30)
+    assert memory_budget_bytes(cgroup_root=tmp_path, environ={"FMA_MEMORY_LIMIT": str(1 << 50)}) == min(ram, 3 << 30)
+    assert [parse_memory_size(t) for t in ("512M", "16g", "2GiB", "1000", "1.5K")] == [
+        512 << 20, 16 << 30, 2 << 30, 1000, 1536]
+    for bad in ("lots", "-1G", "0", "G"):
+        with pytest.raises(ConfigError, match="FMA_MEMORY_LIMIT"):
+            parse_memory_size(bad)
+
+
+class _FakeCache:
+    """A feature cache of ``n`` clips of ``(16, 1000)`` that counts its full loads."""
+
+    def __init__(self, n):
+        from common.settings import FeatureSettings
+
+        self.settings = FeatureSettings.from_dict({"sample_rate": 8000, "n_fft": 256, "hop_length": 256,
+                                                  "n_mels": 16, "clip_seconds": 8.0})
+        self.n, self.loads = n, 0
+
+    def get(self, ids):
+        return np.zeros((len(ids), *self.settings.clip_shape), np.float16)
+
+    def load(self, ids):
+        self.loads += 1
+        return self.get(ids)
+
+
+def test_an_environment_limit_below_the_cache_size_makes_auto_memory_map(monkeypatch):
+    cache = _FakeCache(400)
+    ids = [str(i) for i in range(400)]
+    size = 400 * int(np.prod(cache.settings.clip_shape)) * 2
+    monkeypatch.setenv("FMA_MEMORY_LIMIT", str(size))  # the cache would take all of it: more than the share
+    store = ClipStore(cache, ids, in_memory="auto")
+    assert not store.in_memory and cache.loads == 0 and store.nbytes == size
+    assert store.gather(np.array([1, 2])).shape == (2, *cache.settings.clip_shape)
+    monkeypatch.setenv("FMA_MEMORY_LIMIT", str(8 * size))
+    store = ClipStore(cache, ids, in_memory="auto")
+    assert store.in_memory and cache.loads == 1
+    assert not ClipStore(cache, ids, in_memory="auto", memory_limit=size).in_memory  # a Dask worker's limit
+    assert cache.loads == 1
+    monkeypatch.setenv("FMA_MEMORY_LIMIT", "a lot")
+    with pytest.raises(ConfigError, match="FMA_MEMORY_LIMIT"):
+        ClipStore(cache, ids, in_memory="auto")

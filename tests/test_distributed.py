@@ -78,9 +78,18 @@ def kill_worker_of_fold_0(client, fold_dir, record: dict) -> None:
                       finished=(fold_dir / "summary.json").exists())
 
 
-def test_folds_on_a_cluster_with_a_killed_worker_leave_the_files_of_a_local_run(env, cluster, tmp_path, capsys):
+def test_folds_on_a_cluster_with_a_killed_worker_leave_the_files_of_a_local_run(env, cluster, tmp_path, capsys,
+                                                                               monkeypatch):
     local, remote = tmp_path / "local", tmp_path / "dask"
     assert runner.main(args(env, local)) == 0
+    # the client reads no feature row: the folds and the summary (test-split scores) run on the workers
+    from common.features import FeatureCache
+
+    def client_reads_features(self, *args, **kwargs):
+        raise AssertionError("the client of --scheduler training read features")
+
+    monkeypatch.setattr(FeatureCache, "get", client_reads_features)
+    monkeypatch.setattr(FeatureCache, "load", client_reads_features)
     record: dict = {}
     with distributed.Client(cluster) as client:
         client.run(slow_down_epochs)
@@ -125,7 +134,7 @@ def test_folds_on_a_cluster_with_a_killed_worker_leave_the_files_of_a_local_run(
     done = train_folds_on_dask(load_config(env["config"]), **dispatch)
     assert list(done) == [1] and done[1]["fold"] == 1 and done[1]["epochs"] == EPOCHS
     assert len(lines) == 1 and "fold 1 done" in lines[0]
-    assert not (tmp_path / "again" / "tiny" / "summary.json").exists()  # written by the client's runner afterwards
+    assert not (tmp_path / "again" / "tiny" / "summary.json").exists()  # written by summarise_on_dask afterwards
     assert train_folds_on_dask(load_config(env["config"]), **dispatch) == {}
     assert (tmp_path / "again" / "tiny" / "fold_0" / "model.keras").stat().st_mtime_ns == stamp
 
@@ -150,6 +159,17 @@ def test_unreachable_scheduler_is_a_clear_error(env, tmp_path):
         train_folds_on_dask(load_config(env["config"]), scheduler="tcp://127.0.0.1:9", data=env["data"],
                             subset=SUBSET, folds_path=env["folds"], cache=env["cache"], runs=tmp_path, folds=[0],
                             timeout=1)
+
+
+def test_fold_tasks_budget_memory_against_their_workers_memory_limit(cluster):
+    from experiments.distributed import _worker_memory_limit
+
+    assert _worker_memory_limit() is None  # not in a worker
+    with distributed.Client(cluster) as client:
+        declared = {address: info["memory_limit"] for address, info in client.scheduler_info()["workers"].items()}
+        limits = {address: client.submit(_worker_memory_limit, workers=[address], pure=False).result()
+                  for address in declared}  # as in a fold task
+    assert limits == declared and all(limit > 0 for limit in limits.values())
 
 
 def test_folds_ask_for_a_gpu_only_when_workers_declare_gpus():

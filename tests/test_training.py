@@ -160,3 +160,65 @@ def test_runtime_selection_follows_the_config():
     auto = select_runtime(TrainingConfig())
     if not tf.config.list_physical_devices("GPU"):
         assert auto.precision == "float32" and auto.device == "cpu" and auto.jit_compile is False
+
+
+def fold_outcome(fold_dir):
+    """History (without wall times), out-of-fold predictions and best weights of a finished fold."""
+    import common.models  # noqa: F401  (custom layers)
+
+    history = pd.read_csv(fold_dir / "history.csv").drop(columns="seconds")
+    oof = pd.read_csv(fold_dir / "oof.csv", dtype={"id": str})
+    weights = keras.models.load_model(fold_dir / "model.keras", compile=False).get_weights()
+    return history, oof, weights
+
+
+def assert_same_outcome(a, b, *, atol):
+    (history_a, oof_a, weights_a), (history_b, oof_b, weights_b) = a, b
+    pd.testing.assert_frame_equal(history_a, history_b, check_exact=False, atol=atol, rtol=0)
+    pd.testing.assert_frame_equal(oof_a, oof_b, check_exact=False, atol=atol, rtol=0)
+    assert len(weights_a) == len(weights_b)
+    for wa, wb in zip(weights_a, weights_b):
+        np.testing.assert_allclose(wa, wb, atol=atol, rtol=0)
+
+
+#: Float tolerance of "the same fold result": CPU training with op determinism is bitwise
+#: reproducible, this only absorbs float32 summation order in a saved-and-reloaded model.
+SAME_RESULT_ATOL = 1e-5
+
+
+def test_a_killed_and_resumed_fold_ends_as_an_uninterrupted_one(env, tmp_path):
+    """Same history, predictions and weights: learning rate (plateau counters included), optimizer, shuffling,
+    crops and dropout masks resume exactly."""
+    from common.config import load_config
+
+    config = load_config(write_tiny_config(tmp_path, "tiny_exact", epochs=4, schedule="reduce_on_plateau",
+                                           early_stopping_patience=3))
+    data = runner.open_experiment_data(config, data=env["data"], subset=SUBSET, folds_path=env["folds"],
+                                       cache=env["cache"])
+    runner.train_experiment(config, data, runs=tmp_path / "whole", folds=[0])
+    with pytest.raises(Interrupt):
+        runner.train_experiment(config, data, runs=tmp_path / "killed", folds=[0], callbacks=(InterruptAfter(2),))
+    runner.train_experiment(config, data, runs=tmp_path / "killed", folds=[0])
+    whole = fold_outcome(tmp_path / "whole" / "tiny_exact" / "fold_0")
+    resumed = fold_outcome(tmp_path / "killed" / "tiny_exact" / "fold_0")
+    assert whole[0]["epoch"].tolist() == [1, 2, 3, 4]
+    assert whole[0]["lr"].nunique() > 1  # the schedule moved the learning rate
+    assert_same_outcome(whole, resumed, atol=SAME_RESULT_ATOL)
+
+
+def test_a_fold_trained_from_the_memory_mapped_store_equals_one_trained_in_memory(env, tmp_path):
+    """``data.in_memory: false`` (every batch gathered from the cache's shards) changes nothing but memory."""
+    import dataclasses
+
+    from common.config import load_config
+
+    config = load_config(write_tiny_config(tmp_path, "tiny_mmap", epochs=2))
+    outcomes = []
+    for in_memory in (True, False):
+        variant = dataclasses.replace(config, data=dataclasses.replace(config.data, in_memory=in_memory))
+        data = runner.open_experiment_data(variant, data=env["data"], subset=SUBSET, folds_path=env["folds"],
+                                           cache=env["cache"])
+        assert data.store.in_memory is in_memory
+        runner.train_experiment(variant, data, runs=tmp_path / str(in_memory), folds=[0])
+        outcomes.append(fold_outcome(tmp_path / str(in_memory) / "tiny_mmap" / "fold_0"))
+    assert_same_outcome(*outcomes, atol=SAME_RESULT_ATOL)
