@@ -31,6 +31,8 @@ WEIGHTS   ?= models/musicnn
 MEAN      ?= arithmetic
 BLEND     ?=
 TAG_ARGS  ?=
+CHALLENGE ?=
+DRY_RUN   ?=
 
 # Quieter TensorFlow start-up (errors still show).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
@@ -48,7 +50,7 @@ TAG_EXP = $(if $(filter command line environment override,$(origin EXP)),$(EXP),
 SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
 FOLD_ARG = $(if $(FOLD),--fold $(FOLD),)
 
-.PHONY: help setup demo-data features plots folds train compare submit validate score tag \
+.PHONY: help setup demo-data features plots folds train compare submit validate upload score tag \
         weights demo test bench bench-features bench-train bench-predict bench-tag clean
 
 help: ## List the targets and what they do
@@ -89,6 +91,9 @@ submit: setup ## crowdAI CSV for TEST_DIR from the fold ensembles of EXP (comma-
 
 validate: setup ## Check SUBMISSION (default: newest) against TEST_DIR before upload
 	$(PY) -m crowdai.validate $(SUBMISSION) --test-dir $(TEST_DIR)
+
+upload: setup ## Validate SUBMISSION (default: newest) against TEST_DIR, then send it with aicrowd-cli (DRY_RUN=1: only print)
+	$(PY) -m crowdai.upload $(SUBMISSION) --test-dir $(TEST_DIR) $(if $(CHALLENGE),--challenge $(CHALLENGE),) $(if $(DRY_RUN),--dry-run,)
 
 score: setup ## Leaderboard metrics of SUBMISSION against LABELS
 	$(PY) -m crowdai.score $(SUBMISSION) --labels $(LABELS)
