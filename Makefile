@@ -50,7 +50,7 @@ TAG_EXP = $(if $(filter command line environment override,$(origin EXP)),$(EXP),
 SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
 FOLD_ARG = $(if $(FOLD),--fold $(FOLD),)
 
-.PHONY: help setup demo-data features plots folds train compare submit validate upload score tag \
+.PHONY: help setup demo-data features plots folds train compare submit validate upload package score tag \
         weights demo test bench bench-features bench-train bench-predict bench-tag clean
 
 help: ## List the targets and what they do
@@ -94,6 +94,11 @@ validate: setup ## Check SUBMISSION (default: newest) against TEST_DIR before up
 
 upload: setup ## Validate SUBMISSION (default: newest) against TEST_DIR, then send it with aicrowd-cli (DRY_RUN=1: only print)
 	$(PY) -m crowdai.upload $(SUBMISSION) --test-dir $(TEST_DIR) $(if $(CHALLENGE),--challenge $(CHALLENGE),) $(if $(DRY_RUN),--dry-run,)
+
+package: setup ## Round-2 folder OUT (default out/round2-EXP) from EXP's fold models (BLEND: fitted blend name or JSON)
+	$(PY) -m crowdai.package --exp $(EXP) --runs $(RUNS) --mean $(MEAN) --musicnn-weights $(WEIGHTS) \
+	  --out $(if $(filter command line,$(origin OUT)),$(OUT),$(OUT)/round2-$(subst $(comma),+,$(EXP))) \
+	  $(if $(BLEND),--blend $(BLEND),)
 
 score: setup ## Leaderboard metrics of SUBMISSION against LABELS
 	$(PY) -m crowdai.score $(SUBMISSION) --labels $(LABELS)
