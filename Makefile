@@ -33,6 +33,7 @@ BLEND     ?=
 TAG_ARGS  ?=
 CHALLENGE ?=
 DRY_RUN   ?=
+WHEELHOUSE ?= .whl
 
 # Quieter TensorFlow start-up (errors still show).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
@@ -51,7 +52,7 @@ SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
 FOLD_ARG = $(if $(FOLD),--fold $(FOLD),)
 
 .PHONY: help setup demo-data features plots folds train compare submit validate upload package score tag \
-        weights demo test bench bench-features bench-train bench-predict bench-tag clean
+        weights demo test test-package bench bench-features bench-train bench-predict bench-tag clean
 
 help: ## List the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -109,7 +110,7 @@ weights: setup ## Fetch musicnn's published checkpoints (PyPI wheel, sha256-chec
 tag: setup $(if $(filter musicnn,$(TAG_EXP)),weights,) ## Genre tags over time for FILE: EXP's fold ensemble, or musicnn zero-shot without EXP
 	$(PY) -m crowdai.tag $(FILE) --exp $(TAG_EXP) --runs $(RUNS) --out $(OUT) --weights $(WEIGHTS) $(TAG_ARGS)
 
-demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, train, compare, submit, validate, score, tag
+demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, train, compare, submit, validate, score, tag, upload (dry run)
 	$(MAKE) demo-data
 	$(MAKE) features DATA=$(DEMO_DATA) SUBSET=small EXP=demo
 	$(MAKE) folds DATA=$(DEMO_DATA) SUBSET=small
@@ -121,9 +122,13 @@ demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, tra
 	$(MAKE) score LABELS=$(DEMO_DATA)/crowdai_fma_test_labels.csv
 	$(MAKE) tag EXP=demo RUNS=$(DEMO_RUNS) FILE=$(DEMO_SONG) OUT=$(OUT)/demo TAG_ARGS=--overwrite
 	$(MAKE) tag FILE=$(REAL_SONG) OUT=$(OUT)/demo TAG_ARGS=--overwrite
+	$(MAKE) upload TEST_DIR=$(DEMO_TEST) DRY_RUN=1
 
 test: setup ## Run the test suite (small sizes; about 6 minutes on 2 cores)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-package: setup ## Package a tiny trained experiment, install it offline from WHEELHOUSE into a fresh virtualenv, run it (minutes)
+	FMA_WHEELHOUSE=$(WHEELHOUSE) $(PY) -m pytest -m package $(PYTEST_ARGS)
 
 bench-features: setup ## Feature extraction clips/s: toolkit vs single-process librosa vs decode only
 	$(PY) -m bench.features --out bench/features.json

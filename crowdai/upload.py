@@ -54,6 +54,9 @@ CLIENT = "aicrowd"
 _INSTALL_HINT = ("install the official client: pip install 'fma-genre-toolkit[upload]' "
                  "(aicrowd-cli, pinned in pyproject.toml), or `make setup EXTRAS=dev,upload`")
 
+#: Lines aicrowd-cli prints around every error (skipped when saying what went wrong).
+_GENERIC_LINES = ("An unexpected error occured", "To get more information", "To increase level of verbosity")
+
 #: Characters of the client's stdout and stderr kept in the sidecar.
 _OUTPUT_CHARS = 4000
 
@@ -101,9 +104,10 @@ class ClientRun:
 
     def error(self) -> str:
         """One line saying why the run failed."""
-        lines = [line.strip() for line in (self.stderr + "\n" + self.stdout).splitlines() if line.strip()]
+        lines = [line.strip() for line in (self.stderr + "\n" + self.stdout).splitlines()
+                 if line.strip() and not line.strip().startswith(_GENERIC_LINES)]
         status = "did not finish" if self.returncode is None else f"exited with status {self.returncode}"
-        return f"{Path(self.argv[0]).name} {status}" + (f": {lines[-1]}" if lines else "")
+        return f"{Path(self.argv[0]).name} {status}" + (f": {lines[0]}" if lines else "")
 
 
 def describe(path: str | Path, *, challenge: str) -> SubmissionFacts:
