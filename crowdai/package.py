@@ -278,7 +278,8 @@ def resolve_blend(text: str, *, runs: Path) -> Path:
 
 def build_package(*, names: Sequence[str], runs: Path, out: Path, blend: Path | None = None, mean: str = "arithmetic",
                   weights: str | None = None, gpu: bool = False, authors: Sequence[str] = ("your-aicrowd-user-name",),
-                  musicnn_dir: Path | None = None, timing_clips: int = 16, jobs: int = -1) -> dict[str, Any]:
+                  musicnn_dir: Path | None = None, timing_clips: int = 16, timing_seconds: float = 30.0,
+                  jobs: int = -1) -> dict[str, Any]:
     """Write the round-2 folder ``out`` (see the module docstring); returns its manifest.
 
     Raises
@@ -307,7 +308,8 @@ def build_package(*, names: Sequence[str], runs: Path, out: Path, blend: Path | 
     if needs_weights and not weights_present(weights_dir=musicnn_dir):
         raise ToolkitError(f"{musicnn_dir}: musicnn weights missing (an experiment uses them); run `make weights`")
     requirements = pinned_requirements(extras=("gpu",) if gpu else ())
-    timing = estimate_run_time(ensembles, n_clips=timing_clips, jobs=jobs) if timing_clips > 0 else None
+    timing = (estimate_run_time(ensembles, n_clips=timing_clips, clip_seconds=timing_seconds, jobs=jobs)
+              if timing_clips > 0 else None)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
@@ -361,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--musicnn-weights", type=Path, default=None, help="musicnn checkpoints folder "
                         "(default: models/musicnn), packaged when an experiment uses them")
     parser.add_argument("--timing-clips", type=int, default=16,
-                        help="generated 30-s clips for the run-time estimate (0: do not measure)")
+                        help="generated clips for the run-time estimate (0: do not measure)")
+    parser.add_argument("--timing-seconds", type=float, default=30.0,
+                        help="length of those clips (default: 30, the test clips' length)")
     parser.add_argument("--jobs", type=int, default=-1, help="feature workers of the timing run")
     return parser
 
@@ -374,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                                  blend=resolve_blend(args.blend, runs=args.runs) if args.blend else None, mean=args.mean,
                                  weights=args.weights, gpu=args.gpu,
                                  authors=[a.strip() for a in args.authors.split(",") if a.strip()],
-                                 musicnn_dir=args.musicnn_weights, timing_clips=args.timing_clips, jobs=args.jobs)
+                                 musicnn_dir=args.musicnn_weights, timing_clips=args.timing_clips,
+                                 timing_seconds=args.timing_seconds, jobs=args.jobs)
     except ToolkitError as error:
         print(f"package: error: {error}", file=sys.stderr)
         return 2

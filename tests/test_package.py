@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 def trained(tiny_training_data, tmp_path_factory):
     """One trained tiny single-label experiment (2 folds) in a runs folder of its own."""
     root = tmp_path_factory.mktemp("package")
-    config = write_tiny_config(root, "tiny", epochs=2, min_tracks=2, dense_units=16, batch_size=8)
+    config = write_tiny_config(root, "tiny", epochs=1, min_tracks=2, dense_units=16, batch_size=8)
     runs = root / "runs"
     assert runner.main(["--config", str(config), "--data", str(tiny_training_data["data"]), "--subset", "small",
                         "--folds", str(tiny_training_data["folds"]), "--cache", str(tiny_training_data["cache"]),
@@ -43,12 +43,12 @@ def trained(tiny_training_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def packaged(trained):
-    """The package of ``tiny`` (with a blend JSON), timed on 3 generated clips."""
+    """The package of ``tiny`` (with a blend JSON), timed on 3 generated 8-s clips."""
     blend = trained["root"] / "blend.json"
     blend.write_text(json.dumps({"experiments": ["tiny"], "weights": [1.0]}) + "\n")
     out = trained["root"] / "round2"
     assert package.main(["--exp", "tiny", "--runs", str(trained["runs"]), "--out", str(out), "--blend", str(blend),
-                         "--timing-clips", "3", "--jobs", "1", "--authors", "alice,bob"]) == 0
+                         "--timing-clips", "3", "--timing-seconds", "8", "--jobs", "1", "--authors", "alice,bob"]) == 0
     return out
 
 
