@@ -4,7 +4,7 @@ The ``package`` test installs the folder's own requirements.txt into a fresh vir
 with ``pip install --no-index`` from a wheel cache, so a requirement missing from the
 file makes its run.sh fail. The cache is ``$FMA_WHEELHOUSE`` (default ``.whl/`` in the
 repository, git-ignored, reused across runs); it is filled with ``pip download``
-beforehand, which needs the package registry once. Several minutes (TensorFlow): run it
+beforehand, which needs the package registry (a complete cache is enough offline). Several minutes (TensorFlow): run it
 with ``make test-package``, not part of ``make test``.
 """
 
@@ -124,7 +124,9 @@ def test_package_runs_offline_from_a_clean_copy(packaged, trained, tmp_path_fact
     assert REPO not in clean.parents
     cache = wheelhouse()
     cache.mkdir(parents=True, exist_ok=True)
-    run([sys.executable, "-m", "pip", "download", "--quiet", "-r", str(clean / "requirements.txt"), "-d", str(cache)])
+    # fill the cache (a no-op download when it is complete); without a registry the cache must already be complete
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "-r", str(clean / "requirements.txt"),
+                    "-d", str(cache)], capture_output=True, timeout=1800)
     venv = clean / ".venv"
     run([sys.executable, "-m", "venv", str(venv)])
     run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(cache),
