@@ -97,7 +97,7 @@ upload: setup ## Validate SUBMISSION (default: newest) against TEST_DIR, then se
 	$(PY) -m crowdai.upload $(SUBMISSION) --test-dir $(TEST_DIR) $(if $(CHALLENGE),--challenge $(CHALLENGE),) $(if $(DRY_RUN),--dry-run,)
 
 package: setup ## Round-2 folder OUT (default out/round2-EXP) from EXP's fold models (BLEND: fitted blend name or JSON)
-	$(PY) -m crowdai.package --exp $(EXP) --runs $(RUNS) --mean $(MEAN) --musicnn-weights $(WEIGHTS) \
+	$(PY) -m crowdai.package --exp $(EXP) --runs $(RUNS) --mean $(MEAN) --musicnn-weights $(WEIGHTS) --jobs $(JOBS) \
 	  --out $(if $(filter command line,$(origin OUT)),$(OUT),$(OUT)/round2-$(subst $(comma),+,$(EXP))) \
 	  $(if $(BLEND),--blend $(BLEND),)
 

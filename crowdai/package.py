@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -124,34 +123,40 @@ def estimate_run_time(ensembles: Sequence, *, n_clips: int, clip_seconds: float 
     """Expected seconds for ``target_clips`` clips: features once per feature setting plus K fold models each.
 
     Runs :func:`bench.predict.run` for each experiment (its saved config, untrained models,
-    K = 1 and 2 over ``n_clips`` generated clips) and scales its fit ``T(K) = F + K * M``.
+    K = 1 and the experiment's K (at least 2) over ``n_clips`` generated clips) and scales its
+    fit ``T(K) = F + K * M``.
 
     Returns
     -------
     dict
-        ``device``, ``clips``, ``clip_seconds``, ``per_experiment`` (F, M, K), and
+        ``device``, ``load_average`` (1 min, during the runs), ``clips``, ``clip_seconds``,
+        ``per_experiment`` (F, M, K), and
         ``features_seconds``, ``models_seconds``, ``total_seconds`` for ``target_clips``.
     """
     from bench import predict as bench_predict
 
-    per_experiment, feature_seconds, model_seconds, seen_settings, device = {}, 0.0, 0.0, set(), None
+    per_experiment, feature_seconds, model_seconds, seen_settings, device, loads = {}, 0.0, 0.0, set(), None, []
     for ensemble in ensembles:
         config_path = sorted(ensemble.exp_dir.glob("fold_*/config.yaml"))[0]
-        result = bench_predict.run(n_clips=n_clips, seconds=clip_seconds, folds=[1, 2], config_path=config_path,
+        result = bench_predict.run(n_clips=n_clips, seconds=clip_seconds, folds=[1, max(len(ensemble.models), 2)],
+                                   config_path=config_path,
                                    jobs=jobs)
         fit, means = result["fit"], result["measured_means"]
-        features, per_fold = fit["F_seconds"], fit["M_seconds_per_fold"]
+        features, per_fold, method = fit["F_seconds"], fit["M_seconds_per_fold"], "fit"
         if features < 0 or per_fold < 0:  # timing noise larger than one of the terms: use the direct means
             features, per_fold = means["feature_seconds"], means["model_seconds_per_fold"]
+            method = "measured means (the fit had a negative term)"
         scale = target_clips / n_clips
         per_experiment[ensemble.name] = {"F_seconds": features, "M_seconds_per_fold": per_fold,
-                                         "folds": len(ensemble.models), "runs": result["runs"]}
+                                         "folds": len(ensemble.models), "method": method,
+                                         "runs": result["runs"]}
         if ensemble.settings not in seen_settings:  # features are computed once per setting
             seen_settings.add(ensemble.settings)
             feature_seconds += features * scale
         model_seconds += len(ensemble.models) * per_fold * scale
         device = result["device"]
-    return {"device": device, "cpu_count": os.cpu_count(), "clips": n_clips, "clip_seconds": clip_seconds,
+        loads.append(result["load_average"][0])
+    return {"device": device, "load_average": round(max(loads), 1), "clips": n_clips, "clip_seconds": clip_seconds,
             "target_clips": target_clips, "per_experiment": per_experiment,
             "features_seconds": round(feature_seconds, 1), "models_seconds": round(model_seconds, 1),
             "total_seconds": round(feature_seconds + model_seconds, 1)}
@@ -192,9 +197,9 @@ def readme(manifest: dict[str, Any]) -> str:
         time_text = "Not measured (`--timing-clips 0`)."
     else:
         per = "; ".join(f"{name}: F = {t['F_seconds']:.2f} s, M = {t['M_seconds_per_fold']:.2f} s per fold, "
-                        f"K = {t['folds']}" for name, t in timing["per_experiment"].items())
+                        f"K = {t['folds']} ({t['method']})" for name, t in timing["per_experiment"].items())
         time_text = (
-            f"Measured on {timing['device']} ({timing['cpu_count']} cores) when the package was built, with "
+            f"Measured on {timing['device']} (load average {timing['load_average']}) when the package was built, with "
             f"`bench.predict` (untrained models of the same architectures and feature settings, "
             f"{timing['clips']} generated {timing['clip_seconds']:g}-s clips, fit T(K) = F + K × M): {per}.\n\n"
             f"For {timing['target_clips']:,} clips: features {timing['features_seconds'] / 60:.1f} min + fold models "
@@ -215,7 +220,8 @@ TEST_DIRECTORY=/path/to/mp3s OUTPUT_PATH=/tmp/output.csv ./run.sh
 ```
 
 writes one row per mp3 of `TEST_DIRECTORY` (every file gets a row: files that do not
-decode get the training genre frequencies) and `output.json` beside it. Nothing is
+decode get the training genre frequencies) and its sidecar JSON beside it (same name,
+`.json`: models, CV scores, fallbacks). Nothing is
 downloaded at run time. Locally, create the environment first:
 `python3.11 -m venv .venv && .venv/bin/pip install -r requirements.txt` (run.sh uses
 `.venv/bin/python` when present, else `python3`). As the grader does:

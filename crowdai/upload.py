@@ -248,8 +248,8 @@ def print_dry_run(facts: SubmissionFacts, *, description: str, client: str | Non
     try:
         executable = find_client(client)
         client_line = str(executable)
-    except ToolkitError as error:
-        executable, client_line = Path(CLIENT), f"not installed ({error})"
+    except ToolkitError:
+        executable, client_line = Path(CLIENT), f"not installed; {_INSTALL_HINT}"
     key = f"{API_KEY_ENV} is set" if env.get(API_KEY_ENV) else f"{API_KEY_ENV} not set (the client's own login is used)"
     command = shlex.join([CLIENT, *create_command(executable, facts, description=description)[1:]])
     print("upload dry run: nothing sent")
