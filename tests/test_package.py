@@ -96,6 +96,33 @@ def test_existing_output_and_bad_input_are_refused(packaged, trained, tmp_path, 
     assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".p.*"))  # no partial folder left
 
 
+def test_musicnn_weights_are_packaged_when_an_experiment_uses_them(trained, tmp_path, capsys):
+    import yaml
+
+    from common.pretrained import MUSICNN_CHECKPOINTS, checkpoint_prefix
+
+    runs = tmp_path / "runs"
+    shutil.copytree(trained["runs"] / "tiny", runs / "tuned")
+    for config_path in (runs / "tuned").glob("fold_*/config.yaml"):  # as if fine-tuned from musicnn
+        config = yaml.safe_load(config_path.read_text())
+        config["model"] = {"name": "musicnn", "params": {"pretrained": "MSD_musicnn"}}
+        config_path.write_text(yaml.safe_dump(config))
+    weights = tmp_path / "musicnn"
+    args = ["--exp", "tuned", "--runs", str(runs), "--timing-clips", "0", "--musicnn-weights", str(weights)]
+    assert package.main([*args, "--out", str(tmp_path / "no_weights")]) == 2
+    assert "make weights" in capsys.readouterr().err
+    for name in MUSICNN_CHECKPOINTS:
+        for suffix in (".index", ".data-00000-of-00001"):
+            path = Path(f"{checkpoint_prefix(name, weights_dir=weights)}{suffix}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(name.encode())
+    assert package.main([*args, "--out", str(tmp_path / "pkg")]) == 0
+    out = tmp_path / "pkg"
+    packaged = sorted(p.relative_to(out).as_posix() for p in (out / "models").rglob("*.index"))
+    assert packaged == ["models/musicnn/MSD_musicnn/model.index", "models/musicnn/MTT_musicnn/model.index"]
+    assert json.loads((out / "package.json").read_text())["musicnn_weights"] is True
+
+
 def test_pinned_requirements_need_exact_pins(tmp_path):
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[project]\ndependencies = ["numpy==2.0", "pandas>=2"]\n')
