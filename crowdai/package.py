@@ -380,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     names = [name.strip() for name in args.exp.split(",") if name.strip()]
     try:
-        manifest = build_package(names=names, runs=args.runs, out=args.out,
-                                 blend=resolve_blend(args.blend, runs=args.runs) if args.blend else None, mean=args.mean,
+        blend = resolve_blend(args.blend, runs=args.runs) if args.blend else None
+        manifest = build_package(names=names, runs=args.runs, out=args.out, blend=blend, mean=args.mean,
                                  weights=args.weights, gpu=args.gpu,
                                  authors=[a.strip() for a in args.authors.split(",") if a.strip()],
                                  musicnn_dir=args.musicnn_weights, timing_clips=args.timing_clips,
