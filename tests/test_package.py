@@ -168,3 +168,11 @@ def test_package_runs_offline_from_a_clean_copy(packaged, trained, tmp_path_fact
     sidecar = json.loads(output.with_suffix(".json").read_text())
     assert [e["name"] for e in sidecar["experiments"]] == ["tiny"]
     assert sidecar["experiments"][0]["exp_dir"] == str(clean / "runs" / "tiny")  # the packaged models ran
+
+
+def test_blend_by_name_or_path(tmp_path):
+    named = tmp_path / "runs" / "blends" / "b1" / "blend.json"
+    named.parent.mkdir(parents=True)
+    named.write_text("{}")
+    assert package.resolve_blend("b1", runs=tmp_path / "runs") == named
+    assert package.resolve_blend(str(tmp_path / "mine.json"), runs=tmp_path / "runs") == tmp_path / "mine.json"
