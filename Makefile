@@ -32,6 +32,9 @@ MEAN      ?= arithmetic
 BLEND     ?=
 TAG_ARGS  ?=
 TEST      ?=
+CHALLENGE ?=
+DRY_RUN   ?=
+WHEELHOUSE ?= .whl
 
 # Quieter TensorFlow start-up (errors still show).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
@@ -49,13 +52,13 @@ TAG_EXP = $(if $(filter command line environment override,$(origin EXP)),$(EXP),
 SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
 FOLD_ARG = $(if $(FOLD),--fold $(FOLD),)
 
-.PHONY: help setup download demo-data features plots folds train compare submit validate score tag \
-        weights demo test bench bench-features bench-train bench-predict bench-tag bench-metadata clean
+.PHONY: help setup download demo-data features plots folds train compare submit validate upload package score tag \
+        weights demo test test-package bench bench-features bench-train bench-predict bench-tag bench-metadata clean
 
 # `make help` lists the targets in the order a newcomer runs them; a target missing here
 # is listed after these, in file order.
 HELP_ORDER := help setup download demo-data demo features plots folds train compare blend submit validate \
-              upload package score tag weights test bench-features bench-train bench-predict bench-tag bench-metadata bench clean
+              upload package score tag weights test test-package bench-features bench-train bench-predict bench-tag bench-metadata bench clean
 
 help: ## List the targets in the order a newcomer runs them, and what they do
 	@awk -v order="$(HELP_ORDER)" 'BEGIN {FS = ":.*## "} \
@@ -103,6 +106,14 @@ submit: setup ## crowdAI CSV for TEST_DIR from the fold ensembles of EXP (comma-
 validate: setup ## Check SUBMISSION (default: newest) against TEST_DIR before upload
 	$(PY) -m crowdai.validate $(SUBMISSION) --test-dir $(TEST_DIR)
 
+upload: setup ## Validate SUBMISSION (default: newest) against TEST_DIR, then send it with aicrowd-cli (DRY_RUN=1: only print)
+	$(PY) -m crowdai.upload $(SUBMISSION) --test-dir $(TEST_DIR) $(if $(CHALLENGE),--challenge $(CHALLENGE),) $(if $(DRY_RUN),--dry-run,)
+
+package: setup ## Round-2 folder OUT (default out/round2-EXP) from EXP's fold models (BLEND: fitted blend name or JSON)
+	$(PY) -m crowdai.package --exp $(EXP) --runs $(RUNS) --mean $(MEAN) --musicnn-weights $(WEIGHTS) --jobs $(JOBS) \
+	  --out $(if $(filter command line,$(origin OUT)),$(OUT),$(OUT)/round2-$(subst $(comma),+,$(EXP))) \
+	  $(if $(BLEND),--blend $(BLEND),)
+
 score: setup ## Leaderboard metrics of SUBMISSION against LABELS
 	$(PY) -m crowdai.score $(SUBMISSION) --labels $(LABELS)
 
@@ -112,7 +123,7 @@ weights: setup ## Fetch musicnn's published checkpoints (PyPI wheel, sha256-chec
 tag: setup $(if $(filter musicnn,$(TAG_EXP)),weights,) ## Genre tags over time for FILE: EXP's fold ensemble, or musicnn zero-shot without EXP
 	$(PY) -m crowdai.tag $(FILE) --exp $(TAG_EXP) --runs $(RUNS) --out $(OUT) --weights $(WEIGHTS) $(TAG_ARGS)
 
-demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, train, compare, submit, validate, score, tag
+demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, train, compare, submit, validate, score, tag, upload (dry run)
 	$(MAKE) demo-data
 	$(MAKE) features DATA=$(DEMO_DATA) SUBSET=small EXP=demo
 	$(MAKE) folds DATA=$(DEMO_DATA) SUBSET=small
@@ -124,9 +135,13 @@ demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, tra
 	$(MAKE) score LABELS=$(DEMO_DATA)/crowdai_fma_test_labels.csv
 	$(MAKE) tag EXP=demo RUNS=$(DEMO_RUNS) FILE=$(DEMO_SONG) OUT=$(OUT)/demo
 	$(MAKE) tag FILE=$(REAL_SONG) OUT=$(OUT)/demo
+	$(MAKE) upload TEST_DIR=$(DEMO_TEST) DRY_RUN=1
 
 test: setup ## Run the test suite (small sizes; about 6 minutes on 2 cores)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-package: setup ## Package a tiny trained experiment, install it offline from WHEELHOUSE into a fresh virtualenv, run it (minutes)
+	FMA_WHEELHOUSE=$(WHEELHOUSE) $(PY) -m pytest -m package $(PYTEST_ARGS)
 
 bench-features: setup ## Feature extraction clips/s: toolkit vs single-process librosa vs decode only
 	$(PY) -m bench.features --out bench/features.json

@@ -84,6 +84,12 @@ def list_test_ids(test_dir: str | Path) -> list[str]:
     return ids
 
 
+def count_rows(path: str | Path) -> int:
+    """Data rows of a CSV file: its lines minus the header."""
+    with Path(path).open(encoding="utf-8") as handle:
+        return sum(1 for _ in handle) - 1
+
+
 def write_submission(path: str | Path, ids: Sequence[str], probs: np.ndarray) -> Path:
     """Write a submission CSV; never overwrites.
 

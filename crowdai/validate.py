@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from common.errors import ToolkitError
-from crowdai.submission import validate_submission
+from crowdai.submission import count_rows, validate_submission
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,26 +27,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def report_validation(path: Path, *, test_dir: Path, max_problems: int = 0) -> int:
+    """Validate ``path`` against ``test_dir`` and print the verdict (what ``make validate`` shows).
+
+    Parameters
+    ----------
+    path : Path
+        Submission CSV.
+    test_dir : Path
+        Folder of the test mp3s.
+    max_problems : int
+        Print at most this many problems (0: all); the counts per kind are always printed.
+
+    Returns
+    -------
+    int
+        0 valid (``OK: N rows`` on stdout), 1 invalid (every problem on stdout),
+        2 the check itself could not run (missing test folder; on stderr).
+    """
     try:
-        problems = validate_submission(args.file, test_dir=args.test_dir)
+        problems = validate_submission(path, test_dir=test_dir)
     except ToolkitError as error:
         print(f"validate: error: {error}", file=sys.stderr)
         return 2
     if not problems:
-        with args.file.open(encoding="utf-8") as handle:
-            n_rows = sum(1 for _ in handle) - 1
-        print(f"OK: {n_rows} rows ({args.file})")
+        print(f"OK: {count_rows(path)} rows ({path})")
         return 0
-    shown = problems[: args.max_problems] if args.max_problems > 0 else problems
+    shown = problems[:max_problems] if max_problems > 0 else problems
     for problem in shown:
-        print(f"{args.file}: {problem}")
+        print(f"{path}: {problem}")
     if len(shown) < len(problems):
         print(f"... {len(problems) - len(shown)} more problems not shown")
     counts = ", ".join(f"{kind} {n}" for kind, n in Counter(p.kind for p in problems).items())
-    print(f"INVALID: {len(problems)} problem{'s' if len(problems) != 1 else ''} ({counts}) in {args.file}")
+    print(f"INVALID: {len(problems)} problem{'s' if len(problems) != 1 else ''} ({counts}) in {path}")
     return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return report_validation(args.file, test_dir=args.test_dir, max_problems=args.max_problems)
 
 
 if __name__ == "__main__":
