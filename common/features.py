@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.audio import AUDIO_SUFFIXES, features_for, load_clip
+from common.audio import AUDIO_SUFFIXES, load_clip, logmel
 from common.errors import AudioError, ConfigError, FeatureCacheError, ToolkitError
 from common.io import TEMPORARY_GLOB, absolute_path, atomic_output, write_bytes_atomic
 from common.pretrained import DEFAULT_WEIGHTS_DIR
@@ -165,6 +165,31 @@ def _prepare(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: Pat
     else:
         _atomic_write_csv(items_path, table)
     return table
+
+
+def features_for(clip: np.ndarray, *, settings: FeatureSettings,
+                 weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> np.ndarray:
+    """The stored feature of one clip: its log-mel, the waveform itself, or an embedding.
+
+    Parameters
+    ----------
+    clip : np.ndarray, shape (settings.clip_samples,)
+    settings : FeatureSettings
+    weights_dir : path-like
+        Pretrained weights (``make weights``); used by embedding kinds only
+        (:func:`common.embeddings.embed_clip`).
+
+    Returns
+    -------
+    np.ndarray, shape settings.clip_shape, float32
+    """
+    if settings.kind == "waveform":
+        return np.asarray(clip, dtype=np.float32)
+    if settings.layout == "vector":
+        from common.embeddings import embed_clip  # imports Keras: embedding kinds only
+
+        return embed_clip(clip, settings=settings, weights_dir=weights_dir)
+    return logmel(clip, settings=settings)
 
 
 def _extract_item(path: str, *, settings: FeatureSettings, weights_dir: str,

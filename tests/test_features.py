@@ -16,9 +16,9 @@ import pytest
 import soundfile as sf
 import yaml
 
-from common.audio import features_for, load_clip
+from common.audio import load_clip, logmel
 from common.errors import FeatureCacheError
-from common.features import FeatureCache, cache_dir_for, extract, folder_items, main
+from common.features import FeatureCache, cache_dir_for, extract, features_for, folder_items, main
 from common.io import TEMPORARY_GLOB
 from common.settings import FeatureSettings
 
@@ -74,6 +74,15 @@ def clean_cache(audio_folder, config_file, tmp_path_factory) -> Path:
 
 def _files(directory: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+
+
+def test_features_for_dispatches_on_kind():
+    y = np.random.default_rng(1).standard_normal(SETTINGS.clip_samples).astype(np.float32)
+    features = features_for(y, settings=SETTINGS)
+    assert features.shape == SETTINGS.clip_shape
+    np.testing.assert_array_equal(features, logmel(y, settings=SETTINGS))
+    waveform = FeatureSettings(kind="waveform", sample_rate=8000, clip_seconds=2.0)
+    np.testing.assert_array_equal(features_for(y, settings=waveform), y)
 
 
 def test_folder_items_are_every_audio_file_by_stem(audio_folder):
