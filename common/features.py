@@ -396,8 +396,8 @@ def extract(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: str 
 class FeatureCache:
     """Read access to a finished feature cache.
 
-    Use :meth:`open`. ``get`` memory-maps the shards, so random batches of clips
-    are read without loading the cache.
+    Use :meth:`open`. :meth:`get` copies rows out of the memory-mapped shards, so a
+    random batch reads only its own rows; ``get()`` reads the whole cache into memory.
 
     Attributes
     ----------
@@ -448,12 +448,13 @@ class FeatureCache:
             self._maps[shard] = np.load(self.directory / f"{_shard_name(shard)}.npy", mmap_mode="r")
         return self._maps[shard]
 
-    def get(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
-        """Features of ``ids`` in the order given.
+    def get(self, ids: Sequence[str] | np.ndarray | None = None) -> np.ndarray:
+        """Features of ``ids`` in the order given, copied into a new in-memory array.
 
         Parameters
         ----------
-        ids : sequence of str
+        ids : sequence of str, optional
+            Default: every id of the cache (:attr:`ids`, in cache order).
 
         Returns
         -------
@@ -464,7 +465,7 @@ class FeatureCache:
         KeyError
             An id that is not in the cache (failed or never extracted).
         """
-        keys = pd.Index(np.asarray(ids, dtype=str))
+        keys = pd.Index(np.asarray(self.ids if ids is None else ids, dtype=str))
         positions = self._position.reindex(keys).to_numpy()
         if np.isnan(positions.astype(float)).any():
             missing = list(keys[pd.isna(positions)][:5])
@@ -476,10 +477,6 @@ class FeatureCache:
             selected = np.flatnonzero(shards == shard)
             out[selected] = self._map(int(shard))[rows[selected]]
         return out
-
-    def load(self, ids: Sequence[str] | np.ndarray | None = None) -> np.ndarray:
-        """All features (or those of ``ids``) in memory, same layout as :meth:`get`."""
-        return self.get(self.ids if ids is None else ids)
 
 
 def folder_items(audio_dir: str | Path) -> list[Item]:
