@@ -36,7 +36,6 @@ import soxr
 
 from common import mp3
 from common.errors import SilentAudioError, TooShortAudioError, UnreadableAudioError
-from common.pretrained import DEFAULT_WEIGHTS_DIR
 from common.settings import FeatureSettings
 
 #: Resampling quality passed to soxr (see the module docstring for the choice).
@@ -254,28 +253,3 @@ def logmel(y: np.ndarray, *, settings: FeatureSettings) -> np.ndarray:
     np.log(mel, out=mel)
     mel *= scale / np.float32(np.log(10.0))
     return mel
-
-
-def features_for(clip: np.ndarray, *, settings: FeatureSettings,
-                 weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> np.ndarray:
-    """The stored feature of one clip: its log-mel, the waveform itself, or an embedding.
-
-    Parameters
-    ----------
-    clip : np.ndarray, shape (settings.clip_samples,)
-    settings : FeatureSettings
-    weights_dir : path-like
-        Pretrained weights (``make weights``); used by embedding kinds only
-        (:func:`common.embeddings.embed_clip`).
-
-    Returns
-    -------
-    np.ndarray, shape settings.clip_shape, float32
-    """
-    if settings.kind == "waveform":
-        return np.asarray(clip, dtype=np.float32)
-    if settings.layout == "vector":
-        from common.embeddings import embed_clip  # imports Keras: embedding kinds only
-
-        return embed_clip(clip, settings=settings, weights_dir=weights_dir)
-    return logmel(clip, settings=settings)

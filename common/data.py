@@ -97,7 +97,7 @@ class ClipStore:
     Parameters
     ----------
     cache : common.features.FeatureCache
-        Opened cache (``.get(ids)``, ``.load(ids)``, ``.settings``).
+        Opened cache (``.get(ids)``, ``.settings``).
     ids : sequence of str
         Feature ids, in the order positions refer to.
     in_memory : {"auto", True, False}
@@ -119,7 +119,7 @@ class ClipStore:
                 budget = min(budget, memory_limit)
             in_memory = self.nbytes <= IN_MEMORY_SHARE * budget
         self.in_memory = bool(in_memory)
-        self._array = cache.load(list(self.ids)) if self.in_memory else None
+        self._array = cache.get(list(self.ids)) if self.in_memory else None
         self._rows: np.ndarray | None = None
 
     @classmethod

@@ -8,7 +8,7 @@ patches** (187 frames, musicnn's own patching; a last incomplete patch is droppe
 input is musicnn's own log-mel (:func:`common.models.musicnn.musicnn_logmel`), exactly
 what the weights were trained on.
 
-:func:`common.audio.features_for` calls :func:`embed_clip`, so embeddings go through the
+:func:`common.features.features_for` calls :func:`embed_clip`, so embeddings go through the
 ordinary feature pipeline (:func:`common.features.extract`): sharded, resumable, cached
 under their own settings digest. Each worker process builds the network once
 (:func:`embedding_network`, cached) and runs TensorFlow with as many threads as the

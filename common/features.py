@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.audio import AUDIO_SUFFIXES, features_for, load_clip
+from common.audio import AUDIO_SUFFIXES, load_clip, logmel
 from common.errors import AudioError, ConfigError, FeatureCacheError, ToolkitError
 from common.io import TEMPORARY_GLOB, absolute_path, atomic_output, write_bytes_atomic
 from common.pretrained import DEFAULT_WEIGHTS_DIR
@@ -165,6 +165,31 @@ def _prepare(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: Pat
     else:
         _atomic_write_csv(items_path, table)
     return table
+
+
+def features_for(clip: np.ndarray, *, settings: FeatureSettings,
+                 weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> np.ndarray:
+    """The stored feature of one clip: its log-mel, the waveform itself, or an embedding.
+
+    Parameters
+    ----------
+    clip : np.ndarray, shape (settings.clip_samples,)
+    settings : FeatureSettings
+    weights_dir : path-like
+        Pretrained weights (``make weights``); used by embedding kinds only
+        (:func:`common.embeddings.embed_clip`).
+
+    Returns
+    -------
+    np.ndarray, shape settings.clip_shape, float32
+    """
+    if settings.kind == "waveform":
+        return np.asarray(clip, dtype=np.float32)
+    if settings.layout == "vector":
+        from common.embeddings import embed_clip  # imports Keras: embedding kinds only
+
+        return embed_clip(clip, settings=settings, weights_dir=weights_dir)
+    return logmel(clip, settings=settings)
 
 
 def _extract_item(path: str, *, settings: FeatureSettings, weights_dir: str,
@@ -371,8 +396,8 @@ def extract(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: str 
 class FeatureCache:
     """Read access to a finished feature cache.
 
-    Use :meth:`open`. ``get`` memory-maps the shards, so random batches of clips
-    are read without loading the cache.
+    Use :meth:`open`. :meth:`get` copies rows out of the memory-mapped shards, so a
+    random batch reads only its own rows; ``get()`` reads the whole cache into memory.
 
     Attributes
     ----------
@@ -423,12 +448,13 @@ class FeatureCache:
             self._maps[shard] = np.load(self.directory / f"{_shard_name(shard)}.npy", mmap_mode="r")
         return self._maps[shard]
 
-    def get(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
-        """Features of ``ids`` in the order given.
+    def get(self, ids: Sequence[str] | np.ndarray | None = None) -> np.ndarray:
+        """Features of ``ids`` in the order given, copied into a new in-memory array.
 
         Parameters
         ----------
-        ids : sequence of str
+        ids : sequence of str, optional
+            Default: every id of the cache (:attr:`ids`, in cache order).
 
         Returns
         -------
@@ -439,7 +465,7 @@ class FeatureCache:
         KeyError
             An id that is not in the cache (failed or never extracted).
         """
-        keys = pd.Index(np.asarray(ids, dtype=str))
+        keys = pd.Index(np.asarray(self.ids if ids is None else ids, dtype=str))
         positions = self._position.reindex(keys).to_numpy()
         if np.isnan(positions.astype(float)).any():
             missing = list(keys[pd.isna(positions)][:5])
@@ -451,10 +477,6 @@ class FeatureCache:
             selected = np.flatnonzero(shards == shard)
             out[selected] = self._map(int(shard))[rows[selected]]
         return out
-
-    def load(self, ids: Sequence[str] | np.ndarray | None = None) -> np.ndarray:
-        """All features (or those of ``ids``) in memory, same layout as :meth:`get`."""
-        return self.get(self.ids if ids is None else ids)
 
 
 def folder_items(audio_dir: str | Path) -> list[Item]:

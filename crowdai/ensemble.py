@@ -272,7 +272,7 @@ def segment_spans(bounds: np.ndarray, *, settings, n_total: int, min_length: int
 def _segment_vector_probs(y: np.ndarray, bounds: np.ndarray, *, ensemble: FoldEnsemble,
                           batch_size: int | None, weights_dir: str | Path) -> np.ndarray:
     """Ensemble probabilities ``(n_segments, n_classes)`` of clip-embedding features, one per segment."""
-    from common.audio import features_for
+    from common.features import features_for
 
     settings = ensemble.settings
     rate = settings.sample_rate
@@ -318,7 +318,8 @@ def experiment_song(path: str | Path, *, ensemble: FoldEnsemble, window: float =
     notes : dict
         Model input length and context policy, for the JSON record.
     """
-    from common.audio import features_for, load_audio
+    from common.audio import load_audio
+    from common.features import features_for
     from common.tagging import View, segment_bounds
 
     settings = ensemble.settings

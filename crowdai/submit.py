@@ -84,7 +84,8 @@ def _fallback_features(path: str, *, settings) -> tuple[np.ndarray | None, float
     seconds : float
         Decoded length (0 when nothing decodes).
     """
-    from common.audio import crop_or_pad, features_for, load_audio
+    from common.audio import crop_or_pad, load_audio
+    from common.features import features_for
 
     try:
         y = load_audio(path, sample_rate=settings.sample_rate)

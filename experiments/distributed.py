@@ -3,7 +3,7 @@
 Each unfinished fold becomes one task. A worker opens the experiment's data itself
 (metadata, folds file and feature cache, at the same absolute paths as the client:
 a shared file system) and trains the fold into the shared runs directory with
-:func:`experiments.runner.train_one_fold`, exactly as a local run does. The client only
+:func:`experiments.experiment.train_one_fold`, exactly as a local run does. The client only
 dispatches and waits; once every fold has its ``summary.json``, one more task
 (:func:`summarise_on_dask`) writes the experiment summary, which scores the fold
 ensemble on the test split. The client never reads a feature row.
@@ -45,6 +45,7 @@ from pathlib import Path
 from common.config import ExperimentConfig
 from common.errors import ToolkitError
 from common.io import absolute_path
+from experiments.experiment import open_experiment_data, train_experiment, train_one_fold
 
 #: One fold at a time per worker process.
 _FOLD_LOCK = threading.Lock()
@@ -81,8 +82,6 @@ def run_fold_task(config: ExperimentConfig, *, data: Path, subset: str, folds_pa
     dict
         The fold summary, plus ``"worker"`` (host name) for the client's log.
     """
-    from experiments.runner import open_experiment_data, train_one_fold
-
     with _FOLD_LOCK:
         exp_data = open_experiment_data(config, data=data, subset=subset, folds_path=folds_path, cache=cache,
                                         memory_limit=_worker_memory_limit())
@@ -96,8 +95,6 @@ def run_summary_task(config: ExperimentConfig, *, data: Path, subset: str, folds
 
     Only the test-split rows are read, batch by batch from the memory-mapped cache.
     """
-    from experiments.runner import open_experiment_data, train_experiment
-
     with _FOLD_LOCK:
         exp_data = open_experiment_data(config, data=data, subset=subset, folds_path=folds_path, cache=cache,
                                         in_memory=False)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from common.audio import crop_or_pad, features_for, load_audio, load_clip, logmel
+from common.audio import crop_or_pad, load_audio, load_clip, logmel
 from common.errors import SilentAudioError, TooShortAudioError, UnreadableAudioError
 from common.settings import FeatureSettings
 
@@ -68,7 +68,7 @@ def test_real_recordings_decode_into_non_silent_clips_and_logmels():
         clip = load_clip(path, settings=settings)
         assert clip.shape == (settings.clip_samples,)
         assert np.abs(clip).max() > 0.01, path
-        features = features_for(clip, settings=settings)
+        features = logmel(clip, settings=settings)
         assert features.shape == settings.clip_shape and np.isfinite(features).all()
         assert info.duration > 10 or np.all(clip[int(info.duration * 12000) + 100:] == 0)
 
@@ -128,9 +128,3 @@ def test_logmel_matches_librosa(log_scale):
     assert result.shape == settings.clip_shape == (16, settings.n_frames) and result.dtype == np.float32
     np.testing.assert_allclose(result, expected, atol=1e-3)
 
-
-def test_features_for_dispatches_on_kind():
-    y = np.random.default_rng(1).standard_normal(SMALL.clip_samples).astype(np.float32)
-    assert features_for(y, settings=SMALL).shape == SMALL.clip_shape
-    waveform = FeatureSettings(kind="waveform", sample_rate=8000, clip_seconds=2.0)
-    np.testing.assert_array_equal(features_for(y, settings=waveform), y)

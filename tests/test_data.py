@@ -209,21 +209,18 @@ def test_memory_budget_is_the_least_of_ram_cgroup_and_environment(tmp_path):
 
 
 class _FakeCache:
-    """A feature cache of ``n`` clips of ``(16, 1000)`` that counts its full loads."""
+    """A feature cache of ``n`` clips of ``(16, 1000)`` that records how many rows each read asked for."""
 
     def __init__(self, n):
         from common.settings import FeatureSettings
 
         self.settings = FeatureSettings.from_dict({"sample_rate": 8000, "n_fft": 256, "hop_length": 256,
                                                   "n_mels": 16, "clip_seconds": 8.0})
-        self.n, self.loads = n, 0
+        self.n, self.reads = n, []
 
     def get(self, ids):
+        self.reads.append(len(ids))
         return np.zeros((len(ids), *self.settings.clip_shape), np.float16)
-
-    def load(self, ids):
-        self.loads += 1
-        return self.get(ids)
 
 
 def test_an_environment_limit_below_the_cache_size_makes_auto_memory_map(monkeypatch):
@@ -232,13 +229,14 @@ def test_an_environment_limit_below_the_cache_size_makes_auto_memory_map(monkeyp
     size = 400 * int(np.prod(cache.settings.clip_shape)) * 2
     monkeypatch.setenv("FMA_MEMORY_LIMIT", str(size))  # the cache would take all of it: more than the share
     store = ClipStore(cache, ids, in_memory="auto")
-    assert not store.in_memory and cache.loads == 0 and store.nbytes == size
+    assert not store.in_memory and cache.reads == [] and store.nbytes == size
     assert store.gather(np.array([1, 2])).shape == (2, *cache.settings.clip_shape)
+    assert cache.reads == [2]  # the batch only
     monkeypatch.setenv("FMA_MEMORY_LIMIT", str(8 * size))
     store = ClipStore(cache, ids, in_memory="auto")
-    assert store.in_memory and cache.loads == 1
+    assert store.in_memory and cache.reads == [2, 400]
     assert not ClipStore(cache, ids, in_memory="auto", memory_limit=size).in_memory  # a Dask worker's limit
-    assert cache.loads == 1
+    assert cache.reads == [2, 400]
     monkeypatch.setenv("FMA_MEMORY_LIMIT", "a lot")
     with pytest.raises(ConfigError, match="FMA_MEMORY_LIMIT"):
         ClipStore(cache, ids, in_memory="auto")

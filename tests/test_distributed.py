@@ -89,7 +89,6 @@ def test_folds_on_a_cluster_with_a_killed_worker_leave_the_files_of_a_local_run(
         raise AssertionError("the client of --scheduler training read features")
 
     monkeypatch.setattr(FeatureCache, "get", client_reads_features)
-    monkeypatch.setattr(FeatureCache, "load", client_reads_features)
     record: dict = {}
     with distributed.Client(cluster) as client:
         client.run(slow_down_epochs)

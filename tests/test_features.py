@@ -16,9 +16,9 @@ import pytest
 import soundfile as sf
 import yaml
 
-from common.audio import features_for, load_clip
+from common.audio import load_clip, logmel
 from common.errors import FeatureCacheError
-from common.features import FeatureCache, cache_dir_for, extract, folder_items, main
+from common.features import FeatureCache, cache_dir_for, extract, features_for, folder_items, main
 from common.io import TEMPORARY_GLOB
 from common.settings import FeatureSettings
 
@@ -76,6 +76,15 @@ def _files(directory: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
 
 
+def test_features_for_dispatches_on_kind():
+    y = np.random.default_rng(1).standard_normal(SETTINGS.clip_samples).astype(np.float32)
+    features = features_for(y, settings=SETTINGS)
+    assert features.shape == SETTINGS.clip_shape
+    np.testing.assert_array_equal(features, logmel(y, settings=SETTINGS))
+    waveform = FeatureSettings(kind="waveform", sample_rate=8000, clip_seconds=2.0)
+    np.testing.assert_array_equal(features_for(y, settings=waveform), y)
+
+
 def test_folder_items_are_every_audio_file_by_stem(audio_folder):
     items = folder_items(audio_folder)
     assert len(items) == 24 + len(BROKEN)
@@ -105,8 +114,9 @@ def test_get_returns_the_right_rows_in_the_order_asked(clean_cache, audio_folder
         path = next(audio_folder.glob(f"{item_id}.*"))
         expected = features_for(load_clip(path, settings=SETTINGS), settings=SETTINGS).astype(np.float16)
         np.testing.assert_array_equal(row, expected)
-    assert cache.load().shape == (24, *SETTINGS.clip_shape)
-    np.testing.assert_array_equal(cache.load(["song02"])[0], batch[1])
+    everything = cache.get()
+    assert everything.shape == (24, *SETTINGS.clip_shape)
+    np.testing.assert_array_equal(everything[list(cache.ids).index("song02")], batch[1])
     with pytest.raises(KeyError, match="b_silent"):
         cache.get(["song01", "b_silent"])
 

@@ -13,7 +13,7 @@ import yaml
 from conftest import write_tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from experiments import runner
+from experiments import experiment, runner
 
 SUBSET = "small"
 
@@ -83,10 +83,10 @@ def test_multi_task_writes_every_run_file(env, tmp_path):
     from common.config import load_config
 
     config = load_config(write_tiny_config(tmp_path, "tiny_multi", task="multi", epochs=1))
-    data = runner.open_experiment_data(config, data=env["data"], subset=SUBSET, folds_path=env["folds"],
+    data = experiment.open_experiment_data(config, data=env["data"], subset=SUBSET, folds_path=env["folds"],
                                        cache=env["cache"])
     assert data.task.name == "multi" and data.task.n_classes >= 2 and data.y.sum(axis=1).min() >= 1
-    summary = runner.train_experiment(config, data, runs=tmp_path / "runs")
+    summary = experiment.train_experiment(config, data, runs=tmp_path / "runs")
     oof, _ = check_run_files(tmp_path / "runs" / "tiny_multi", task="multi", n_folds=2)
     assert oof["target"].str.contains("|", regex=False).any()
     assert {"roc_auc", "pr_auc"} <= set(summary["cv"])
@@ -117,16 +117,16 @@ def test_interrupted_fold_resumes_from_its_checkpoint(env, tmp_path):
     from common.config import load_config
 
     config = load_config(write_tiny_config(tmp_path, "tiny_resume", epochs=3))
-    data = runner.open_experiment_data(config, data=env["data"], subset=SUBSET, folds_path=env["folds"],
+    data = experiment.open_experiment_data(config, data=env["data"], subset=SUBSET, folds_path=env["folds"],
                                        cache=env["cache"])
     fold_dir = tmp_path / "runs" / "tiny_resume" / "fold_0"
     with pytest.raises(Interrupt):
-        runner.train_experiment(config, data, runs=tmp_path / "runs", folds=[0], callbacks=(InterruptAfter(1),))
+        experiment.train_experiment(config, data, runs=tmp_path / "runs", folds=[0], callbacks=(InterruptAfter(1),))
     assert json.loads((fold_dir / "checkpoint" / "state.json").read_text())["epoch"] == 1
     assert pd.read_csv(fold_dir / "history.csv")["epoch"].tolist() == [1]
     assert not (fold_dir / "summary.json").exists()
     start = RecordStart()
-    runner.train_experiment(config, data, runs=tmp_path / "runs", folds=[0], callbacks=(start,))
+    experiment.train_experiment(config, data, runs=tmp_path / "runs", folds=[0], callbacks=(start,))
     assert start.iterations > 0  # optimizer state restored, not a fresh model
     assert pd.read_csv(fold_dir / "history.csv")["epoch"].tolist() == [1, 2, 3]
     summary = json.loads((fold_dir / "summary.json").read_text())
@@ -193,12 +193,12 @@ def test_a_killed_and_resumed_fold_ends_as_an_uninterrupted_one(env, tmp_path):
 
     config = load_config(write_tiny_config(tmp_path, "tiny_exact", epochs=4, schedule="reduce_on_plateau",
                                            early_stopping_patience=3))
-    data = runner.open_experiment_data(config, data=env["data"], subset=SUBSET, folds_path=env["folds"],
+    data = experiment.open_experiment_data(config, data=env["data"], subset=SUBSET, folds_path=env["folds"],
                                        cache=env["cache"])
-    runner.train_experiment(config, data, runs=tmp_path / "whole", folds=[0])
+    experiment.train_experiment(config, data, runs=tmp_path / "whole", folds=[0])
     with pytest.raises(Interrupt):
-        runner.train_experiment(config, data, runs=tmp_path / "killed", folds=[0], callbacks=(InterruptAfter(2),))
-    runner.train_experiment(config, data, runs=tmp_path / "killed", folds=[0])
+        experiment.train_experiment(config, data, runs=tmp_path / "killed", folds=[0], callbacks=(InterruptAfter(2),))
+    experiment.train_experiment(config, data, runs=tmp_path / "killed", folds=[0])
     whole = fold_outcome(tmp_path / "whole" / "tiny_exact" / "fold_0")
     resumed = fold_outcome(tmp_path / "killed" / "tiny_exact" / "fold_0")
     assert whole[0]["epoch"].tolist() == [1, 2, 3, 4]
@@ -216,9 +216,9 @@ def test_a_fold_trained_from_the_memory_mapped_store_equals_one_trained_in_memor
     outcomes = []
     for in_memory in (True, False):
         variant = dataclasses.replace(config, data=dataclasses.replace(config.data, in_memory=in_memory))
-        data = runner.open_experiment_data(variant, data=env["data"], subset=SUBSET, folds_path=env["folds"],
+        data = experiment.open_experiment_data(variant, data=env["data"], subset=SUBSET, folds_path=env["folds"],
                                            cache=env["cache"])
         assert data.store.in_memory is in_memory
-        runner.train_experiment(variant, data, runs=tmp_path / str(in_memory), folds=[0])
+        experiment.train_experiment(variant, data, runs=tmp_path / str(in_memory), folds=[0])
         outcomes.append(fold_outcome(tmp_path / str(in_memory) / "tiny_mmap" / "fold_0"))
     assert_same_outcome(*outcomes, atol=SAME_RESULT_ATOL)

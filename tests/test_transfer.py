@@ -101,7 +101,7 @@ def test_embedding_cache_holds_the_penultimate_features_of_musicnn(env, head_run
     cache = FeatureCache.open(head_run["cache_dir"])
     assert head_run["cache_dir"].name.startswith("fma_small-musicnn-")
     assert cache.settings.clip_shape == (200,)
-    x = cache.load().astype(np.float32)
+    x = cache.get().astype(np.float32)
     assert x.shape == (len(cache.ids), 200) and len(cache.ids) >= 50
     assert np.isfinite(x).all() and x.std(axis=0).mean() > 0.1  # clips differ
     # The tagger's output layer on a cached embedding gives the tagger's tags for that clip
