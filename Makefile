@@ -47,6 +47,7 @@ REAL_SONG = $(or $(wildcard ../shared/audio/Kevin_MacLeod_-_Vibe_Ace.ogg),$(DEMO
 TAG_EXP = $(if $(filter command line environment override,$(origin EXP)),$(EXP),musicnn)
 SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
 FOLD_ARG = $(if $(FOLD),--fold $(FOLD),)
+ZERO_SHOT_SUBMIT_ARGS = $(if $(filter musicnn,$(EXP)),--musicnn-weights $(WEIGHTS),)
 
 .PHONY: help setup demo-data features plots folds train compare submit validate score tag \
         weights demo test bench bench-features bench-train bench-predict bench-tag clean
@@ -83,8 +84,8 @@ train: setup ## Train every fold (or FOLD) of experiment EXP; finished folds are
 compare: setup ## Table of all experiments in RUNS (CSV, Markdown, learning curves, confusion matrix)
 	$(PY) -m experiments.compare --runs $(RUNS) --out $(RUNS)/compare
 
-submit: setup ## crowdAI CSV for TEST_DIR from the fold ensembles of EXP (comma-separated; MEAN, BLEND=0.7,0.3)
-	$(PY) -m crowdai.submit --exp $(EXP) --runs $(RUNS) --test-dir $(TEST_DIR) --cache $(CACHE) --out submissions \
+submit: setup $(if $(filter musicnn,$(EXP)),weights,) ## crowdAI CSV for TEST_DIR from the fold ensembles of EXP (comma-separated; MEAN, BLEND=0.7,0.3); EXP=musicnn: zero-shot, no training
+	$(PY) -m crowdai.submit --exp $(EXP) --runs $(RUNS) --test-dir $(TEST_DIR) --cache $(CACHE) --out submissions $(ZERO_SHOT_SUBMIT_ARGS) \
 	  --mean $(MEAN) $(if $(BLEND),--weights $(BLEND),)
 
 validate: setup ## Check SUBMISSION (default: newest) against TEST_DIR before upload
@@ -99,7 +100,7 @@ weights: setup ## Fetch musicnn's published checkpoints (PyPI wheel, sha256-chec
 tag: setup $(if $(filter musicnn,$(TAG_EXP)),weights,) ## Genre tags over time for FILE: EXP's fold ensemble, or musicnn zero-shot without EXP
 	$(PY) -m crowdai.tag $(FILE) --exp $(TAG_EXP) --runs $(RUNS) --out $(OUT) --weights $(WEIGHTS) $(TAG_ARGS)
 
-demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, train, compare, submit, validate, score, tag
+demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, train, compare, submit, validate, score (vs zero-shot), tag
 	$(MAKE) demo-data
 	$(MAKE) features DATA=$(DEMO_DATA) SUBSET=small EXP=demo
 	$(MAKE) folds DATA=$(DEMO_DATA) SUBSET=small
@@ -109,6 +110,9 @@ demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, tra
 	$(MAKE) submit EXP=demo RUNS=$(DEMO_RUNS) TEST_DIR=$(DEMO_TEST)
 	$(MAKE) validate TEST_DIR=$(DEMO_TEST)
 	$(MAKE) score LABELS=$(DEMO_DATA)/crowdai_fma_test_labels.csv
+	$(MAKE) submit EXP=musicnn TEST_DIR=$(DEMO_TEST)
+	$(PY) -m crowdai.score $$(ls submissions/*_demo.csv | tail -n 1) $$(ls submissions/*_musicnn.csv | tail -n 1) \
+	  --labels $(DEMO_DATA)/crowdai_fma_test_labels.csv
 	$(MAKE) tag EXP=demo RUNS=$(DEMO_RUNS) FILE=$(DEMO_SONG) OUT=$(OUT)/demo TAG_ARGS=--overwrite
 	$(MAKE) tag FILE=$(REAL_SONG) OUT=$(OUT)/demo TAG_ARGS=--overwrite
 

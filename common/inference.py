@@ -36,36 +36,23 @@ def chunk_starts(n_frames: int, *, crop_frames: int, hop_frames: int) -> np.ndar
 
 
 @functools.lru_cache(maxsize=4)
-def forward_function(*models) -> Callable[[np.ndarray], np.ndarray]:
+def forward_function(model) -> Callable[[np.ndarray], np.ndarray]:
     """``model(x, training=False)`` as a function traced once for every batch size.
 
     ``model.predict_on_batch`` traces its graph again for each new batch size until
     TensorFlow relaxes the shape (for musicnn ~0.5 s a trace, as long as a minute of
     audio takes to tag); songs give any number of patches. This function has a
-    batch dimension of ``None`` from the start. Cached for the last 4 model tuples.
-
-    Several models taking the same input (musicnn's MSD and MTT taggers) run in one
-    graph, on one input batch, their outputs concatenated along the last axis.
+    batch dimension of ``None`` from the start. Cached for the last 4 models.
 
     Returns
     -------
     callable
-        ``(batch, *model.input_shape[1:])`` float32 array -> ``(batch, *model.output_shape[1:])``
-        (last axis: the sum of the models' output sizes).
+        ``(batch, *model.input_shape[1:])`` float32 array -> ``(batch, *model.output_shape[1:])``.
     """
     import tensorflow as tf
 
-    if not models:
-        raise ValueError("forward_function needs at least one model")
-    shapes = {tuple(model.input_shape[1:]) for model in models}
-    if len(shapes) != 1:
-        raise ValueError(f"forward_function: the models take different inputs {sorted(shapes)}")
-    spec = tf.TensorSpec((None, *shapes.pop()), tf.float32)
-    if len(models) == 1:
-        traced = tf.function(lambda x: models[0](x, training=False), input_signature=[spec])
-    else:
-        traced = tf.function(lambda x: tf.concat([model(x, training=False) for model in models], axis=-1),
-                             input_signature=[spec])
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+    traced = tf.function(lambda x: model(x, training=False), input_signature=[spec])
     return lambda x: traced(np.asarray(x, dtype=np.float32)).numpy()
 
 

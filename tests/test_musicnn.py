@@ -128,9 +128,29 @@ def test_taggrams_match_the_original_musicnn(models, golden_patches, checkpoint)
     for name, golden in zip(names, goldens):
         assert golden_patches[name].shape[0] == golden.shape[0], name
     batch = np.concatenate([golden_patches[name][PARITY_PATCHES] for name in names])
-    ours = models[checkpoint].predict(batch, verbose=0).reshape(len(names), len(PARITY_PATCHES), -1)
-    for name, taggram, golden in zip(names, ours, goldens):
-        np.testing.assert_allclose(taggram, golden[PARITY_PATCHES], atol=1e-3, err_msg=f"{name} {checkpoint}")
+    from common.models.musicnn import musicnn_forward_function
+
+    for ours in (models[checkpoint].predict(batch, verbose=0), musicnn_forward_function(models[checkpoint])(batch)):
+        for name, taggram, golden in zip(names, ours.reshape(len(names), len(PARITY_PATCHES), -1), goldens):
+            np.testing.assert_allclose(taggram, golden[PARITY_PATCHES], atol=1e-3, err_msg=f"{name} {checkpoint}")
+
+
+def test_pruned_inference_of_both_taggers_equals_the_keras_models(models):
+    """Dead front-end filters left out: same tags, on any input in range, for both models in one graph."""
+    from common.models.musicnn import MAX_LOGMEL, musicnn_forward_function, prune_frontend
+
+    rng = np.random.default_rng(0)
+    batch = np.concatenate([rng.uniform(0.0, 4.0, (3, 96, 187)), np.zeros((1, 96, 187)),
+                            np.full((1, 96, 187), MAX_LOGMEL), rng.uniform(0.0, 4.0, (1, 96, 250))[..., :187]])
+    batch = batch.astype(np.float32)
+    expected = np.concatenate([models[name].predict(batch, verbose=0) for name in MUSICNN_CHECKPOINTS], axis=1)
+    fused = musicnn_forward_function(*(models[name] for name in MUSICNN_CHECKPOINTS))
+    np.testing.assert_allclose(fused(batch), expected, atol=1e-5)
+    np.testing.assert_allclose(fused(batch[:1]), expected[:1], atol=1e-5)  # any batch size, one trace
+    timbral = [b for b in prune_frontend(models["MSD_musicnn"]) if b.name.startswith("timbral")]
+    assert sum(len(b.live) for b in timbral) < 0.15 * sum(len(b.dead_values) for b in timbral)
+    live_mtt = sum(len(b.live) for b in prune_frontend(models["MTT_musicnn"]))
+    assert 0 < live_mtt < 561
 
 
 # --- zero-shot genres (mapping, speech, golden genres: tests/test_zero_shot.py) -------------------

@@ -98,7 +98,8 @@ def test_fusion_takes_the_largest_tag_over_both_taggers_then_mixes_in_speech():
     speech = speech_probability(mtt_voice, middle)[0]
     assert speech == pytest.approx(0.25)
     fused = genre_scores(msd, mtt_voice, middle)[0]
-    np.testing.assert_allclose(fused, 0.75 * music_scores(msd, mtt_voice)[0] + 0.25 * np.eye(16)[TOP_GENRES.index("Spoken")])
+    spoken = np.eye(16)[TOP_GENRES.index("Spoken")]
+    np.testing.assert_allclose(fused, 0.75 * music_scores(msd, mtt_voice)[0] + 0.25 * spoken)
 
 
 # --- the speech detector's acoustic half -------------------------------------------------------
@@ -207,7 +208,7 @@ def test_zero_shot_submission_is_valid_scored_and_never_overwrites(demo_data_dir
                                                                      capsys):
     from crowdai.score import main as score_main
     from crowdai.submit import main as submit_main
-    from crowdai.submission import read_submission
+    from crowdai.submission import read_submission, write_submission
 
     test_dir = demo_data_dir / "crowdai_fma_test"
     out = tmp_path / "zero_shot.csv"
@@ -227,6 +228,13 @@ def test_zero_shot_submission_is_valid_scored_and_never_overwrites(demo_data_dir
     assert score_main([str(out), "--labels", str(demo_data_dir / "crowdai_fma_test_labels.csv")]) == 0
     log_loss = float(capsys.readouterr().out.splitlines()[0].split()[-1])
     assert np.isfinite(log_loss) and log_loss < -np.log(0.2 / 16)
+    uniform = write_submission(tmp_path / "uniform.csv", read_submission(out).index.tolist(),
+                               np.full((len(probs), 16), 1 / 16))
+    assert score_main([str(out), str(uniform), "--labels", str(demo_data_dir / "crowdai_fma_test_labels.csv")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    losses = {line.split()[0]: float(line.split()[3]) for line in lines[:2]}
+    assert losses[str(out)] == pytest.approx(log_loss, abs=1e-4) and losses[str(uniform)] == pytest.approx(np.log(16))
+    assert lines[2].startswith(f"better: {min(losses, key=losses.get)} (log loss")
     before = out.read_bytes()
     assert submit_main(argv) == 2
     assert "already exists" in capsys.readouterr().err
