@@ -158,7 +158,7 @@ _WINDOW_FRAMES = int(MUSICNN_FEATURES.sample_rate // MUSICNN_FEATURES.hop_length
 #: Seconds between consecutive patch starts (187 frames of 256 samples at 16 kHz).
 PATCH_SECONDS = PATCH_FRAMES * MUSICNN_FEATURES.hop_length / MUSICNN_FEATURES.sample_rate
 
-#: Names of the ``"speech"`` view: the probability, then its evidence.
+#: Names of the columns of :func:`speech_evidence`: the probability, then its evidence.
 SPEECH_NAMES: tuple[str, ...] = ("speech", "low_energy_ratio", "voice", "music")
 
 
@@ -349,11 +349,14 @@ def pooled_views(pooled: np.ndarray) -> dict[str, View]:
     -------
     dict
         ``"genres"`` (``TOP_GENRES``), ``"msd_tags"`` (:data:`MSD_TAGS`), ``"mtt_tags"``
-        (:data:`MTT_TAGS`), ``"speech"`` (:data:`SPEECH_NAMES`).
+        (:data:`MTT_TAGS`), ``"speech"`` (the speech probability) and ``"speech_evidence"``
+        (the other :data:`SPEECH_NAMES`).
     """
     msd, mtt, low_energy = pooled[:, :N_TAGS], pooled[:, N_TAGS:2 * N_TAGS], pooled[:, 2 * N_TAGS]
+    speech = speech_evidence(mtt, low_energy)
     return {"genres": View(TOP_GENRES, genre_scores(msd, mtt, low_energy)), "msd_tags": View(MSD_TAGS, msd),
-            "mtt_tags": View(MTT_TAGS, mtt), "speech": View(SPEECH_NAMES, speech_evidence(mtt, low_energy))}
+            "mtt_tags": View(MTT_TAGS, mtt), "speech": View(SPEECH_NAMES[:1], speech[:, :1]),
+            "speech_evidence": View(SPEECH_NAMES[1:], speech[:, 1:])}
 
 
 def clip_genre_scores(y: np.ndarray, *, taggers: MusicnnTaggers) -> np.ndarray:

@@ -4,7 +4,8 @@
 ``MTT_musicnn`` taggers tag each 3-s patch, the patches are averaged per segment, and
 both tag sets and a speech detector are fused into the 16 FMA genres
 (``common.zero_shot``). Prints, per segment, the top genres, the top tags of each
-tagger and the speech evidence, then the whole song; writes
+tagger and the speech probability, then the whole song (the JSON adds the speech
+evidence); writes
 ``OUT/<stem>_tags.json`` and ``OUT/<stem>_taggram.png`` (genres x time)::
 
     python -m crowdai.tag song.mp3 --exp musicnn --out out [--window 10 --hop 10]
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         bounds, views = zero_shot_song(args.file, window=args.window, hop=args.hop, weights_dir=args.weights)
         model = "musicnn MSD_musicnn + MTT_musicnn zero-shot with speech detector (common.zero_shot)"
         print(f"{args.file}: {model}; segment  genres  |  MSD tags  |  MTT tags  |  speech")
-        print(segment_table(views, bounds, top=args.top))
+        print(segment_table({name: view for name, view in views.items() if name != "speech_evidence"}, bounds,
+                            top=args.top))
         document = tags_document(views, bounds, source=args.file, model=model, window=args.window, hop=args.hop,
                                  notes={"genres_without_tags": dict(UNTAGGED_GENRES)})
         write_json(document, json_path, overwrite=args.overwrite)

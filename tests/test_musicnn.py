@@ -167,7 +167,8 @@ def test_tag_cli_writes_table_json_png_and_keeps_existing_outputs(weights_dir, t
     document = json.loads((tmp_path / "198-209-0000_tags.json").read_text())
     assert [s["start"] for s in document["segments"]] == [0.0, 10.0]
     assert max(document["summary"]["genres"], key=document["summary"]["genres"].get) == "Spoken"
-    assert set(document["summary"]) == {"genres", "msd_tags", "mtt_tags", "speech"}
+    assert set(document["summary"]) == {"genres", "msd_tags", "mtt_tags", "speech", "speech_evidence"}
+    assert "speech_evidence" not in printed and "low_energy_ratio" not in printed
     assert sorted(document["notes"]["genres_without_tags"]) == ["Old-Time / Historic", "Spoken"]
     png = tmp_path / "198-209-0000_taggram.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

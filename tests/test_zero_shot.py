@@ -199,7 +199,8 @@ def test_zero_shot_song_pools_both_taggers_per_segment(songs, taggers):
         np.testing.assert_allclose(views[view].probs, [rows[:3].mean(axis=0), rows[3]], atol=1e-6)
     golden = np.load(GOLDEN / "198-209-0000.MTT_musicnn.npy")  # the original package's MTT taggram
     np.testing.assert_allclose(evidence.mtt, golden, atol=1e-3)
-    np.testing.assert_allclose(views["speech"].probs[:, 1], [evidence.low_energy[:3].mean(), evidence.low_energy[3]])
+    np.testing.assert_allclose(views["speech_evidence"].probs[:, 0],
+                               [evidence.low_energy[:3].mean(), evidence.low_energy[3]])
 
 
 # --- the day-one submission --------------------------------------------------------------------
