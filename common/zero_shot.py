@@ -9,7 +9,7 @@ so no layer can be shared. What is shared is everything before the networks: a s
 decoded, resampled and turned into log-mel patches once, and each batch of patches goes
 through both networks in one traced graph
 (:func:`~common.models.musicnn.musicnn_forward_function` of both models). That graph
-leaves out the front-end filters that weight decay drove to zero (~1e-30; 90 % of
+leaves out the front-end filters that training drove to zero (~1e-30; about 90 % of
 ``MSD_musicnn``'s, 40 % of ``MTT_musicnn``'s; :func:`~common.models.musicnn.prune_frontend`),
 which output a constant: the tags are the same within 1e-5 and both networks together
 cost about what ``MSD_musicnn`` alone did (``make bench-tag``).
@@ -27,7 +27,7 @@ Rock                    rock, alternative, alternative rock, indie, rock, metal
                         heavy metal, punk, Progressive rock
 Pop                     pop, indie pop                              pop
 Electronic              electronic, electronica, electro, House,   electronic, techno, dance, ambient
-                        dance, ambient, chillout, chill             (FMA: Techno, Dance, Ambient Electronic)
+                        dance, ambient, chillout, chill             (FMA: Techno, Ambient Electronic)
 Jazz                    jazz                                        --
 Blues                   blues                                       --
 Folk                    folk                                        --
@@ -39,14 +39,15 @@ Experimental            experimental                                weird
 Instrumental            instrumental                                --
 Classical               --                                          classical, classic, strings, violin, cello,
                                                                     harpsichord, choir, choral, opera
-International           --                                          indian, sitar (FMA: Indian)
+International           --                                          indian, sitar (Indian music)
 Spoken                  --                                          -- (speech detector, below)
 Old-Time / Historic     --                                          --
 ======================  ==========================================  ==========================================
 
 In MagnaTagATune (Magnatune's catalogue) strings, violin, cello, harpsichord, choir and
-opera are the classical catalogue's instrumentations; in FMA's pop genres they are rare
-enough that the *largest* tag (below) is still the genre tag there. :data:`UNTAGGED_GENRES`
+opera are the classical catalogue's instrumentations. Strings and violin also play in
+folk, country and pop; there the genre's own tag has to outscore them (a genre scores its
+largest tag, below), so string-heavy pop can lean Classical. :data:`UNTAGGED_GENRES`
 says why Spoken and Old-Time / Historic have no tag; the JSON of ``crowdai.tag`` and the
 sidecar of a zero-shot submission repeat it.
 
@@ -73,8 +74,8 @@ for every music recording). The thresholds sit between those values; a segment o
 speech over music, or rap, is left to the taggers.
 
 **Scores.** A genre's raw score is the largest probability among its tags, over both
-taggers (several rock tags do not add up into more "rock", and the max is the only
-combination that needs no calibration between the two taggers); the raw scores are
+taggers (several rock tags do not add up into more "rock", and a max needs nothing from
+the two taggers but that both give probabilities); the raw scores are
 divided by their sum into a *music* distribution, and the speech probability ``s`` mixes
 in Spoken: ``genres = (1 - s) * music + s * onehot(Spoken)``. A segment's genre scores
 form a distribution, like a crowdAI submission row. :func:`smooth_toward_prior` keeps a

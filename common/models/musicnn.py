@@ -352,7 +352,7 @@ class PrunedBranch:
 def prune_frontend(model: keras.Model, *, tolerance: float = DEAD_FILTER_TOLERANCE) -> list[PrunedBranch]:
     """The front-end branches of a musicnn model without their numerically zero filters.
 
-    Weight decay drove most front-end filters of the published models to ~1e-30
+    Training drove most front-end filters of the published models to ~1e-30
     (``MSD_musicnn``: 181 of 204 filters of ``timbral_74``). Filter ``k`` is left out when
     ``sum |W_k| * max |normalised input| * |BN scale_k| <= tolerance``, a bound on how much
     it can change its branch's output for any log-mel input (``0 <= input <= MAX_LOGMEL``).
