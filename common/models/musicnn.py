@@ -24,6 +24,10 @@ Architecture (read from the paper and the checkpoint's variable names and shapes
 Each Keras layer is named semantically; :data:`CHECKPOINT_LAYERS` says which TF-1
 variable scope fills it; :func:`assign_checkpoint` checks every shape (the tests
 check that every checkpoint variable is used exactly once).
+
+For tagging, :func:`musicnn_forward_function` runs one or more published models in one
+traced graph without the front-end filters that training left at ~1e-30
+(:func:`prune_frontend`; the Keras model is unchanged, for fine-tuning and embeddings).
 """
 
 from __future__ import annotations
