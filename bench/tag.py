@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"files": len(files), "audio_seconds": round(audio_seconds, 2)}
     ours, fused = run_ours(files, weights_dir=args.weights, rounds=args.rounds)
     result["rounds"] = args.rounds
+    result["load_average_1min"] = round(os.getloadavg()[0], 2)
     result["ours"] = {"wall_seconds": round(ours, 3), "audio_seconds_per_second": round(audio_seconds / ours, 2)}
     print(f"{'ours (MSD only):':17s} {audio_seconds:.0f} s of audio in {ours:.1f} s = {audio_seconds / ours:.1f} s/s")
     result["ours"]["tf_enable_onednn_opts"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
