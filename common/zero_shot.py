@@ -12,7 +12,7 @@ through both networks in one traced graph
 leaves out the front-end filters that training drove to zero (~1e-30; about 90 % of
 ``MSD_musicnn``'s, 40 % of ``MTT_musicnn``'s; :func:`~common.models.musicnn.prune_frontend`),
 which output a constant: the tags are the same within 1e-5 and both networks together
-cost about what ``MSD_musicnn`` alone did (``make bench-tag``).
+run at 0.95-1.34 x the speed of the Keras ``MSD_musicnn`` alone (``make bench-tag``).
 
 **Tags -> genres.** Each tag that names a style is sent to the FMA top-level genre FMA
 files that style under (``common.metadata.TOP_GENRES``); tags of eras, moods, voices,
