@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -98,6 +99,9 @@ from common.models.musicnn import (
 )
 from common.pretrained import DEFAULT_WEIGHTS_DIR
 from common.tagging import View, pool_segments, segment_bounds
+
+if TYPE_CHECKING:
+    import keras
 
 #: MSD tag -> FMA top-level genre (see the module docstring's table).
 MSD_TO_FMA: dict[str, str] = {
@@ -174,8 +178,8 @@ class MusicnnTaggers:
         ``("MTT_musicnn")``: ``(batch, 96, frames) -> (batch, 50)``.
     """
 
-    msd: object
-    mtt: object
+    msd: keras.Model
+    mtt: keras.Model
 
     @classmethod
     def load(cls, *, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> MusicnnTaggers:
