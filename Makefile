@@ -99,7 +99,7 @@ train: setup ## Train every fold (or FOLD) of experiment EXP; finished folds are
 compare: setup ## Table of all experiments in RUNS (CSV, Markdown, learning curves, confusion matrix)
 	$(PY) -m experiments.compare --runs $(RUNS) --out $(RUNS)/compare
 
-submit: setup ## crowdAI CSV for TEST_DIR from the fold ensembles of EXP (comma-separated; MEAN, BLEND=0.7,0.3)
+submit: setup $(if $(filter musicnn,$(EXP)),weights,) ## crowdAI CSV for TEST_DIR from the fold ensembles of EXP (comma-separated; MEAN, BLEND=0.7,0.3); EXP=musicnn: zero-shot, no training
 	$(PY) -m crowdai.submit --exp $(EXP) --runs $(RUNS) --test-dir $(TEST_DIR) --cache $(CACHE) --out submissions \
 	  --mean $(MEAN) --musicnn-weights $(WEIGHTS) $(if $(BLEND),--weights $(BLEND),)
 
@@ -123,7 +123,7 @@ weights: setup ## Fetch musicnn's published checkpoints (PyPI wheel, sha256-chec
 tag: setup $(if $(filter musicnn,$(TAG_EXP)),weights,) ## Genre tags over time for FILE: EXP's fold ensemble, or musicnn zero-shot without EXP
 	$(PY) -m crowdai.tag $(FILE) --exp $(TAG_EXP) --runs $(RUNS) --out $(OUT) --weights $(WEIGHTS) $(TAG_ARGS)
 
-demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, train, compare, submit, validate, score, tag, upload (dry run)
+demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, train, compare, submit, validate, score (vs zero-shot), tag, upload (dry run)
 	$(MAKE) demo-data
 	$(MAKE) features DATA=$(DEMO_DATA) SUBSET=small EXP=demo
 	$(MAKE) folds DATA=$(DEMO_DATA) SUBSET=small
@@ -133,6 +133,9 @@ demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, tra
 	$(MAKE) submit EXP=demo RUNS=$(DEMO_RUNS) TEST_DIR=$(DEMO_TEST)
 	$(MAKE) validate TEST_DIR=$(DEMO_TEST)
 	$(MAKE) score LABELS=$(DEMO_DATA)/crowdai_fma_test_labels.csv
+	$(MAKE) submit EXP=musicnn TEST_DIR=$(DEMO_TEST)
+	$(PY) -m crowdai.score $$(ls submissions/*_demo.csv | tail -n 1) $$(ls submissions/*_musicnn.csv | tail -n 1) \
+	  --labels $(DEMO_DATA)/crowdai_fma_test_labels.csv
 	$(MAKE) tag EXP=demo RUNS=$(DEMO_RUNS) FILE=$(DEMO_SONG) OUT=$(OUT)/demo
 	$(MAKE) tag FILE=$(REAL_SONG) OUT=$(OUT)/demo
 	$(MAKE) upload TEST_DIR=$(DEMO_TEST) DRY_RUN=1

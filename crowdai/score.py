@@ -3,11 +3,14 @@
 Usage::
 
     python -m crowdai.score SUBMISSION.csv --labels LABELS.csv [--json OUT.json]
+    python -m crowdai.score A.csv B.csv ... --labels LABELS.csv     # side by side, says which is better
 
 ``LABELS.csv`` has columns ``file_id,genre`` (``genre`` a top-genre title such as
 ``Hip-Hop``). Prints the mean log loss (primary score), macro F1 (secondary score),
 accuracy and a per-genre table. Submission rows without a label are ignored (and counted);
-a label without a submission row is an error.
+a label without a submission row is an error. Given several submissions, prints one line
+of scores per submission and names the best by log loss (``make demo`` compares the trained
+ensemble with the zero-shot musicnn baseline this way).
 """
 
 from __future__ import annotations
@@ -93,25 +96,45 @@ def score_submission(submission: pd.DataFrame, labels: pd.Series, *, path: Path)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m crowdai.score", description=__doc__.splitlines()[0])
-    parser.add_argument("file", type=Path, help="submission CSV")
+    parser.add_argument("file", type=Path, nargs="+", help="submission CSV (several: compared side by side)")
     parser.add_argument("--labels", type=Path, required=True, help="CSV with columns file_id,genre")
     parser.add_argument("--json", type=Path, default=None, help="also save the scores and table here (new file)")
     return parser
 
 
+def compare_lines(scored: list[tuple[Path, dict]]) -> list[str]:
+    """One line per scored submission, then which is better by log loss (the primary score)."""
+    width = max(len(str(path)) for path, _ in scored)
+    lines = [f"{str(path):{width}s}  log loss {scores['log_loss']:.4f}  macro F1 {scores['macro_f1']:.4f}  "
+             f"accuracy {scores['accuracy']:.4f}" for path, scores in scored]
+    ranked = sorted(scored, key=lambda item: item[1]["log_loss"])
+    best, runner_up = ranked[0], ranked[1]
+    lines.append(f"better: {best[0]} (log loss {best[1]['log_loss']:.4f} < {runner_up[1]['log_loss']:.4f} "
+                 f"of {runner_up[0]})")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.json is not None and len(args.file) > 1:
+            raise ToolkitError("--json takes one submission")
         if args.json is not None and args.json.exists():
             raise ToolkitError(f"{args.json} already exists; not overwriting it")
-        scores, table = score_submission(read_submission(args.file), read_labels(args.labels), path=args.file)
+        labels = read_labels(args.labels)
+        scored = [(path, *score_submission(read_submission(path), labels, path=path)) for path in args.file]
         if args.json is not None:
-            record = {"submission": str(args.file), "labels": str(args.labels), **scores,
+            _, scores, table = scored[0]
+            record = {"submission": str(args.file[0]), "labels": str(args.labels), **scores,
                       "per_genre": table.reset_index().to_dict(orient="records")}
             write_text_atomic(args.json, json.dumps(record, indent=2) + "\n")
     except ToolkitError as error:
         print(f"score: error: {error}", file=sys.stderr)
         return 1
+    if len(scored) > 1:
+        print("\n".join(compare_lines([(path, scores) for path, scores, _ in scored])))
+        return 0
+    _, scores, table = scored[0]
     print(f"log loss (primary):   {scores['log_loss']:.4f}")
     print(f"macro F1 (secondary): {scores['macro_f1']:.4f}")
     print(f"accuracy:             {scores['accuracy']:.4f}")

@@ -20,6 +20,9 @@ all gets the experiments' training prior. The sidecar JSON lists them.
 Writes ``OUT/<UTC timestamp>_<exp1+exp2>.csv`` (or exactly ``--output FILE``) and a sidecar
 ``.json`` beside it (models, CV scores, settings, weights, rows, sha256, fallbacks), never
 overwriting a file; the CSV is validated against the test folder before success is reported.
+
+``--exp musicnn`` needs no training: :mod:`crowdai.zero_shot_submit` writes the zero-shot
+musicnn baseline instead (its own options, e.g. ``--musicnn-weights``, ``--smoothing``).
 """
 
 from __future__ import annotations
@@ -263,9 +266,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _zero_shot_requested(argv: list[str]) -> bool:
+    """Whether ``--exp`` names the zero-shot musicnn baseline (``crowdai.zero_shot_submit``)."""
+    from crowdai.zero_shot_submit import ZERO_SHOT_EXP
+
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--exp", default=None)
+    exp = probe.parse_known_args(argv)[0].exp
+    return exp is not None and exp.strip() == ZERO_SHOT_EXP
+
+
 def main(argv: list[str] | None = None) -> int:
     from crowdai.submission import validate_submission
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _zero_shot_requested(argv):
+        from crowdai.zero_shot_submit import main as zero_shot_main
+
+        return zero_shot_main(argv)
     args = build_parser().parse_args(argv)
     names = [name.strip() for name in args.exp.split(",") if name.strip()]
     try:

@@ -1,11 +1,13 @@
 """Genre tags of one song over time: a per-segment table, JSON and a taggram PNG.
 
-``--exp musicnn`` (the default) needs no training: the published ``MSD_musicnn``
-model tags each 3-s patch, the patches are averaged per segment, and the 50 MSD
-tags are mapped to the 16 FMA genres (``common.zero_shot``). Prints, per segment,
-the top genres and the top raw tags, then the whole song; writes
+``--exp musicnn`` (the default) needs no training: the published ``MSD_musicnn`` and
+``MTT_musicnn`` taggers tag each 3-s patch, the patches are averaged per segment, and
+both tag sets and a speech detector are fused into the 16 FMA genres
+(``common.zero_shot``). Prints, per segment, the top genres, the top tags of each
+tagger and the speech probability, then the whole song (the JSON adds the speech
+evidence); writes
 ``OUT/<stem>_tags.json`` and ``OUT/<stem>_taggram.png`` (genres x time); both are derived
-from the song and the model, so a second run replaces them and says so (``overwrote ...``)::
+from the song and the models, so a second run replaces them and says so (``overwrote ...``)::
 
     python -m crowdai.tag song.mp3 --exp musicnn --out out [--window 10 --hop 10]
 
@@ -81,14 +83,15 @@ def main(argv: list[str] | None = None) -> int:
             _tag_with_experiment(args, json_path=json_path, png_path=png_path)
             _report_written((json_path, png_path), existed=existed)
             return 0
-        from common.zero_shot import UNREACHABLE_GENRES, zero_shot_song
+        from common.zero_shot import UNTAGGED_GENRES, zero_shot_song
 
         bounds, views = zero_shot_song(args.file, window=args.window, hop=args.hop, weights_dir=args.weights)
-        model = "musicnn MSD_musicnn zero-shot (common.zero_shot.MSD_TO_FMA)"
-        print(f"{args.file}: {model}; segment  genres  |  MSD tags")
-        print(segment_table(views, bounds, top=args.top))
+        model = "musicnn MSD_musicnn + MTT_musicnn zero-shot with speech detector (common.zero_shot)"
+        print(f"{args.file}: {model}; segment  genres  |  MSD tags  |  MTT tags  |  speech")
+        print(segment_table({name: view for name, view in views.items() if name != "speech_evidence"}, bounds,
+                            top=args.top))
         document = tags_document(views, bounds, source=args.file, model=model, window=args.window, hop=args.hop,
-                                 notes={"genres_never_predicted": list(UNREACHABLE_GENRES)})
+                                 notes={"genres_without_tags": dict(UNTAGGED_GENRES)})
         write_json(document, json_path, overwrite=True)
         save_taggram(views["genres"], bounds, png_path, title=f"{args.file.name}: zero-shot genres (musicnn)",
                      overwrite=True)

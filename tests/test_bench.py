@@ -39,10 +39,13 @@ def test_tag_benchmark_without_the_original_reports_ours_only(tmp_path, musicnn_
     sf.write(audio / "chirp.ogg", (0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t)).astype(np.float32), 16000)
     out = tmp_path / "tag.json"
     assert tag.main(["--audio", str(audio), "--weights", str(musicnn_weights_dir),
-                     "--original-python", str(tmp_path / "no-venv" / "python"), "--out", str(out)]) == 0
+                     "--original-python", str(tmp_path / "no-venv" / "python"), "--rounds", "1",
+                     "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["files"] == 1 and result["audio_seconds"] == pytest.approx(7.0, abs=0.01)
-    assert result["ours"]["audio_seconds_per_second"] > 0
+    assert result["ours"]["audio_seconds_per_second"] > 0 and result["fused"]["audio_seconds_per_second"] > 0
+    assert result["fused"]["ratio_to_msd_only"] == pytest.approx(
+        result["fused"]["audio_seconds_per_second"] / result["ours"]["audio_seconds_per_second"], abs=0.01)
     assert result["original"] is None and result["original_onednn"] is None and "speedup" not in result
 
 

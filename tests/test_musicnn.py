@@ -1,4 +1,4 @@
-"""musicnn: checkpoint loading, parity with the original code, zero-shot tagging, CLI."""
+"""musicnn: checkpoint loading, parity with the original code, the tagging CLI."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError, ToolkitError
-from common.metadata import TOP_GENRES
 from common.pretrained import (
     MUSICNN_CHECKPOINTS, MUSICNN_WHEEL, extract_musicnn_weights,
     load_musicnn_checkpoint,
@@ -129,59 +128,32 @@ def test_taggrams_match_the_original_musicnn(models, golden_patches, checkpoint)
     for name, golden in zip(names, goldens):
         assert golden_patches[name].shape[0] == golden.shape[0], name
     batch = np.concatenate([golden_patches[name][PARITY_PATCHES] for name in names])
-    ours = models[checkpoint].predict(batch, verbose=0).reshape(len(names), len(PARITY_PATCHES), -1)
-    for name, taggram, golden in zip(names, ours, goldens):
-        np.testing.assert_allclose(taggram, golden[PARITY_PATCHES], atol=1e-3, err_msg=f"{name} {checkpoint}")
+    from common.models.musicnn import musicnn_forward_function
+
+    for ours in (models[checkpoint].predict(batch, verbose=0), musicnn_forward_function(models[checkpoint])(batch)):
+        for name, taggram, golden in zip(names, ours.reshape(len(names), len(PARITY_PATCHES), -1), goldens):
+            np.testing.assert_allclose(taggram, golden[PARITY_PATCHES], atol=1e-3, err_msg=f"{name} {checkpoint}")
 
 
-# --- zero-shot genres --------------------------------------------------------------------------
+def test_pruned_inference_of_both_taggers_equals_the_keras_models(models):
+    """Dead front-end filters left out: same tags, on any input in range, for both models in one graph."""
+    from common.models.musicnn import MAX_LOGMEL, musicnn_forward_function, prune_frontend
 
-def test_genre_mapping_is_documented_and_consistent():
-    from common.models.musicnn import MSD_TAGS
-    from common.zero_shot import MSD_TO_FMA, UNMAPPED_TAGS, UNREACHABLE_GENRES, genre_scores
-
-    assert set(MSD_TO_FMA) | set(UNMAPPED_TAGS) == set(MSD_TAGS)
-    assert set(MSD_TO_FMA.values()) <= set(TOP_GENRES)
-    assert set(UNREACHABLE_GENRES) == {"Classical", "International", "Old-Time / Historic", "Spoken"}
-    probs = np.zeros((1, 50))
-    probs[0, MSD_TAGS.index("metal")], probs[0, MSD_TAGS.index("punk")] = 0.6, 0.3
-    probs[0, MSD_TAGS.index("jazz")], probs[0, MSD_TAGS.index("80s")] = 0.2, 0.9
-    scores = genre_scores(probs)[0]
-    assert scores[TOP_GENRES.index("Rock")] == pytest.approx(0.75)  # max(0.6, 0.3) / (0.6 + 0.2)
-    assert scores[TOP_GENRES.index("Jazz")] == pytest.approx(0.25)
-    assert scores.sum() == pytest.approx(1.0)
-
-
-@pytest.mark.parametrize(("name", "top_genre", "top_tag"), [
-    ("Kevin_MacLeod_-_Vibe_Ace.ogg", "Jazz", "jazz"),  # FMA Jazz sampler
-    # FMA Classical sampler: MSD has no classical tag; the model hears jazz (recorded, not hoped)
-    ("Kevin_MacLeod_-_P_I_Tchaikovsky_Dance_of_the_Sugar_Plum_Fairy.ogg", "Jazz", "jazz"),
-    ("198-209-0000.ogg", "Hip-Hop", "Hip-Hop"),  # LibriSpeech reading: speech -> Hip-Hop
-])
-def test_golden_zero_shot_top_genres(manifest, name, top_genre, top_tag):
-    from common.models.musicnn import MSD_TAGS
-    from common.zero_shot import genre_scores
-
-    taggram = np.load(GOLDEN / f"{Path(name).stem}.MSD_musicnn.npy")
-    song = taggram.mean(axis=0, keepdims=True)
-    assert MSD_TAGS[int(np.argmax(song))] == top_tag
-    assert TOP_GENRES[int(np.argmax(genre_scores(song)))] == top_genre
+    rng = np.random.default_rng(0)
+    batch = np.concatenate([rng.uniform(0.0, 4.0, (3, 96, 187)), np.zeros((1, 96, 187)),
+                            np.full((1, 96, 187), MAX_LOGMEL), rng.uniform(0.0, 4.0, (1, 96, 250))[..., :187]])
+    batch = batch.astype(np.float32)
+    expected = np.concatenate([models[name].predict(batch, verbose=0) for name in MUSICNN_CHECKPOINTS], axis=1)
+    fused = musicnn_forward_function(*(models[name] for name in MUSICNN_CHECKPOINTS))
+    np.testing.assert_allclose(fused(batch), expected, atol=1e-5)
+    np.testing.assert_allclose(fused(batch[:1]), expected[:1], atol=1e-5)  # any batch size, one trace
+    timbral = [b for b in prune_frontend(models["MSD_musicnn"]) if b.name.startswith("timbral")]
+    assert sum(len(b.live) for b in timbral) < 0.15 * sum(len(b.dead_values) for b in timbral)
+    live_mtt = sum(len(b.live) for b in prune_frontend(models["MTT_musicnn"]))
+    assert 0 < live_mtt < 561
 
 
-@needs_audio
-def test_zero_shot_song_pools_patches_into_segments(models, manifest):
-    from common.zero_shot import zero_shot_song
-
-    name = "198-209-0000.ogg"  # 14 s: 4 patches, the whole golden taggram
-    bounds, views = zero_shot_song(AUDIO / name, window=10.0, hop=10.0, model=models["MSD_musicnn"])
-    golden = np.load(GOLDEN / f"{Path(name).stem}.MSD_musicnn.npy")  # patch centres 1.5, 4.5, 7.5, 10.5 s
-    np.testing.assert_allclose(bounds[:, 0], [0.0, 10.0])
-    np.testing.assert_allclose(views["tags"].probs, [golden[:3].mean(axis=0), golden[3]], atol=1e-3)
-    assert views["genres"].names == TOP_GENRES
-    np.testing.assert_allclose(views["genres"].probs.sum(axis=1), 1.0)
-    with pytest.raises(ConfigError, match="window"):
-        zero_shot_song(AUDIO / name, window=1.0, hop=1.0, model=models["MSD_musicnn"])
-
+# --- zero-shot genres (mapping, speech, golden genres: tests/test_zero_shot.py) -------------------
 
 @needs_audio
 def test_tag_cli_writes_table_json_png_and_overwrites_its_outputs(weights_dir, tmp_path, capsys):
@@ -191,12 +163,13 @@ def test_tag_cli_writes_table_json_png_and_overwrites_its_outputs(weights_dir, t
             "--weights", str(weights_dir)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "0:00–0:10  Hip-Hop" in printed and "whole song  Hip-Hop" in printed
+    assert "0:00–0:10  Spoken" in printed and "whole song  Spoken" in printed
     document = json.loads((tmp_path / "198-209-0000_tags.json").read_text())
     assert [s["start"] for s in document["segments"]] == [0.0, 10.0]
-    assert max(document["summary"]["genres"], key=document["summary"]["genres"].get) == "Hip-Hop"
-    assert document["notes"]["genres_never_predicted"] == ["Classical", "International",
-                                                           "Old-Time / Historic", "Spoken"]
+    assert max(document["summary"]["genres"], key=document["summary"]["genres"].get) == "Spoken"
+    assert set(document["summary"]) == {"genres", "msd_tags", "mtt_tags", "speech", "speech_evidence"}
+    assert "speech_evidence" not in printed and "low_energy_ratio" not in printed
+    assert sorted(document["notes"]["genres_without_tags"]) == ["Old-Time / Historic", "Spoken"]
     png = tmp_path / "198-209-0000_taggram.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     before = png.stat().st_mtime_ns

@@ -1,0 +1,221 @@
+"""A day-one crowdAI submission without training: musicnn zero-shot genres, smoothed toward a prior.
+
+``python -m crowdai.submit --exp musicnn ...`` (``make submit EXP=musicnn``) lands here::
+
+    python -m crowdai.submit --exp musicnn --test-dir data/crowdai_fma_test --out submissions \\
+        [--musicnn-weights models/musicnn] [--smoothing 0.1]
+
+Every mp3 of the test folder is decoded at 16 kHz and scored by
+:func:`common.zero_shot.clip_genre_scores` (both musicnn taggers and the speech detector,
+all the clip's 3-s patches averaged). The distribution is then mixed with a uniform prior
+over the 16 genres (:func:`common.zero_shot.smooth_toward_prior`, weight ``--smoothing``),
+so that no probability is 0 or 1 and the log loss stays finite: every probability is at
+least ``smoothing / 16``.
+
+A file that does not decode, or decodes to silence, gets the prior (the taggers have
+nothing to say about it); one shorter than a 3-s patch is padded with silence. The
+sidecar JSON lists them. ``--runs``, ``--cache`` and ``--mean`` of ``crowdai.submit`` are
+accepted (``make submit`` passes them for every ``EXP``) and unused: nothing is trained
+or cached. Writes ``OUT/<UTC timestamp>_musicnn.csv`` (or exactly ``--output``) and its
+sidecar ``.json``, never overwriting, and validates the CSV before reporting success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.errors import OutputExistsError, ToolkitError, UnreadableAudioError
+from common.pretrained import DEFAULT_WEIGHTS_DIR
+
+#: The ``--exp`` name of the zero-shot submission (as in ``crowdai.tag``).
+ZERO_SHOT_EXP = "musicnn"
+
+#: Default weight of the uniform prior in the submitted distribution.
+DEFAULT_SMOOTHING = 0.1
+
+#: Fallback kinds.
+FALLBACK_PRIOR = "prior"
+FALLBACK_PADDED = "padded_to_one_patch"
+
+
+@dataclasses.dataclass
+class ZeroShotPredictions:
+    """Zero-shot probabilities of every test file, before writing.
+
+    Attributes
+    ----------
+    ids : list of str, length n
+    probs : np.ndarray, shape (n, 16)
+        Smoothed probabilities, rows sum to 1.
+    fallbacks : list of dict
+        ``id, path, reason, fallback, decoded_seconds`` of every file not scored as is.
+    seconds : float
+        Wall-clock time of decoding and tagging.
+    """
+
+    ids: list[str]
+    probs: np.ndarray
+    fallbacks: list[dict[str, Any]]
+    seconds: float
+
+
+def predict_zero_shot(test_dir: str | Path, *, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,
+                      smoothing: float = DEFAULT_SMOOTHING, taggers=None,
+                      progress: bool = True) -> ZeroShotPredictions:
+    """Smoothed zero-shot genre probabilities of every mp3 of ``test_dir``.
+
+    Parameters
+    ----------
+    test_dir : path-like
+        Folder of ``<file_id>.mp3``.
+    weights_dir : path-like
+        musicnn weights (``make weights``).
+    smoothing : float
+        Weight of the uniform prior, in (0, 1).
+    taggers : common.zero_shot.MusicnnTaggers, optional
+        Networks to reuse (default: loaded from ``weights_dir``).
+    progress : bool
+        Progress bar on stderr.
+
+    Returns
+    -------
+    ZeroShotPredictions
+    """
+    from tqdm.auto import tqdm
+
+    from common.audio import load_audio
+    from common.metadata import TOP_GENRES
+    from common.models.musicnn import MUSICNN_FEATURES, PATCH_FRAMES
+    from common.zero_shot import MusicnnTaggers, clip_genre_scores, smooth_toward_prior
+    from crowdai.submission import list_test_ids
+
+    test_dir = Path(test_dir)
+    ids = list_test_ids(test_dir)
+    smooth_toward_prior(np.full((1, len(TOP_GENRES)), 1.0 / len(TOP_GENRES)), weight=smoothing)  # check early
+    taggers = taggers if taggers is not None else MusicnnTaggers.load(weights_dir=weights_dir)
+    rate = MUSICNN_FEATURES.sample_rate
+    patch_samples = PATCH_FRAMES * MUSICNN_FEATURES.hop_length
+    start = time.perf_counter()
+    raw = np.full((len(ids), len(TOP_GENRES)), 1.0 / len(TOP_GENRES))
+    fallbacks = []
+    for row, file_id in enumerate(tqdm(ids, unit="clip", desc="zero-shot", disable=not progress, file=sys.stderr)):
+        path = test_dir / f"{file_id}.mp3"
+        try:
+            y = load_audio(path, sample_rate=rate)
+        except UnreadableAudioError as error:
+            fallbacks.append({"id": file_id, "path": str(path), "reason": "unreadable", "detail": str(error),
+                              "fallback": FALLBACK_PRIOR, "decoded_seconds": 0.0})
+            continue
+        seconds = round(y.shape[0] / rate, 3)
+        if not np.any(y):
+            fallbacks.append({"id": file_id, "path": str(path), "reason": "silent" if len(y) else "empty",
+                              "detail": "", "fallback": FALLBACK_PRIOR, "decoded_seconds": seconds})
+            continue
+        if y.shape[0] < patch_samples:
+            fallbacks.append({"id": file_id, "path": str(path), "reason": "shorter than one 3-s patch",
+                              "detail": "", "fallback": FALLBACK_PADDED, "decoded_seconds": seconds})
+        raw[row] = clip_genre_scores(y, taggers=taggers)
+    probs = smooth_toward_prior(raw, weight=smoothing)
+    return ZeroShotPredictions(ids=ids, probs=probs, fallbacks=fallbacks, seconds=time.perf_counter() - start)
+
+
+def write_zero_shot_outputs(predictions: ZeroShotPredictions, csv_path: str | Path, *, test_dir: str | Path,
+                            weights_dir: str | Path, smoothing: float) -> tuple[Path, Path, dict[str, Any]]:
+    """Write the submission CSV and its sidecar JSON; never overwrites either.
+
+    Returns
+    -------
+    csv_path, json_path : Path
+    sidecar : dict
+    """
+    from common.io import write_text_atomic
+    from common.zero_shot import LOW_ENERGY_RAMP, UNTAGGED_GENRES, VOICE_MARGIN_RAMP
+    from crowdai.submit import sidecar_path
+    from crowdai.submission import write_submission
+
+    csv_path = Path(csv_path)
+    json_path = sidecar_path(csv_path)
+    for path in (csv_path, json_path):
+        if path.exists():
+            raise OutputExistsError(path)
+    write_submission(csv_path, predictions.ids, predictions.probs)
+    kinds = [record["fallback"] for record in predictions.fallbacks]
+    sidecar = {
+        "submission": csv_path.name,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "test_dir": str(test_dir),
+        "rows": len(predictions.ids),
+        "sha256": hashlib.sha256(csv_path.read_bytes()).hexdigest(),
+        "model": "zero-shot musicnn: MSD_musicnn + MTT_musicnn tags and speech detector (common.zero_shot), "
+                 "no training",
+        "weights_dir": str(weights_dir),
+        "smoothing": {"prior": "uniform over the 16 top genres", "weight": smoothing,
+                      "min_probability": smoothing / predictions.probs.shape[1]},
+        "speech_detector": {"low_energy_ramp": list(LOW_ENERGY_RAMP), "voice_margin_ramp": list(VOICE_MARGIN_RAMP)},
+        "genres_without_tags": dict(UNTAGGED_GENRES),
+        "fallback_counts": {kind: kinds.count(kind) for kind in sorted(set(kinds))},
+        "fallbacks": predictions.fallbacks,
+        "seconds": round(predictions.seconds, 3),
+    }
+    write_text_atomic(json_path, json.dumps(sidecar, indent=2) + "\n")
+    return csv_path, json_path, sidecar
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m crowdai.submit --exp musicnn",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--exp", required=True, choices=[ZERO_SHOT_EXP], help="musicnn: zero-shot, no training")
+    parser.add_argument("--test-dir", type=Path, required=True, help="folder of the test mp3s")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--out", type=Path, default=Path("submissions"),
+                        help="folder for <timestamp>_musicnn.csv and .json (default: submissions)")
+    target.add_argument("--output", type=Path, default=None,
+                        help="exact CSV path instead; the sidecar is the same name with .json")
+    parser.add_argument("--musicnn-weights", type=Path, default=DEFAULT_WEIGHTS_DIR,
+                        help="musicnn weights folder (default: %(default)s; `make weights`)")
+    parser.add_argument("--smoothing", type=float, default=DEFAULT_SMOOTHING,
+                        help="weight of the uniform prior, in (0, 1) (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for unused in ("--runs", "--cache", "--mean", "--jobs"):
+        parser.add_argument(unused, default=None, help=argparse.SUPPRESS)  # crowdai.submit's, unused here
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from crowdai.submission import validate_submission
+    from crowdai.submit import sidecar_path, submission_path
+
+    args = build_parser().parse_args(argv)
+    try:
+        csv_path = args.output if args.output is not None else submission_path(args.out, [ZERO_SHOT_EXP])
+        for path in (csv_path, sidecar_path(csv_path)):
+            if path.exists():
+                raise OutputExistsError(path)
+        predictions = predict_zero_shot(args.test_dir, weights_dir=args.musicnn_weights, smoothing=args.smoothing,
+                                        progress=not args.no_progress)
+        csv_path, json_path, sidecar = write_zero_shot_outputs(
+            predictions, csv_path, test_dir=args.test_dir, weights_dir=args.musicnn_weights, smoothing=args.smoothing)
+        problems = validate_submission(csv_path, test_dir=args.test_dir)
+    except ToolkitError as error:
+        print(f"submit: error: {error}", file=sys.stderr)
+        return 2
+    if problems:
+        for problem in problems[:20]:
+            print(f"{csv_path}: {problem}", file=sys.stderr)
+        print(f"submit: INVALID: {len(problems)} problems in {csv_path}; do not upload it", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{n} {kind}" for kind, n in sidecar["fallback_counts"].items()) or "none"
+    print(f"submission: {sidecar['rows']} rows valid, zero-shot musicnn (no training), prior weight "
+          f"{args.smoothing}, fallbacks: {counts}; {predictions.seconds:.1f} s -> {csv_path} "
+          f"(+ {json_path.name}, sha256 {sidecar['sha256'][:12]})")
+    return 0

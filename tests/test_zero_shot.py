@@ -1,0 +1,242 @@
+"""Zero-shot genres: MSD + MTT musicnn fused, the speech detector, smoothing, the day-one submission."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.errors import ConfigError
+from common.metadata import TOP_GENRES
+from common.models.musicnn import MSD_TAGS, MTT_TAGS, musicnn_logmel, patches
+from common.zero_shot import (
+    LOW_ENERGY_RAMP, MSD_TO_FMA, MTT_TO_FMA, MUSIC_TAGS, TAGGERS, UNMAPPED_TAGS, UNTAGGED_GENRES, VOICE_TAGS,
+    genre_scores, low_energy_ratio, music_scores, smooth_toward_prior, speech_probability,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+AUDIO = ROOT.parent / "shared" / "audio"
+GOLDEN = Path(__file__).parent / "data" / "musicnn_golden"
+needs_audio = pytest.mark.skipif(
+    not AUDIO.is_dir(), reason=f"real recordings not found at {AUDIO} (../shared/audio; absent in a fresh clone)"
+)
+
+SPEECH = "198-209-0000.ogg"
+
+#: Every recording of ../shared/audio: (top genre of the fused zero-shot, top genre of MSD alone, why);
+#: "Folk|Pop": either (the file's FMA genre is not known, and the two are within 0.03 of each other).
+GOLDEN_TOP_GENRES = {
+    SPEECH: ("Spoken", "Hip-Hop",
+             "LibriSpeech reading: the speech detector fires (low-energy ratio 0.40, voice tags over music "
+             "by +0.17); MSD alone heard Hip-Hop"),
+    "Karissa_Hobbs_-_Lets_Go_Fishin.ogg": ("Folk|Pop", "Folk|Pop",
+                                           "FMA song of unlisted genre, female voice and acoustic guitar: MSD's "
+                                           "folk and pop, as before (MTT adds pop and country, both lower)"),
+    "Kevin_MacLeod_-_P_I_Tchaikovsky_Dance_of_the_Sugar_Plum_Fairy.ogg": (
+        "Classical", "Jazz", "FMA Classical sampler: MTT's classical (0.49) over MSD's jazz (0.20)"),
+    "Kevin_MacLeod_-_Vibe_Ace.ogg": ("Jazz", "Jazz",
+                                     "FMA Jazz sampler: MSD's jazz kept (MTT has no jazz tag; its electronic is "
+                                     "lower)"),
+    "admiralbob77_-_Choice_-_Drum-bass.ogg": ("Jazz", "Jazz",
+                                              "drum and bass stems: MSD's jazz, as before; no voice, so not "
+                                              "Spoken despite a speech-like low-energy ratio"),
+    "brahms_hungarian_dance_5.ogg": ("Classical", "Jazz",
+                                     "string orchestra: MTT's classical and violin over MSD's jazz"),
+}
+
+
+def _tag_row(tags: tuple[str, ...], values: dict[str, float], *, floor: float = 0.01) -> np.ndarray:
+    row = np.full((1, len(tags)), floor)
+    for tag, value in values.items():
+        row[0, tags.index(tag)] = value
+    return row
+
+
+# --- the mapping -------------------------------------------------------------------------------
+
+def test_mapping_tables_cover_every_tag_and_name_only_top_genres():
+    for name, tags, table in TAGGERS:
+        assert set(table) <= set(tags), name
+        assert set(table) | set(UNMAPPED_TAGS[name]) == set(tags)
+        assert set(table.values()) <= set(TOP_GENRES)
+    named = set(MSD_TO_FMA.values()) | set(MTT_TO_FMA.values())
+    assert set(UNTAGGED_GENRES) == set(TOP_GENRES) - named == {"Spoken", "Old-Time / Historic"}
+    assert set(VOICE_TAGS) | set(MUSIC_TAGS) <= set(MTT_TAGS) and not set(VOICE_TAGS) & set(MUSIC_TAGS)
+
+
+@pytest.mark.parametrize(("name", "tags", "table"), TAGGERS, ids=[name for name, _, _ in TAGGERS])
+def test_every_genre_a_tag_names_is_reachable_through_each_of_its_tags(name, tags, table):
+    for tag, genre in table.items():
+        quiet = np.full((1, 50), 0.01)
+        loud = _tag_row(tags, {tag: 0.9})
+        msd, mtt = (loud, quiet) if name == "MSD_musicnn" else (quiet, loud)
+        scores = genre_scores(msd, mtt, low_energy=np.zeros(1))[0]
+        assert TOP_GENRES[int(np.argmax(scores))] == genre, f"{name} {tag!r}"
+        assert scores.sum() == pytest.approx(1.0)
+
+
+def test_spoken_is_reachable_only_through_the_speech_detector():
+    voice_only = _tag_row(MTT_TAGS, {"female": 0.4, "vocal": 0.3})
+    msd = _tag_row(MSD_TAGS, {"Hip-Hop": 0.3})
+    spoken = TOP_GENRES.index("Spoken")
+    assert TOP_GENRES[int(np.argmax(genre_scores(msd, voice_only, np.array([0.45]))[0]))] == "Spoken"
+    assert genre_scores(msd, voice_only, np.array([0.1]))[0, spoken] == 0.0  # sustained energy: not speech
+    sung = _tag_row(MTT_TAGS, {"female": 0.4, "guitar": 0.5})
+    assert genre_scores(msd, sung, np.array([0.45]))[0, spoken] == 0.0  # voice over an instrument: not speech
+
+
+def test_fusion_takes_the_largest_tag_over_both_taggers_then_mixes_in_speech():
+    msd = _tag_row(MSD_TAGS, {"jazz": 0.4, "metal": 0.2, "80s": 0.9}, floor=0.0)
+    mtt = _tag_row(MTT_TAGS, {"classical": 0.6, "violin": 0.3, "rock": 0.3, "slow": 0.9}, floor=0.0)
+    music = music_scores(msd, mtt)[0]  # Classical max(0.6, 0.3), Jazz 0.4, Rock max(0.2, 0.3); eras/tempo left out
+    np.testing.assert_allclose([music[TOP_GENRES.index(g)] for g in ("Classical", "Jazz", "Rock")],
+                               np.array([0.6, 0.4, 0.3]) / 1.3)
+    mtt_voice = _tag_row(MTT_TAGS, {"classical": 0.6, "violin": 0.3, "rock": 0.3, "male": 0.35}, floor=0.0)
+    middle = np.array([np.mean(LOW_ENERGY_RAMP)])  # low-energy evidence 0.5, voice margin 0.35 - 0.3 = 0.05 -> 0.5
+    speech = speech_probability(mtt_voice, middle)[0]
+    assert speech == pytest.approx(0.25)
+    fused = genre_scores(msd, mtt_voice, middle)[0]
+    spoken = np.eye(16)[TOP_GENRES.index("Spoken")]
+    np.testing.assert_allclose(fused, 0.75 * music_scores(msd, mtt_voice)[0] + 0.25 * spoken)
+
+
+# --- the speech detector's acoustic half -------------------------------------------------------
+
+def test_low_energy_ratio_separates_syllable_gaps_from_sustained_sound(signal):
+    sr = 16000
+    steady = signal("chirp", sr=sr, seconds=6.0, freq=300.0)
+    gated = steady * (np.sin(2 * np.pi * 4.0 * np.arange(steady.size) / sr) > 0.0)  # 4 Hz on/off, like syllables
+    ratios = {name: low_energy_ratio(patches(musicnn_logmel(y))) for name, y in
+              (("steady", steady), ("gated", gated), ("silence", np.zeros_like(steady)))}
+    assert ratios["steady"].max() < LOW_ENERGY_RAMP[0] < LOW_ENERGY_RAMP[1] < ratios["gated"].min()
+    np.testing.assert_array_equal(ratios["silence"], 0.0)
+    assert ratios["gated"].shape == (2,)
+
+
+# --- smoothing ---------------------------------------------------------------------------------
+
+def test_smoothing_keeps_every_probability_away_from_0_and_1():
+    sharp = np.eye(16)[[0, 5, 15]]
+    smooth = smooth_toward_prior(sharp, weight=0.1)
+    np.testing.assert_allclose(smooth.sum(axis=1), 1.0)
+    assert smooth.min() == pytest.approx(0.1 / 16) and smooth.max() < 1.0
+    assert np.isfinite(-np.log(smooth)).all()
+    prior = np.linspace(1, 2, 16) / np.linspace(1, 2, 16).sum()
+    np.testing.assert_allclose(smooth_toward_prior(sharp, prior=prior, weight=0.5)[0, 1:], 0.5 * prior[1:])
+    for weight in (0.0, 1.0):
+        with pytest.raises(ConfigError, match="smoothing"):
+            smooth_toward_prior(sharp, weight=weight)
+    with pytest.raises(ConfigError, match="prior"):
+        smooth_toward_prior(sharp, prior=np.full(16, 0.1), weight=0.1)
+
+
+# --- golden: original musicnn taggrams (no audio needed) ---------------------------------------
+
+@pytest.mark.parametrize("name", [n for n in GOLDEN_TOP_GENRES if n != SPEECH])
+def test_golden_taggrams_of_the_original_musicnn_give_the_expected_music_genre(name):
+    """Tags alone (first 30 s, the original package's taggrams): the music recordings' genres."""
+    msd, mtt = (np.load(GOLDEN / f"{Path(name).stem}.{c}.npy").mean(axis=0, keepdims=True)
+                for c in ("MSD_musicnn", "MTT_musicnn"))
+    fused, msd_only, reason = GOLDEN_TOP_GENRES[name]
+    assert TOP_GENRES[int(np.argmax(music_scores(msd, mtt)))] in fused.split("|"), reason
+    assert TOP_GENRES[int(np.argmax(music_scores(msd, np.zeros_like(mtt))))] in msd_only.split("|"), reason
+
+
+# --- golden: every real recording, whole files, end to end ---------------------------------------
+
+@pytest.fixture(scope="module")
+def taggers(musicnn_weights_dir):
+    from common.zero_shot import MusicnnTaggers
+
+    return MusicnnTaggers.load(weights_dir=musicnn_weights_dir)
+
+
+@pytest.fixture(scope="module")
+def songs(taggers) -> dict:
+    """Whole-song views of every recording of ../shared/audio (both taggers, one pass)."""
+    from common.tagging import summarize
+    from common.zero_shot import zero_shot_song
+
+    if not AUDIO.is_dir():
+        pytest.skip(f"real recordings not found at {AUDIO} (../shared/audio; absent in a fresh clone)")
+    result = {}
+    for path in sorted(AUDIO.glob("*.ogg")):
+        bounds, views = zero_shot_song(path, taggers=taggers)
+        result[path.name] = (bounds, views, summarize(views, bounds))
+    return result
+
+
+@needs_audio
+def test_golden_covers_every_shared_recording():
+    assert {p.name for p in AUDIO.glob("*.ogg")} == set(GOLDEN_TOP_GENRES)
+
+
+@needs_audio
+@pytest.mark.parametrize("name", sorted(GOLDEN_TOP_GENRES))
+def test_golden_top_genre_of_every_shared_recording(songs, name):
+    fused, msd_only, reason = GOLDEN_TOP_GENRES[name]
+    _, views, summary = songs[name]
+    assert TOP_GENRES[int(np.argmax(summary["genres"]))] in fused.split("|"), reason
+    msd_alone = music_scores(views["msd_tags"].probs, np.zeros_like(views["mtt_tags"].probs))  # the old zero-shot
+    weights = np.diff(songs[name][0], axis=1)[:, 0]
+    assert TOP_GENRES[int(np.argmax(np.average(msd_alone, axis=0, weights=weights)))] in msd_only.split("|"), reason
+    speech = summary["speech"][0]
+    assert (speech > 0.5) if name == SPEECH else (speech == 0.0), f"{name}: speech probability {speech:.2f}"
+    np.testing.assert_allclose(views["genres"].probs.sum(axis=1), 1.0)
+
+
+@needs_audio
+def test_zero_shot_song_pools_both_taggers_per_segment(songs, taggers):
+    from common.audio import load_audio
+    from common.zero_shot import patch_evidence
+
+    bounds, views, _ = songs[SPEECH]  # 14 s: patch centres 1.5, 4.5, 7.5, 10.5 s
+    evidence = patch_evidence(load_audio(AUDIO / SPEECH, sample_rate=16000), taggers=taggers)
+    np.testing.assert_allclose(bounds[:, 0], [0.0, 10.0])
+    for view, rows in (("msd_tags", evidence.msd), ("mtt_tags", evidence.mtt)):
+        np.testing.assert_allclose(views[view].probs, [rows[:3].mean(axis=0), rows[3]], atol=1e-6)
+    golden = np.load(GOLDEN / "198-209-0000.MTT_musicnn.npy")  # the original package's MTT taggram
+    np.testing.assert_allclose(evidence.mtt, golden, atol=1e-3)
+    np.testing.assert_allclose(views["speech_evidence"].probs[:, 0],
+                               [evidence.low_energy[:3].mean(), evidence.low_energy[3]])
+
+
+# --- the day-one submission --------------------------------------------------------------------
+
+def test_zero_shot_submission_is_valid_scored_and_never_overwrites(demo_data_dir, musicnn_weights_dir, tmp_path,
+                                                                     capsys):
+    from crowdai.score import main as score_main
+    from crowdai.submit import main as submit_main
+    from crowdai.submission import read_submission, write_submission
+
+    test_dir = demo_data_dir / "crowdai_fma_test"
+    out = tmp_path / "zero_shot.csv"
+    argv = ["--exp", "musicnn", "--runs", str(tmp_path / "no_runs"), "--test-dir", str(test_dir),
+            "--cache", str(tmp_path / "cache"), "--output", str(out), "--mean", "arithmetic",
+            "--musicnn-weights", str(musicnn_weights_dir), "--smoothing", "0.2", "--no-progress"]
+    assert submit_main(argv) == 0
+    assert "rows valid, zero-shot musicnn (no training)" in capsys.readouterr().out
+    probs = read_submission(out).to_numpy()
+    assert len(probs) == len(list(test_dir.glob("*.mp3")))
+    assert probs.min() >= 0.2 / 16 - 1e-6 and probs.max() < 1.0
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    reasons = {record["reason"] for record in sidecar["fallbacks"]}
+    assert {"unreadable", "silent"} <= reasons  # the demo's zero-byte and silent test files get the prior
+    assert set(sidecar["genres_without_tags"]) == {"Spoken", "Old-Time / Historic"}
+    assert not (tmp_path / "cache").exists()  # nothing cached: no features of any experiment
+    assert score_main([str(out), "--labels", str(demo_data_dir / "crowdai_fma_test_labels.csv")]) == 0
+    log_loss = float(capsys.readouterr().out.splitlines()[0].split()[-1])
+    assert np.isfinite(log_loss) and log_loss < -np.log(0.2 / 16)
+    uniform = write_submission(tmp_path / "uniform.csv", read_submission(out).index.tolist(),
+                               np.full((len(probs), 16), 1 / 16))
+    assert score_main([str(out), str(uniform), "--labels", str(demo_data_dir / "crowdai_fma_test_labels.csv")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    losses = {line.split()[0]: float(line.split()[3]) for line in lines[:2]}
+    assert losses[str(out)] == pytest.approx(log_loss, abs=1e-4) and losses[str(uniform)] == pytest.approx(np.log(16), abs=1e-4)
+    assert lines[2].startswith(f"better: {min(losses, key=losses.get)} (log loss")
+    before = out.read_bytes()
+    assert submit_main(argv) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert out.read_bytes() == before
