@@ -8,6 +8,12 @@ in ``[0, 1]`` (no NaN, no empty cell) and every row sums to 1 within
 
 Problems are reported with their *row*: row 1 is the first data row (line 2 of the
 file, under the header).
+
+Probability floor: the leaderboard clips at 1e-15, so one exact 0 on the true genre costs
+34.5 nats on its row. The toolkit never writes an exact 0 or 1: :func:`apply_floor` mixes
+every row with ``eps`` per class, ``(p + eps) / (1 + C eps)``, with ``eps`` fitted on the
+out-of-fold predictions of a blend (``crowdai.blend``) or :data:`PROBABILITY_FLOOR`.
+:func:`probability_range` reports whether a file keeps the floor.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ SUBMISSION_COLUMNS: tuple[str, ...] = ("file_id",) + TOP_GENRES
 
 #: Largest allowed ``|row sum - 1|``.
 ROW_SUM_TOLERANCE = 1e-6
+
+#: Default probability floor ``eps`` of :func:`apply_floor` (without a fitted one): at most
+#: ``-ln(1e-6) = 13.8`` nats for a confident mistake, under ``C * 1e-6`` nats on any other row.
+PROBABILITY_FLOOR = 1e-6
 
 #: Significant digits written per probability (rounding keeps row sums well within tolerance).
 _FLOAT_FORMAT = "%.12g"
@@ -82,6 +92,28 @@ def list_test_ids(test_dir: str | Path) -> list[str]:
     if not ids:
         raise ToolkitError(f"{test_dir}: no .mp3 files in the test folder")
     return ids
+
+
+def apply_floor(probs: np.ndarray, eps: float = PROBABILITY_FLOOR) -> np.ndarray:
+    """Mix every row with ``eps`` per class: ``(p + eps) / (1 + C eps)``.
+
+    Parameters
+    ----------
+    probs : np.ndarray, shape (n, C)
+        Rows summing to 1.
+    eps : float
+        Positive.
+
+    Returns
+    -------
+    np.ndarray, shape (n, C), float64
+        Rows sum to 1; every value lies in ``[eps / (1 + C eps), (1 + eps) / (1 + C eps)]``,
+        strictly inside (0, 1).
+    """
+    if not eps > 0:
+        raise ValueError(f"the probability floor must be positive, got {eps}")
+    probs = np.asarray(probs, dtype=np.float64)
+    return (probs + eps) / (1.0 + probs.shape[1] * eps)
 
 
 def write_submission(path: str | Path, ids: Sequence[str], probs: np.ndarray) -> Path:
@@ -249,6 +281,50 @@ def validate_submission(path: str | Path, *, test_dir: str | Path) -> list[Probl
     rows, problems = _parse(path)
     problems += _id_problems(rows, list_test_ids(test_dir), test_dir)
     return sorted(problems, key=lambda p: (p.row is None and p.kind == "missing_id", p.row or 0))
+
+
+@dataclass(frozen=True)
+class ProbabilityRange:
+    """Smallest and largest probability of a submission, and whether the floor holds.
+
+    Attributes
+    ----------
+    min, max : float
+    n_zero, n_one : int
+        Values that are exactly 0 or exactly 1 (as written).
+    """
+
+    min: float
+    max: float
+    n_zero: int
+    n_one: int
+
+    @property
+    def floor_holds(self) -> bool:
+        """No value is exactly 0 or 1."""
+        return self.n_zero == 0 and self.n_one == 0
+
+    def __str__(self) -> str:
+        verdict = ("floor holds (no value is exactly 0 or 1)" if self.floor_holds else
+                   f"floor broken: {self.n_zero} values are exactly 0 and {self.n_one} exactly 1 "
+                   f"(a confident mistake costs up to {-math.log(1e-15):.1f} nats)")
+        return f"probabilities in [{self.min:.3g}, {self.max:.6g}]; {verdict}"
+
+
+def probability_range(path: str | Path) -> ProbabilityRange:
+    """The :class:`ProbabilityRange` of the valid rows of a submission file.
+
+    Raises
+    ------
+    ToolkitError
+        No valid row (run :func:`validate_submission` for the reasons).
+    """
+    rows, _ = _parse(Path(path))
+    values = np.array([v for _, _, v in rows if v is not None])
+    if not len(values):
+        raise ToolkitError(f"{path}: no valid row to take the probability range of")
+    return ProbabilityRange(min=float(values.min()), max=float(values.max()),
+                            n_zero=int((values == 0).sum()), n_one=int((values == 1).sum()))
 
 
 def read_submission(path: str | Path) -> pd.DataFrame:

@@ -4,7 +4,10 @@ Usage::
 
     python -m crowdai.validate SUBMISSION.csv --test-dir data/crowdai_fma_test
 
-Prints every problem with its row (or ``OK: N rows``); exits 1 if there is any problem.
+Prints every problem with its row (or ``OK: N rows``), then the smallest and largest
+probability and whether the probability floor holds (no value exactly 0 or 1: see
+:mod:`crowdai.submission`); exits 1 if there is any problem. A file that breaks the floor
+is valid for the leaderboard and is reported, not rejected.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from common.errors import ToolkitError
-from crowdai.submission import validate_submission
+from crowdai.submission import probability_range, validate_submission
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         with args.file.open(encoding="utf-8") as handle:
             n_rows = sum(1 for _ in handle) - 1
         print(f"OK: {n_rows} rows ({args.file})")
+        print(probability_range(args.file))
         return 0
     shown = problems[: args.max_problems] if args.max_problems > 0 else problems
     for problem in shown:
