@@ -30,6 +30,10 @@ PYTEST_ARGS ?=
 WEIGHTS   ?= models/musicnn
 MEAN      ?= arithmetic
 BLEND     ?=
+BLEND_WEIGHTS ?=
+NAME      ?=
+BLEND_ARGS ?=
+SUBMIT_ARGS ?=
 TAG_ARGS  ?=
 
 # Quieter TensorFlow start-up (errors still show).
@@ -48,8 +52,8 @@ TAG_EXP = $(if $(filter command line environment override,$(origin EXP)),$(EXP),
 SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
 FOLD_ARG = $(if $(FOLD),--fold $(FOLD),)
 
-.PHONY: help setup demo-data features plots folds train compare submit validate score tag \
-        weights demo test bench bench-features bench-train bench-predict bench-tag clean
+.PHONY: help setup demo-data features plots folds train compare blend submit validate score tag \
+        weights demo test bench bench-features bench-train bench-predict bench-tag bench-blend clean
 
 help: ## List the targets and what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -83,9 +87,13 @@ train: setup ## Train every fold (or FOLD) of experiment EXP; finished folds are
 compare: setup ## Table of all experiments in RUNS (CSV, Markdown, learning curves, confusion matrix)
 	$(PY) -m experiments.compare --runs $(RUNS) --out $(RUNS)/compare
 
-submit: setup ## crowdAI CSV for TEST_DIR from the fold ensembles of EXP (comma-separated; MEAN, BLEND=0.7,0.3)
-	$(PY) -m crowdai.submit --exp $(EXP) --runs $(RUNS) --test-dir $(TEST_DIR) --cache $(CACHE) --out submissions \
-	  --mean $(MEAN) $(if $(BLEND),--weights $(BLEND),)
+blend: setup ## Fit temperatures, pool weights (and stacking) on the out-of-fold predictions of EXP=a,b [NAME=, BLEND_ARGS=--stacking]
+	$(PY) -m crowdai.blend --exp $(EXP) --runs $(RUNS) $(if $(NAME),--name $(NAME),) $(BLEND_ARGS)
+
+submit: setup ## crowdAI CSV for TEST_DIR: fitted BLEND=name, or EXP=a,b [MEAN, BLEND_WEIGHTS=0.7,0.3]; SUBMIT_ARGS=--adapt-prior
+	$(PY) -m crowdai.submit $(if $(BLEND),--blend $(BLEND),--exp $(EXP) --mean $(MEAN) \
+	  $(if $(BLEND_WEIGHTS),--blend-weights $(BLEND_WEIGHTS),)) --runs $(RUNS) --test-dir $(TEST_DIR) \
+	  --cache $(CACHE) --out submissions --weights $(WEIGHTS) $(SUBMIT_ARGS)
 
 validate: setup ## Check SUBMISSION (default: newest) against TEST_DIR before upload
 	$(PY) -m crowdai.validate $(SUBMISSION) --test-dir $(TEST_DIR)
@@ -99,14 +107,20 @@ weights: setup ## Fetch musicnn's published checkpoints (PyPI wheel, sha256-chec
 tag: setup $(if $(filter musicnn,$(TAG_EXP)),weights,) ## Genre tags over time for FILE: EXP's fold ensemble, or musicnn zero-shot without EXP
 	$(PY) -m crowdai.tag $(FILE) --exp $(TAG_EXP) --runs $(RUNS) --out $(OUT) --weights $(WEIGHTS) $(TAG_ARGS)
 
-demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, train, compare, submit, validate, score, tag
+demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, train (2 experiments), compare, blend, submit, validate, score, tag
 	$(MAKE) demo-data
 	$(MAKE) features DATA=$(DEMO_DATA) SUBSET=small EXP=demo
 	$(MAKE) folds DATA=$(DEMO_DATA) SUBSET=small
 	$(MAKE) train DATA=$(DEMO_DATA) SUBSET=small EXP=demo RUNS=$(DEMO_RUNS)
+	$(MAKE) features DATA=$(DEMO_DATA) SUBSET=small EXP=demo_crnn
+	$(MAKE) train DATA=$(DEMO_DATA) SUBSET=small EXP=demo_crnn RUNS=$(DEMO_RUNS)
 	$(MAKE) compare RUNS=$(DEMO_RUNS)
 	$(MAKE) plots DATA=$(DEMO_DATA) SUBSET=small EXP=demo OUT=$(OUT)/demo
 	$(MAKE) submit EXP=demo RUNS=$(DEMO_RUNS) TEST_DIR=$(DEMO_TEST)
+	$(MAKE) validate TEST_DIR=$(DEMO_TEST)
+	$(MAKE) score LABELS=$(DEMO_DATA)/crowdai_fma_test_labels.csv
+	$(MAKE) blend EXP=demo,demo_crnn NAME=demo RUNS=$(DEMO_RUNS) BLEND_ARGS="--stacking --overwrite"
+	$(MAKE) submit BLEND=demo RUNS=$(DEMO_RUNS) TEST_DIR=$(DEMO_TEST)
 	$(MAKE) validate TEST_DIR=$(DEMO_TEST)
 	$(MAKE) score LABELS=$(DEMO_DATA)/crowdai_fma_test_labels.csv
 	$(MAKE) tag EXP=demo RUNS=$(DEMO_RUNS) FILE=$(DEMO_SONG) OUT=$(OUT)/demo TAG_ARGS=--overwrite
@@ -128,7 +142,10 @@ bench-predict: setup ## Submission clips/s for a K-fold ensemble, feature vs mod
 bench-tag: setup weights ## Seconds of audio tagged per second: our musicnn vs the original
 	$(PY) -m bench.tag --out bench/tag.json --weights $(WEIGHTS)
 
-bench: bench-features bench-train bench-predict ## All benchmarks, summarised in bench/summary.json and bench/summary.md
+bench-blend: setup ## Cross-fitted OOF log loss of the demo runs: best single, each calibrated, the chosen blend (after make demo)
+	$(PY) -m bench.blend --runs $(DEMO_RUNS) --exp demo,demo_crnn --out bench/blend.json
+
+bench: bench-features bench-train bench-predict bench-blend ## All benchmarks, summarised in bench/summary.json and bench/summary.md
 	$(PY) -m bench.summary --dir bench
 
 clean: ## Remove generated demo data, caches and runs (never submissions/)

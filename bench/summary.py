@@ -1,11 +1,12 @@
 """Collect the benchmark JSON files into ``summary.json`` and a Markdown table.
 
 ``python -m bench.summary --dir bench`` reads ``features.json``, ``train.json``,
-``pipeline.json``, ``predict.json`` and ``tag.json`` where present (each written by its
+``pipeline.json``, ``predict.json``, ``tag.json`` and ``blend.json`` where present (each written by its
 own ``make bench-*`` target) and records the machine they ran on (cores, GPUs, load
 average: the machine may be shared). The Markdown starts with the headline numbers:
 feature clips/s per core and, from ``pipeline.json``, full-size training clips/s with
-what limits it (input pipeline or model).
+what limits it (input pipeline or model), and the blend's out-of-fold log loss against the
+best single experiment.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from common.io import write_text_atomic
 
-BENCHMARKS: tuple[str, ...] = ("features", "train", "pipeline", "predict", "tag")
+BENCHMARKS: tuple[str, ...] = ("features", "train", "pipeline", "predict", "tag", "blend")
 
 
 def machine_info() -> dict:
@@ -55,6 +56,11 @@ def headlines(results: dict[str, dict], machine: dict) -> list[str]:
                      f"{pipeline['training_clips_per_s']:.4g} clips/s; limited by the {pipeline['limit']} "
                      f"(pipeline alone {pipeline['pipeline_clips_per_s']:.4g} clips/s, "
                      f"model alone {pipeline['model_clips_per_s']:.4g} clips/s)")
+    blend = results.get("blend", {})
+    if "chosen_log_loss" in blend:
+        lines.append(f"- Blend of {'+'.join(blend['experiments'])} ({blend['chosen']}): cross-fitted out-of-fold "
+                     f"log loss {blend['chosen_log_loss']:.4f} = {blend['ratio_to_best_single']:.3f} x the best "
+                     f"single experiment's {blend['best_single_log_loss']:.4f} (target <= {blend['target_ratio']})")
     return lines
 
 

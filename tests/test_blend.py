@@ -54,11 +54,11 @@ def complementary():
 
 
 def test_blend_of_complementary_experiments_beats_both_cross_fitted(complementary):
-    document, cross_fitted = blend.fit_blend(complementary, stacking=True)
+    document, cross_fitted = blend.fit_blend(complementary)
     scores = {name: stage["scores"]["log_loss"] for name, stage in document["stages"].items()}
     best_single = min(scores[f"{kind}:{e}"] for kind in ("raw", "calibrated") for e in ("a", "b"))
     chosen = document["chosen"]
-    assert chosen in ("arithmetic", "geometric", "stacking"), scores
+    assert chosen in ("arithmetic", "geometric"), scores
     assert scores[chosen] < 0.95 * best_single, scores
     # calibration alone helps the overconfident experiments
     assert scores["calibrated:a"] < scores["raw:a"] and scores["calibrated:b"] < scores["raw:b"]
@@ -147,7 +147,8 @@ def write_oof(runs, name, probs, y, folds, *, class_names, ids=None):
 
 def test_cli_fits_on_common_tracks_writes_report_and_never_overwrites(complementary, tmp_path, capsys):
     runs, names = tmp_path / "runs", complementary.class_names
-    n = len(complementary.y)
+    n = 600  # a part of the rows: stacking's cross-validated fits are the slow part
+    complementary = out_of_fold([p[:n] for p in complementary.probs], complementary.y[:n], names=["a", "b"])
     write_oof(runs, "a", complementary.probs[0], complementary.y, complementary.folds, class_names=names)
     keep = np.arange(n) >= 100  # b lacks the first 100 tracks: the blend uses the common ones only
     write_oof(runs, "b", complementary.probs[1][keep], complementary.y[keep], complementary.folds[keep],
