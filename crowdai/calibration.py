@@ -113,7 +113,8 @@ def fit_pool_weights(probs: Sequence[np.ndarray], y: np.ndarray, *, mean: str) -
     def loss(theta: np.ndarray) -> float:
         return nll(combine(probs, weights=scipy.special.softmax(theta), mean=mean), y)
 
-    result = scipy.optimize.minimize(loss, np.zeros(len(probs)), method="L-BFGS-B")
+    # bounded logits keep every weight above e^-30 (combine needs positive weights)
+    result = scipy.optimize.minimize(loss, np.zeros(len(probs)), method="L-BFGS-B", bounds=[(-15.0, 15.0)] * len(probs))
     return scipy.special.softmax(result.x)
 
 
