@@ -30,6 +30,9 @@ LOG_FLOOR = 1e-15
 #: Range searched for a temperature.
 TEMPERATURE_BOUNDS: tuple[float, float] = (0.05, 20.0)
 
+#: Default strength of :func:`adapt_prior`'s Dirichlet prior, in pseudo-tracks per class.
+PRIOR_PSEUDO_TRACKS_PER_CLASS = 10
+
 #: Inverse regularisation strengths tried by stacking's cross-validation.
 STACKING_CS: tuple[float, ...] = tuple(np.logspace(-3, 1, 5))
 
@@ -169,12 +172,17 @@ def apply_stacking(params: dict, probs: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
-def adapt_prior(probs: np.ndarray, *, train_prior: np.ndarray, max_iter: int = 1000,
-                tol: float = 1e-8) -> tuple[np.ndarray, np.ndarray, int]:
+def adapt_prior(probs: np.ndarray, *, train_prior: np.ndarray, pseudo_tracks: float | None = None,
+                max_iter: int = 1000, tol: float = 1e-8) -> tuple[np.ndarray, np.ndarray, int]:
     """Re-estimate the class prior of unlabelled predictions by EM (Saerens et al. 2002).
 
-    E step: ``p'(c|x) ∝ p(c|x) · π(c) / π_train(c)``; M step: ``π(c) = mean_x p'(c|x)``;
-    from ``π = π_train`` until ``π`` moves less than ``tol`` (L1).
+    E step: ``p'(c|x) ∝ p(c|x) · π(c) / π_train(c)``; M step (MAP under a Dirichlet prior
+    centred on the training prior): ``π(c) = (sum_x p'(c|x) + λ π_train(c)) / (n + λ)``;
+    from ``π = π_train`` until ``π`` moves less than ``tol`` (L1). Plain EM (``λ = 0``) is
+    the maximum-likelihood estimate, which on a few dozen sharp predictions can drive a
+    present class to 0 (seen on the demo's 48 test files: Jazz, 5 of them, went to 0 and
+    the log loss from 0.55 to 1.79); ``λ`` pseudo-tracks keep it near the training prior
+    until the test set is large enough to say otherwise.
 
     Parameters
     ----------
@@ -182,6 +190,8 @@ def adapt_prior(probs: np.ndarray, *, train_prior: np.ndarray, max_iter: int = 1
         Posteriors of a model trained (and calibrated) under ``train_prior``.
     train_prior : np.ndarray, shape (C,)
         Positive, sums to 1.
+    pseudo_tracks : float, optional
+        ``λ`` (default :data:`PRIOR_PSEUDO_TRACKS_PER_CLASS` × C); 0 is plain EM.
     max_iter : int
     tol : float
 
@@ -198,11 +208,12 @@ def adapt_prior(probs: np.ndarray, *, train_prior: np.ndarray, max_iter: int = 1
     if train_prior.shape != probs.shape[1:] or (train_prior <= 0).any():
         raise ValueError(f"train_prior must be {probs.shape[1]} positive numbers, got {train_prior}")
     train_prior = train_prior / train_prior.sum()
+    strength = PRIOR_PSEUDO_TRACKS_PER_CLASS * len(train_prior) if pseudo_tracks is None else pseudo_tracks
     prior, adapted = train_prior, probs
     for iteration in range(1, max_iter + 1):
         adapted = probs * (prior / train_prior)
         adapted /= adapted.sum(axis=1, keepdims=True)
-        new_prior = adapted.mean(axis=0)
+        new_prior = (adapted.sum(axis=0) + strength * train_prior) / (len(adapted) + strength)
         moved = np.abs(new_prior - prior).sum()
         prior = new_prior
         if moved < tol:

@@ -161,10 +161,11 @@ def training_prior(ensembles: Sequence[FoldEnsemble], combination: Combination) 
 def adapt_to_test_prior(probs: np.ndarray, *, train_prior: np.ndarray,
                         class_names: Sequence[str]) -> tuple[np.ndarray, dict[str, Any]]:
     """Shift ``probs`` ``(n, C)`` to the test prior estimated by EM; the record names both priors."""
-    from crowdai.calibration import adapt_prior
+    from crowdai.calibration import PRIOR_PSEUDO_TRACKS_PER_CLASS, adapt_prior
 
     adapted, test_prior, iterations = adapt_prior(probs, train_prior=train_prior)
-    return adapted, {"method": "EM (Saerens et al. 2002)", "iterations": iterations,
+    return adapted, {"method": "EM (Saerens et al. 2002), MAP with a Dirichlet prior on the training prior",
+                     "pseudo_tracks": PRIOR_PSEUDO_TRACKS_PER_CLASS * len(train_prior), "iterations": iterations,
                      "train": dict(zip(class_names, np.round(train_prior, 6).tolist())),
                      "test": dict(zip(class_names, np.round(test_prior, 6).tolist()))}
 

@@ -101,10 +101,11 @@ def prior_shift_data(test_prior, *, n, seed):
     return posterior / posterior.sum(axis=1, keepdims=True), y, train_prior
 
 
-def test_adapt_prior_recovers_a_shifted_prior_and_lowers_log_loss():
+@pytest.mark.parametrize("pseudo_tracks", [None, 0.0])  # default MAP, plain EM
+def test_adapt_prior_recovers_a_shifted_prior_and_lowers_log_loss(pseudo_tracks):
     shifted = np.array([0.55, 0.25, 0.15, 0.05])
     probs, y, train_prior = prior_shift_data(shifted, n=6000, seed=2)
-    adapted, prior, iterations = calibration.adapt_prior(probs, train_prior=train_prior)
+    adapted, prior, iterations = calibration.adapt_prior(probs, train_prior=train_prior, pseudo_tracks=pseudo_tracks)
     assert np.abs(prior - shifted).sum() < 0.05, prior
     assert np.abs(probs.mean(axis=0) - shifted).sum() > 0.1  # the naive mean of the posteriors is off
     assert calibration.nll(adapted, y) < calibration.nll(probs, y) - 0.02
