@@ -45,7 +45,9 @@ def measure(runs: Path, names: list[str]) -> dict:
         "stage_log_loss": {name: stage["scores"]["log_loss"] for name, stage in stages.items()},
         "chosen": document["chosen"], "floor": document["floor"], "chosen_log_loss": chosen_loss,
         "chosen_accuracy": document["final_scores"]["accuracy"],
-        "ratio_to_best_single": chosen_loss / best_loss, "target_ratio": TARGET_RATIO,
+        "ratio_to_best_single": chosen_loss / best_loss,
+        "ratio_to_best_calibrated": chosen_loss / min(stages[f"calibrated:{n}"]["scores"]["log_loss"] for n in names),
+        "target_ratio": TARGET_RATIO,
         "meets_target": chosen_loss <= TARGET_RATIO * best_loss, "fit_seconds": round(seconds, 2),
     }
 

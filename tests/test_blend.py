@@ -191,3 +191,21 @@ def test_cli_refuses_bad_experiments(complementary, tmp_path, capsys):
     assert not (runs / "blends").exists()
     with pytest.raises(blend.ToolkitError, match="no such blend"):
         blend.load_blend("nothing", runs=runs)
+
+
+def test_bench_blend_records_the_gain_and_the_summary_shows_it(complementary, tmp_path):
+    from bench import blend as bench_blend
+    from bench.summary import headlines
+
+    runs, n = tmp_path / "runs", 400
+    for i, name in enumerate(("a", "b")):
+        write_oof(runs, name, complementary.probs[i][:n], complementary.y[:n], complementary.folds[:n],
+                  class_names=complementary.class_names)
+    out = tmp_path / "blend.json"
+    assert bench_blend.main(["--runs", str(runs), "--exp", "a,b", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["best_single_log_loss"] == min(record["raw_log_loss"].values())
+    assert record["ratio_to_best_single"] == pytest.approx(record["chosen_log_loss"] / record["best_single_log_loss"])
+    assert record["meets_target"] and record["chosen"] in ("arithmetic", "geometric", "stacking")
+    assert "Blend of a+b" in "\n".join(headlines({"blend": record}, {"cores": 2}))
+    assert bench_blend.main(["--runs", str(tmp_path / "none"), "--out", str(tmp_path / "x.json")]) == 1
