@@ -458,8 +458,9 @@ def to_markdown(table: pd.DataFrame, document: dict[str, Any]) -> str:
                                                                            "ece")})
     shown["chosen"] = shown["chosen"].map({True: "✓", False: ""})
     names = ", ".join(s["name"] for s in document["experiments"])
+    folds_note = "" if document["folds_agree"] else " (of the first experiment; the experiments used other folds)"
     head = (f"# Blend {document['name']}\n\nExperiments: {names}; {document['common_tracks']} common tracks, "
-            f"folds {document['folds']}{'' if document['folds_agree'] else ' (of the first experiment; the experiments used different folds)'}. "
+            f"folds {document['folds']}{folds_note}. "
             f"Scores are cross-fitted: each fold is predicted by the stage fitted on the other folds. "
             f"Chosen: the simplest stage within {document['tolerance']:.1%} of the best log loss.\n\n")
     lines = ["| " + " | ".join(shown.columns) + " |", "| " + " | ".join(["---"] * len(shown.columns)) + " |"]

@@ -397,14 +397,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_weights_dir(path: Path) -> None:
+    """Refuse ``--weights 0.7,0.3``: hand-typed blend weights were renamed ``--blend-weights``."""
+    text = str(path)
+    if "," in text or text.replace(".", "", 1).isdigit():
+        raise ConfigError(f"--weights {text}: is the musicnn weights folder; hand-typed blend weights "
+                          f"are --blend-weights")
+
+
+def postprocessing_report(record: dict[str, Any], *, value_range) -> str:
+    """Lines on the test prior (with ``--adapt-prior``), the blend, the probability range and floor."""
+    lines = []
+    if record["prior"] is not None:
+        lines.append(f"class prior: training vs estimated on the test set ({record['prior']['iterations']} "
+                     f"EM iterations)")
+        lines.append(prior_table(record["prior"]))
+    blend = record["blend"]
+    if blend is not None:
+        lines.append(f"blend {blend['path']} (sha256 {blend['sha256'][:12]}): {blend['chosen']}, "
+                     f"cross-fitted out-of-fold log loss {blend['cross_fitted_log_loss']:.4f}")
+    lines.append(f"{value_range} (floor eps {record['floor']:.3g})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from crowdai.submission import probability_range, validate_submission
 
     args = build_parser().parse_args(argv)
     try:
-        if "," in str(args.weights) or str(args.weights).replace(".", "", 1).isdigit():
-            raise ConfigError(f"--weights {args.weights}: is the musicnn weights folder; hand-typed blend weights "
-                              f"are --blend-weights")
+        check_weights_dir(args.weights)
         combination = resolve_combination(exp=args.exp, blend=args.blend, blend_weights=args.blend_weights,
                                           mean=args.mean, runs=args.runs)
         names = combination.names
@@ -431,13 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{csv_path}: {problem}", file=sys.stderr)
         print(f"submit: INVALID: {len(problems)} problems in {csv_path}; do not upload it", file=sys.stderr)
         return 1
-    if record["prior"] is not None:
-        print(f"class prior: training vs estimated on the test set ({record['prior']['iterations']} EM iterations)")
-        print(prior_table(record["prior"]))
-    if combination.blend is not None:
-        print(f"blend {combination.blend.path} (sha256 {combination.blend.sha256[:12]}): {combination.blend.chosen}, "
-              f"cross-fitted out-of-fold log loss {combination.blend.describe()['cross_fitted_log_loss']:.4f}")
-    print(f"{value_range} (floor eps {combination.floor:.3g})")
+    print(postprocessing_report(record, value_range=value_range))
     counts = ", ".join(f"{n} {kind}" for kind, n in sidecar["fallback_counts"].items()) or "none"
     models = "+".join(f"{e.name}({len(e.models)} folds)" for e in ensembles)
     print(f"submission: {sidecar['rows']} rows valid, {models}, {combination.mean} mean, fallbacks: {counts}; "
