@@ -30,6 +30,10 @@ PYTEST_ARGS ?=
 WEIGHTS   ?= models/musicnn
 MEAN      ?= arithmetic
 BLEND     ?=
+BLEND_WEIGHTS ?=
+NAME      ?=
+BLEND_ARGS ?=
+SUBMIT_ARGS ?=
 TAG_ARGS  ?=
 TEST      ?=
 CHALLENGE ?=
@@ -52,13 +56,13 @@ TAG_EXP = $(if $(filter command line environment override,$(origin EXP)),$(EXP),
 SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
 FOLD_ARG = $(if $(FOLD),--fold $(FOLD),)
 
-.PHONY: help setup download demo-data features plots folds train compare submit validate upload package score tag \
-        weights demo test test-package bench bench-features bench-train bench-predict bench-tag bench-metadata clean
+.PHONY: help setup download demo-data features plots folds train compare blend submit validate upload package score tag \
+        weights demo test test-package bench bench-features bench-train bench-predict bench-tag bench-metadata bench-blend clean
 
 # `make help` lists the targets in the order a newcomer runs them; a target missing here
 # is listed after these, in file order.
 HELP_ORDER := help setup download demo-data demo features plots folds train compare blend submit validate \
-              upload package score tag weights test test-package bench-features bench-train bench-predict bench-tag bench-metadata bench clean
+              upload package score tag weights test test-package bench-features bench-train bench-predict bench-tag bench-metadata bench-blend bench clean
 
 help: ## List the targets in the order a newcomer runs them, and what they do
 	@awk -v order="$(HELP_ORDER)" 'BEGIN {FS = ":.*## "} \
@@ -99,9 +103,13 @@ train: setup ## Train every fold (or FOLD) of experiment EXP; finished folds are
 compare: setup ## Table of all experiments in RUNS (CSV, Markdown, learning curves, confusion matrix)
 	$(PY) -m experiments.compare --runs $(RUNS) --out $(RUNS)/compare
 
-submit: setup $(if $(filter musicnn,$(EXP)),weights,) ## crowdAI CSV for TEST_DIR from the fold ensembles of EXP (comma-separated; MEAN, BLEND=0.7,0.3); EXP=musicnn: zero-shot, no training
-	$(PY) -m crowdai.submit --exp $(EXP) --runs $(RUNS) --test-dir $(TEST_DIR) --cache $(CACHE) --out submissions \
-	  --mean $(MEAN) --musicnn-weights $(WEIGHTS) $(if $(BLEND),--weights $(BLEND),)
+blend: setup ## Fit temperatures, pool weights (and stacking) on the out-of-fold predictions of EXP=a,b [NAME=, BLEND_ARGS=--stacking]
+	$(PY) -m crowdai.blend --exp $(EXP) --runs $(RUNS) $(if $(NAME),--name $(NAME),) $(BLEND_ARGS)
+
+submit: setup $(if $(filter musicnn,$(EXP)),weights,) ## crowdAI CSV for TEST_DIR: fitted BLEND=name, or EXP=a,b [MEAN, BLEND_WEIGHTS=0.7,0.3]; SUBMIT_ARGS=--adapt-prior; EXP=musicnn: zero-shot, no training
+	$(PY) -m crowdai.submit $(if $(BLEND),--blend $(BLEND),--exp $(EXP) --mean $(MEAN) \
+	  $(if $(BLEND_WEIGHTS),--blend-weights $(BLEND_WEIGHTS),)) --runs $(RUNS) --test-dir $(TEST_DIR) \
+	  --cache $(CACHE) --out submissions --weights $(WEIGHTS) $(SUBMIT_ARGS)
 
 validate: setup ## Check SUBMISSION (default: newest) against TEST_DIR before upload
 	$(PY) -m crowdai.validate $(SUBMISSION) --test-dir $(TEST_DIR)
@@ -110,9 +118,9 @@ upload: setup ## Validate SUBMISSION (default: newest) against TEST_DIR, then se
 	$(PY) -m crowdai.upload $(SUBMISSION) --test-dir $(TEST_DIR) $(if $(CHALLENGE),--challenge $(CHALLENGE),) $(if $(DRY_RUN),--dry-run,)
 
 package: setup ## Round-2 folder OUT (default out/round2-EXP) from EXP's fold models (BLEND: fitted blend name or JSON)
-	$(PY) -m crowdai.package --exp $(EXP) --runs $(RUNS) --mean $(MEAN) --musicnn-weights $(WEIGHTS) --jobs $(JOBS) \
+	$(PY) -m crowdai.package --exp $(EXP) --runs $(RUNS) --mean $(MEAN) --weights $(WEIGHTS) --jobs $(JOBS) \
 	  --out $(if $(filter command line,$(origin OUT)),$(OUT),$(OUT)/round2-$(subst $(comma),+,$(EXP))) \
-	  $(if $(BLEND),--blend $(BLEND),)
+	  $(if $(BLEND),--blend $(BLEND),) $(if $(BLEND_WEIGHTS),--blend-weights $(BLEND_WEIGHTS),)
 
 score: setup ## Leaderboard metrics of SUBMISSION against LABELS
 	$(PY) -m crowdai.score $(SUBMISSION) --labels $(LABELS)
@@ -123,19 +131,25 @@ weights: setup ## Fetch musicnn's published checkpoints (PyPI wheel, sha256-chec
 tag: setup $(if $(filter musicnn,$(TAG_EXP)),weights,) ## Genre tags over time for FILE: EXP's fold ensemble, or musicnn zero-shot without EXP
 	$(PY) -m crowdai.tag $(FILE) --exp $(TAG_EXP) --runs $(RUNS) --out $(OUT) --weights $(WEIGHTS) $(TAG_ARGS)
 
-demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, train, compare, submit, validate, score (vs zero-shot), tag, upload (dry run)
+demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, train (2 experiments), compare, blend, submit, validate, score (vs zero-shot), tag, upload (dry run)
 	$(MAKE) demo-data
 	$(MAKE) features DATA=$(DEMO_DATA) SUBSET=small EXP=demo
 	$(MAKE) folds DATA=$(DEMO_DATA) SUBSET=small
 	$(MAKE) train DATA=$(DEMO_DATA) SUBSET=small EXP=demo RUNS=$(DEMO_RUNS)
+	$(MAKE) features DATA=$(DEMO_DATA) SUBSET=small EXP=demo_crnn
+	$(MAKE) train DATA=$(DEMO_DATA) SUBSET=small EXP=demo_crnn RUNS=$(DEMO_RUNS)
 	$(MAKE) compare RUNS=$(DEMO_RUNS)
 	$(MAKE) plots DATA=$(DEMO_DATA) SUBSET=small EXP=demo OUT=$(OUT)/demo
 	$(MAKE) submit EXP=demo RUNS=$(DEMO_RUNS) TEST_DIR=$(DEMO_TEST)
 	$(MAKE) validate TEST_DIR=$(DEMO_TEST)
 	$(MAKE) score LABELS=$(DEMO_DATA)/crowdai_fma_test_labels.csv
+	$(MAKE) blend EXP=demo,demo_crnn NAME=demo RUNS=$(DEMO_RUNS) BLEND_ARGS="--stacking --overwrite"
+	$(MAKE) submit BLEND=demo RUNS=$(DEMO_RUNS) TEST_DIR=$(DEMO_TEST)
+	$(MAKE) validate TEST_DIR=$(DEMO_TEST)
+	$(MAKE) score LABELS=$(DEMO_DATA)/crowdai_fma_test_labels.csv
 	$(MAKE) submit EXP=musicnn TEST_DIR=$(DEMO_TEST)
-	$(PY) -m crowdai.score $$(ls submissions/*_demo.csv | tail -n 1) $$(ls submissions/*_musicnn.csv | tail -n 1) \
-	  --labels $(DEMO_DATA)/crowdai_fma_test_labels.csv
+	$(PY) -m crowdai.score $$(ls submissions/*_demo.csv | tail -n 1) $$(ls submissions/*_demo+demo_crnn.csv | tail -n 1) \
+	  $$(ls submissions/*_musicnn.csv | tail -n 1) --labels $(DEMO_DATA)/crowdai_fma_test_labels.csv
 	$(MAKE) tag EXP=demo RUNS=$(DEMO_RUNS) FILE=$(DEMO_SONG) OUT=$(OUT)/demo
 	$(MAKE) tag FILE=$(REAL_SONG) OUT=$(OUT)/demo
 	$(MAKE) upload TEST_DIR=$(DEMO_TEST) DRY_RUN=1
@@ -159,10 +173,13 @@ bench-predict: setup ## Submission clips/s for a K-fold ensemble, feature vs mod
 bench-tag: setup weights ## Seconds of audio tagged per second: our musicnn vs the original
 	$(PY) -m bench.tag --out bench/tag.json --weights $(WEIGHTS)
 
+bench-blend: setup ## Cross-fitted OOF log loss of the demo runs: best single, each calibrated, the chosen blend (after make demo)
+	$(PY) -m bench.blend --runs $(DEMO_RUNS) --exp demo,demo_crnn --out bench/blend.json
+
 bench-metadata: setup ## Seconds and peak memory of loading a generated full-size (106,574-row) tracks.csv
 	$(PY) -m bench.metadata --out bench/metadata.json
 
-bench: bench-features bench-train bench-predict bench-metadata ## All benchmarks, summarised in bench/summary.json and bench/summary.md
+bench: bench-features bench-train bench-predict bench-metadata bench-blend ## All benchmarks, summarised in bench/summary.json and bench/summary.md
 	$(PY) -m bench.summary --dir bench
 
 clean: ## Remove generated demo data, caches and runs (never submissions/)

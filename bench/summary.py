@@ -1,11 +1,12 @@
 """Collect the benchmark JSON files into ``summary.json`` and a Markdown table.
 
 ``python -m bench.summary --dir bench`` reads ``features.json``, ``train.json``,
-``pipeline.json``, ``predict.json``, ``tag.json`` and ``metadata.json`` where present (each written by its
+``pipeline.json``, ``predict.json``, ``tag.json``, ``metadata.json`` and ``blend.json`` where present (each written by its
 own ``make bench-*`` target) and records the machine they ran on (cores, GPUs, load
 average: the machine may be shared). The Markdown starts with the headline numbers:
 feature clips/s per core and, from ``pipeline.json``, full-size training clips/s with
-what limits it (input pipeline or model).
+what limits it (input pipeline or model), and the blend's out-of-fold log loss against the
+best single experiment.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from common.io import write_text_atomic
 
-BENCHMARKS: tuple[str, ...] = ("features", "train", "pipeline", "predict", "tag", "metadata")
+BENCHMARKS: tuple[str, ...] = ("features", "train", "pipeline", "predict", "tag", "metadata", "blend")
 
 
 def machine_info() -> dict:
@@ -59,6 +60,11 @@ def headlines(results: dict[str, dict], machine: dict) -> list[str]:
     if "load_seconds" in metadata:
         lines.append(f"- Metadata: tracks.csv of {metadata['rows']} rows loads in {metadata['load_seconds']:.3g} s "
                      f"({metadata['ratio']:.3g} x pandas read_csv alone), peak {metadata['peak_memory_mb']:.4g} MB")
+    blend = results.get("blend", {})
+    if "chosen_log_loss" in blend:
+        lines.append(f"- Blend of {'+'.join(blend['experiments'])} ({blend['chosen']}): cross-fitted out-of-fold "
+                     f"log loss {blend['chosen_log_loss']:.4f} = {blend['ratio_to_best_single']:.3f} x the best "
+                     f"single experiment's {blend['best_single_log_loss']:.4f} (target <= {blend['target_ratio']})")
     return lines
 
 

@@ -32,7 +32,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from common.errors import ConfigError, MetadataError, OutputExistsError
-from common.io import write_text_atomic
+from common.io import sidecar_path, write_text_atomic
 
 #: Columns of the folds CSV, in order.
 FOLD_COLUMNS: tuple[str, ...] = ("track_id", "fold", "artist_id", "genre_top")
@@ -115,12 +115,6 @@ def make_folds(tracks: pd.DataFrame, *, k: int = 5, seed: int = 0) -> pd.DataFra
     })[list(FOLD_COLUMNS)]
 
 
-def sidecar_path(path: str | Path) -> Path:
-    """Path of the sidecar JSON of a folds file: ``<path>.json``."""
-    path = Path(path)
-    return path.with_name(path.name + ".json")
-
-
 def write_folds(path: str | Path, folds: pd.DataFrame, *, subset: str, k: int, seed: int,
                 overwrite: bool = False) -> Path:
     """Write a folds CSV and its sidecar JSON.
@@ -181,6 +175,9 @@ def read_folds(path: str | Path, *, tracks: pd.DataFrame) -> pd.DataFrame:
     """
     path = Path(path)
     meta_path = sidecar_path(path)
+    legacy_meta_path = path.with_name(path.name + ".json")  # folds files written before 2026-12: <name>.csv.json
+    if not meta_path.is_file() and legacy_meta_path.is_file():
+        meta_path = legacy_meta_path
     for required in (path, meta_path):
         if not required.is_file():
             raise MetadataError(f"{required}: folds file not found; write it with `make folds` "

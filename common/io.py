@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from common.errors import OutputExistsError
+from common.errors import OutputExistsError, ToolkitError
 
 #: Matches the temporary files of :func:`atomic_output` (of killed writers) in a folder.
 TEMPORARY_GLOB = ".*.tmp*"
@@ -20,6 +20,18 @@ def absolute_path(path: str | Path) -> Path:
     Done on the client before a path goes to a Dask worker, whose working directory is its own.
     """
     return Path(os.path.abspath(os.path.expanduser(path)))
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON written beside an output file: same name, ``.json`` (``x.csv`` -> ``x.json``).
+
+    Used for submissions and folds files alike. A ``.json`` path is refused: its sidecar
+    would be the file itself.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        raise ToolkitError(f"{path}: must not end in .json (its sidecar takes that name)")
+    return path.with_suffix(".json")
 
 
 def _umask() -> int:

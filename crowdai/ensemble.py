@@ -47,18 +47,18 @@ def parse_weights(text: str | None, *, n: int) -> np.ndarray:
     Raises
     ------
     ConfigError
-        Not ``n`` comma-separated positive numbers (the message quotes ``--weights``).
+        Not ``n`` comma-separated positive numbers (the message quotes ``--blend-weights``).
     """
     if text is None:
         return np.full(n, 1.0 / n)
     try:
         weights = np.array([float(part) for part in text.split(",")], dtype=np.float64)
     except ValueError:
-        raise ConfigError(f"--weights {text!r}: expected comma-separated numbers such as 0.7,0.3") from None
+        raise ConfigError(f"--blend-weights {text!r}: expected comma-separated numbers such as 0.7,0.3") from None
     if len(weights) != n:
-        raise ConfigError(f"--weights {text!r}: {len(weights)} weights for {n} experiments")
+        raise ConfigError(f"--blend-weights {text!r}: {len(weights)} weights for {n} experiments")
     if not np.isfinite(weights).all() or (weights <= 0).any():
-        raise ConfigError(f"--weights {text!r}: every weight must be a positive number")
+        raise ConfigError(f"--blend-weights {text!r}: every weight must be a positive number")
     return weights / weights.sum()
 
 

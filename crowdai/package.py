@@ -3,7 +3,7 @@
 Usage::
 
     python -m crowdai.package --exp crnn,shortchunk --runs runs --out package_round2 \\
-        [--blend runs/blends/NAME/blend.json] [--mean geometric] [--weights 0.7,0.3] [--gpu]
+        [--blend runs/blends/NAME/blend.json] [--mean geometric] [--blend-weights 0.7,0.3] [--gpu]
 
 Round 2 of the challenge took a repository that ``repo2docker`` builds into an image; the
 grader runs ``/home/crowdai/run.sh`` offline with ``TEST_DIRECTORY`` and ``OUTPUT_PATH``.
@@ -162,8 +162,8 @@ def estimate_run_time(ensembles: Sequence, *, n_clips: int, clip_seconds: float 
             "total_seconds": round(feature_seconds + model_seconds, 1)}
 
 
-def run_sh(names: Sequence[str], *, mean: str, weights: str | None) -> str:
-    """The package's entry point: ``crowdai/run.sh`` with the packaged experiments as defaults."""
+def run_sh(names: Sequence[str], *, mean: str, weights: str | None, blend: bool = False) -> str:
+    """The package's entry point: ``crowdai/run.sh`` with the packaged experiments (or blend) as defaults."""
     lines = [
         "#!/usr/bin/env bash",
         "# crowdAI round-2 entry point (written by fma-package): predicts every mp3 of $TEST_DIRECTORY",
@@ -173,7 +173,9 @@ def run_sh(names: Sequence[str], *, mean: str, weights: str | None) -> str:
         f'export EXP="${{EXP:-{",".join(names)}}}" MEAN="${{MEAN:-{mean}}}" RUNS="${{RUNS:-$HERE/runs}}"',
     ]
     if weights:
-        lines.append(f'export WEIGHTS="${{WEIGHTS:-{weights}}}"')
+        lines.append(f'export BLEND_WEIGHTS="${{BLEND_WEIGHTS:-{weights}}}"')
+    if blend:
+        lines.append('export BLEND="${BLEND:-$HERE/blend.json}"')
     lines += ['exec "$HERE/crowdai/run.sh"', ""]
     return "\n".join(lines)
 
@@ -259,9 +261,9 @@ def _copy_code(out: Path) -> None:
 
 
 def _copy_blend(blend: Path | None, out: Path) -> str | None:
-    """Copy the fitted blend (issue 8's ``runs/blends/<name>/blend.json``) as ``blend.json``.
+    """Copy the fitted blend (``runs/blends/<name>/blend.json``, :mod:`crowdai.blend`) as ``blend.json``.
 
-    The hook for applying it at run time: once ``crowdai.submit`` reads blends, run.sh passes it on.
+    The package's ``run.sh`` then submits through it (``BLEND``, ``crowdai.submit --blend``).
     """
     if blend is None:
         return None
@@ -335,7 +337,7 @@ def build_package(*, names: Sequence[str], runs: Path, out: Path, blend: Path | 
             "blend": _copy_blend(blend, staging), "musicnn_weights": needs_weights,
             "requirements": requirements, "timing": timing,
         }
-        (staging / "run.sh").write_text(run_sh(names, mean=mean, weights=weights))
+        (staging / "run.sh").write_text(run_sh(names, mean=mean, weights=weights, blend=blend is not None))
         (staging / "run.sh").chmod(0o755)
         (staging / "requirements.txt").write_text("\n".join(requirements) + "\n")
         (staging / "runtime.txt").write_text("python-3.11\n")
@@ -362,11 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--blend", default=None, help="fitted blend to package as blend.json: a JSON path, or a "
                         "name meaning RUNS/blends/NAME/blend.json")
     parser.add_argument("--mean", default="arithmetic", help="how run.sh combines the experiments")
-    parser.add_argument("--weights", default=None, help="one positive weight per experiment, e.g. 0.7,0.3")
+    parser.add_argument("--blend-weights", default=None, help="one positive weight per experiment, e.g. 0.7,0.3")
     parser.add_argument("--gpu", action="store_true", help="pin tensorflow[and-cuda] (the gpu extra) and set "
                         "\"gpu\": true in aicrowd.json")
     parser.add_argument("--authors", default="your-aicrowd-user-name", help="aicrowd.json authors, comma-separated")
-    parser.add_argument("--musicnn-weights", type=Path, default=None, help="musicnn checkpoints folder "
+    parser.add_argument("--weights", type=Path, default=None, help="musicnn checkpoints folder "
                         "(default: models/musicnn), packaged when an experiment uses them")
     parser.add_argument("--timing-clips", type=int, default=16,
                         help="generated clips for the run-time estimate (0: do not measure)")
@@ -382,9 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         blend = resolve_blend(args.blend, runs=args.runs) if args.blend else None
         manifest = build_package(names=names, runs=args.runs, out=args.out, blend=blend, mean=args.mean,
-                                 weights=args.weights, gpu=args.gpu,
+                                 weights=args.blend_weights, gpu=args.gpu,
                                  authors=[a.strip() for a in args.authors.split(",") if a.strip()],
-                                 musicnn_dir=args.musicnn_weights, timing_clips=args.timing_clips,
+                                 musicnn_dir=args.weights, timing_clips=args.timing_clips,
                                  timing_seconds=args.timing_seconds, jobs=args.jobs)
     except ToolkitError as error:
         print(f"package: error: {error}", file=sys.stderr)

@@ -7,7 +7,10 @@
 # Optional environment: EXP (comma-separated experiments, default crnn), RUNS (packaged
 # runs folder with <exp>/fold_<k>/model.keras, default runs beside this repository),
 # CACHE (feature cache root, default a temporary folder), MEAN (arithmetic|geometric),
-# WEIGHTS (e.g. 0.7,0.3), PYTHON (default .venv/bin/python, else python3), JOBS (-1: all cores).
+# BLEND_WEIGHTS (e.g. 0.7,0.3), or BLEND (a fitted blend: name under RUNS/blends or a
+# blend.json path; replaces EXP, MEAN and BLEND_WEIGHTS), ADAPT_PRIOR=1 (EM test-prior
+# adaptation), WEIGHTS (musicnn weights folder, for musicnn-embedding experiments),
+# PYTHON (default .venv/bin/python, else python3), JOBS (-1: all cores).
 set -euo pipefail
 
 : "${TEST_DIRECTORY:?set TEST_DIRECTORY to the folder of test mp3s}"
@@ -29,9 +32,15 @@ fi
 # offline: no downloads, quiet TensorFlow
 export PIP_NO_INDEX=1 TF_CPP_MIN_LOG_LEVEL=2
 
-args=(--exp "$EXP" --runs "$RUNS" --test-dir "$TEST_DIRECTORY" --cache "$CACHE"
-      --output "$OUTPUT_PATH" --mean "$MEAN" --jobs "$JOBS")
+args=(--runs "$RUNS" --test-dir "$TEST_DIRECTORY" --cache "$CACHE" --output "$OUTPUT_PATH" --jobs "$JOBS")
+if [[ -n "${BLEND:-}" ]]; then
+  args+=(--blend "$BLEND")
+else
+  args+=(--exp "$EXP" --mean "$MEAN")
+  [[ -n "${BLEND_WEIGHTS:-}" ]] && args+=(--blend-weights "$BLEND_WEIGHTS")
+fi
 [[ -n "${WEIGHTS:-}" ]] && args+=(--weights "$WEIGHTS")
+[[ "${ADAPT_PRIOR:-0}" == 1 ]] && args+=(--adapt-prior)
 mkdir -p "$(dirname "$OUTPUT_PATH")"
 cd "$ROOT"
 "$PYTHON" -m crowdai.submit "${args[@]}"

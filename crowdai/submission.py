@@ -8,11 +8,18 @@ in ``[0, 1]`` (no NaN, no empty cell) and every row sums to 1 within
 
 Problems are reported with their *row*: row 1 is the first data row (line 2 of the
 file, under the header).
+
+Probability floor: the leaderboard clips at 1e-15, so one exact 0 on the true genre costs
+34.5 nats on its row. The toolkit never writes an exact 0 or 1: :func:`apply_floor` mixes
+every row with ``eps`` per class, ``(p + eps) / (1 + C eps)``, with ``eps`` fitted on the
+out-of-fold predictions of a blend (``crowdai.blend``) or :data:`PROBABILITY_FLOOR`.
+:func:`probability_range` reports whether a file keeps the floor.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +37,10 @@ SUBMISSION_COLUMNS: tuple[str, ...] = ("file_id",) + TOP_GENRES
 
 #: Largest allowed ``|row sum - 1|``.
 ROW_SUM_TOLERANCE = 1e-6
+
+#: Default probability floor ``eps`` of :func:`apply_floor` (without a fitted one): at most
+#: ``-ln(1e-6) = 13.8`` nats for a confident mistake, under ``C * 1e-6`` nats on any other row.
+PROBABILITY_FLOOR = 1e-6
 
 #: Significant digits written per probability (rounding keeps row sums well within tolerance).
 _FLOAT_FORMAT = "%.12g"
@@ -88,6 +99,33 @@ def count_rows(path: str | Path) -> int:
     """Data rows of a CSV file: its lines minus the header."""
     with Path(path).open(encoding="utf-8") as handle:
         return sum(1 for _ in handle) - 1
+
+def apply_floor(probs: np.ndarray, eps: float = PROBABILITY_FLOOR) -> np.ndarray:
+    """Mix every row with ``eps`` per class: ``(p + eps) / (1 + C eps)``.
+
+    Parameters
+    ----------
+    probs : np.ndarray, shape (n, C)
+        Rows summing to 1.
+    eps : float
+        Positive.
+
+    Returns
+    -------
+    np.ndarray, shape (n, C), float64
+        Rows sum to 1; every value lies in ``[eps / (1 + C eps), (1 + eps) / (1 + C eps)]``,
+        strictly inside (0, 1).
+    """
+    if not eps > 0:
+        raise ValueError(f"the probability floor must be positive, got {eps}")
+    probs = np.asarray(probs, dtype=np.float64)
+    return (probs + eps) / (1.0 + probs.shape[1] * eps)
+
+
+def submission_path(out_dir: str | Path, names: Sequence[str], *, now: datetime.datetime | None = None) -> Path:
+    """``out_dir/<UTC timestamp>_<exp1+exp2>.csv``, e.g. ``20260301T120501Z_crnn+shortchunk.csv``."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    return Path(out_dir) / f"{now.strftime('%Y%m%dT%H%M%SZ')}_{'+'.join(names)}.csv"
 
 
 def write_submission(path: str | Path, ids: Sequence[str], probs: np.ndarray) -> Path:
@@ -255,6 +293,50 @@ def validate_submission(path: str | Path, *, test_dir: str | Path) -> list[Probl
     rows, problems = _parse(path)
     problems += _id_problems(rows, list_test_ids(test_dir), test_dir)
     return sorted(problems, key=lambda p: (p.row is None and p.kind == "missing_id", p.row or 0))
+
+
+@dataclass(frozen=True)
+class ProbabilityRange:
+    """Smallest and largest probability of a submission, and whether the floor holds.
+
+    Attributes
+    ----------
+    min, max : float
+    n_zero, n_one : int
+        Values that are exactly 0 or exactly 1 (as written).
+    """
+
+    min: float
+    max: float
+    n_zero: int
+    n_one: int
+
+    @property
+    def floor_holds(self) -> bool:
+        """No value is exactly 0 or 1."""
+        return self.n_zero == 0 and self.n_one == 0
+
+    def __str__(self) -> str:
+        verdict = ("floor holds (no value is exactly 0 or 1)" if self.floor_holds else
+                   f"floor broken: {self.n_zero} values are exactly 0 and {self.n_one} exactly 1 "
+                   f"(a confident mistake costs up to {-math.log(1e-15):.1f} nats)")
+        return f"probabilities in [{self.min:.3g}, {self.max:.6g}]; {verdict}"
+
+
+def probability_range(path: str | Path) -> ProbabilityRange:
+    """The :class:`ProbabilityRange` of the valid rows of a submission file.
+
+    Raises
+    ------
+    ToolkitError
+        No valid row (run :func:`validate_submission` for the reasons).
+    """
+    rows, _ = _parse(Path(path))
+    values = np.array([v for _, _, v in rows if v is not None])
+    if not len(values):
+        raise ToolkitError(f"{path}: no valid row to take the probability range of")
+    return ProbabilityRange(min=float(values.min()), max=float(values.max()),
+                            n_zero=int((values == 0).sum()), n_one=int((values == 1).sum()))
 
 
 def read_submission(path: str | Path) -> pd.DataFrame:

@@ -3,14 +3,23 @@
 Usage::
 
     python -m crowdai.submit --exp crnn,shortchunk --runs runs --test-dir data/crowdai_fma_test \\
-        --cache cache --out submissions [--mean arithmetic|geometric] [--weights 0.7,0.3]
+        --cache cache --out submissions [--mean arithmetic|geometric] [--blend-weights 0.7,0.3]
+    python -m crowdai.submit --blend crnn+shortchunk --runs runs --test-dir data/crowdai_fma_test [--adapt-prior]
 
 The test folder's features are computed once per distinct feature settings (cached like
 any other source, named after the folder) and fed to every fold model of every named
 experiment (each a ``single`` experiment over the 16 top genres). Each experiment's fold
 ensemble gives clip probabilities by its own evaluation policy; the experiments are
-combined by an arithmetic or geometric mean with optional weights
-(:mod:`crowdai.ensemble`).
+combined by an arithmetic or geometric mean with optional hand-typed weights
+(:mod:`crowdai.ensemble`), or by a blend fitted on their out-of-fold predictions
+(``--blend NAME``: ``RUNS/blends/NAME/blend.json`` from :mod:`crowdai.blend`; its
+experiments are the ones predicted).
+
+``--adapt-prior`` then re-estimates the test set's class prior by EM (Saerens et al. 2002,
+:func:`crowdai.calibration.adapt_prior`) and shifts every row to it; the estimated prior is
+printed next to the training prior. Last, every row gets the probability floor
+(:func:`crowdai.submission.apply_floor`: the blend's fitted ``eps``, else
+:data:`~crowdai.submission.PROBABILITY_FLOOR`), so no value is exactly 0 or 1.
 
 Every mp3 of the test folder gets a row. A file whose features failed (silent, too short,
 unreadable; ``failures.csv`` of the cache) is predicted from whatever audio decodes
@@ -19,10 +28,11 @@ all gets the experiments' training prior. The sidecar JSON lists them.
 
 Writes ``OUT/<UTC timestamp>_<exp1+exp2>.csv`` (or exactly ``--output FILE``) and a sidecar
 ``.json`` beside it (models, CV scores, settings, weights, rows, sha256, fallbacks), never
-overwriting a file; the CSV is validated against the test folder before success is reported.
+overwriting a file; the sidecar also records the blend file and its sha256, the floor and the
+priors. The CSV is validated against the test folder before success is reported.
 
 ``--exp musicnn`` needs no training: :mod:`crowdai.zero_shot_submit` writes the zero-shot
-musicnn baseline instead (its own options, e.g. ``--musicnn-weights``, ``--smoothing``).
+musicnn baseline instead (its own options, e.g. ``--weights``, ``--smoothing``).
 """
 
 from __future__ import annotations
@@ -41,9 +51,11 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import OutputExistsError, ToolkitError, UnreadableAudioError
+from common.errors import ConfigError, OutputExistsError, ToolkitError, UnreadableAudioError
 from common.pretrained import DEFAULT_WEIGHTS_DIR
 from crowdai.ensemble import MEANS, FoldEnsemble, combine, load_ensemble, parse_weights
+from common.io import sidecar_path
+from crowdai.submission import PROBABILITY_FLOOR, apply_floor, submission_path
 
 #: Fallback kinds of a file whose features failed.
 FALLBACK_MODEL = "model_on_decoded_audio"
@@ -78,7 +90,120 @@ class TestPredictions:
     model_seconds: float
 
 
-def _fallback_features(path: str, *, settings) -> tuple[np.ndarray | None, float]:
+@dataclasses.dataclass(frozen=True)
+class Combination:
+    """How the experiments' test probabilities become one matrix.
+
+    Attributes
+    ----------
+    names : list of str
+        Experiments, in order.
+    mean : str
+        ``arithmetic`` or ``geometric`` (hand-typed weights), or ``blend:<stage>``.
+    weights : np.ndarray, shape (len(names),), or None
+        Normalised pool weights (None for a blend stage without weights).
+    blend : crowdai.blend.FittedBlend or None
+    """
+
+    names: list[str]
+    mean: str
+    weights: np.ndarray | None
+    blend: Any = None
+
+    @property
+    def floor(self) -> float:
+        """The blend's fitted probability floor, else :data:`~crowdai.submission.PROBABILITY_FLOOR`."""
+        return self.blend.floor if self.blend is not None else PROBABILITY_FLOOR
+
+    def apply(self, per_experiment: dict[str, np.ndarray]) -> np.ndarray:
+        """Combined probabilities ``(n, C)`` (before prior adaptation and floor)."""
+        if self.blend is not None:
+            return self.blend.apply(per_experiment)
+        return combine([per_experiment[name] for name in self.names], weights=self.weights, mean=self.mean)
+
+
+def resolve_combination(*, exp: str | None, blend: str | None, blend_weights: str | None, mean: str | None,
+                        runs: str | Path) -> Combination:
+    """The :class:`Combination` of the command line.
+
+    Raises
+    ------
+    ConfigError
+        Neither ``--exp`` nor ``--blend``; repeated experiments; ``--blend`` with hand-typed
+        ``--blend-weights`` or ``--mean``, or with ``--exp`` naming other experiments.
+    ToolkitError
+        No such blend.
+    """
+    names = [name.strip() for name in (exp or "").split(",") if name.strip()]
+    if len(set(names)) != len(names) or (exp is not None and not names):
+        raise ConfigError(f"--exp {exp!r}: give distinct experiment names, comma-separated")
+    if blend is None:
+        if not names:
+            raise ConfigError("give --exp (experiments to average) or --blend (a fitted blend)")
+        return Combination(names=names, mean=mean or "arithmetic", weights=parse_weights(blend_weights, n=len(names)))
+    from crowdai.blend import load_blend
+
+    if blend_weights is not None or mean is not None:
+        raise ConfigError(f"--blend {blend}: the fitted blend sets how experiments are combined; "
+                          f"drop --blend-weights and --mean")
+    fitted = load_blend(blend, runs=runs)
+    if names and set(names) != set(fitted.experiments):
+        raise ConfigError(f"--exp {exp!r} differs from the experiments of blend {blend!r}: {fitted.experiments}")
+    weights = fitted.weights()
+    return Combination(names=fitted.experiments, mean=f"blend:{fitted.chosen}", blend=fitted,
+                       weights=None if weights is None else np.array([weights[n] for n in fitted.experiments]))
+
+
+def training_prior(ensembles: Sequence[FoldEnsemble], combination: Combination) -> np.ndarray:
+    """Class prior the predictions were trained under: the blend's, else the experiments' mean prior ``(C,)``."""
+    if combination.blend is not None:
+        return combination.blend.train_prior
+    prior = np.mean([e.prior() for e in ensembles], axis=0)
+    return prior / prior.sum()
+
+
+def adapt_to_test_prior(probs: np.ndarray, *, train_prior: np.ndarray,
+                        class_names: Sequence[str]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Shift ``probs`` ``(n, C)`` to the test prior estimated by EM; the record names both priors."""
+    from crowdai.calibration import PRIOR_PSEUDO_TRACKS_PER_CLASS, adapt_prior
+
+    adapted, test_prior, iterations = adapt_prior(probs, train_prior=train_prior)
+    return adapted, {"method": "EM (Saerens et al. 2002), MAP with a Dirichlet prior on the training prior",
+                     "pseudo_tracks": PRIOR_PSEUDO_TRACKS_PER_CLASS * len(train_prior), "iterations": iterations,
+                     "train": dict(zip(class_names, np.round(train_prior, 6).tolist())),
+                     "test": dict(zip(class_names, np.round(test_prior, 6).tolist()))}
+
+
+def prior_table(record: dict[str, Any]) -> str:
+    """The training and estimated test priors side by side, one genre a line."""
+    lines = [f"{'genre':<20} {'train':>7} {'test':>7}"]
+    lines += [f"{genre:<20} {record['train'][genre]:7.3f} {record['test'][genre]:7.3f}" for genre in record["train"]]
+    return "\n".join(lines)
+
+
+def finalise(predictions: TestPredictions, *, combination: Combination, ensembles: Sequence[FoldEnsemble],
+             adapt: bool) -> tuple[TestPredictions, dict[str, Any]]:
+    """Combine the experiments, optionally adapt to the test prior, apply the floor.
+
+    Returns
+    -------
+    predictions : TestPredictions
+        With the final ``probs``.
+    record : dict
+        Sidecar entries: ``blend`` (file, sha256, stage, floor or None), ``floor``, ``prior``
+        (training and test priors, or None without ``adapt``).
+    """
+    probs, prior = combination.apply(predictions.per_experiment), None
+    if adapt:
+        probs, prior = adapt_to_test_prior(probs, train_prior=training_prior(ensembles, combination),
+                                           class_names=ensembles[0].task.class_names)
+    record = {"blend": combination.blend.describe() if combination.blend is not None else None,
+              "floor": combination.floor, "prior": prior}
+    return dataclasses.replace(predictions, probs=apply_floor(probs, combination.floor)), record
+
+
+def _fallback_features(path: str, *, settings, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,
+                       ) -> tuple[np.ndarray | None, float]:
     """Features of whatever audio of ``path`` decodes (padded or cropped to the clip).
 
     Returns
@@ -95,7 +220,7 @@ def _fallback_features(path: str, *, settings) -> tuple[np.ndarray | None, float
     except UnreadableAudioError:
         return None, 0.0
     clip = crop_or_pad(y, n_samples=settings.clip_samples, crop=settings.crop)
-    return features_for(clip, settings=settings), y.shape[0] / settings.sample_rate
+    return features_for(clip, settings=settings, weights_dir=weights_dir), y.shape[0] / settings.sample_rate
 
 
 def predict_test_folder(ensembles: Sequence[FoldEnsemble], *, test_dir: str | Path, cache_root: str | Path,
@@ -122,7 +247,7 @@ def predict_test_folder(ensembles: Sequence[FoldEnsemble], *, test_dir: str | Pa
     progress : bool
         Progress bars (features, then fold models) on stderr.
     weights_dir : path-like
-        musicnn checkpoints, for experiments on musicnn embedding features (``make weights``).
+        Pretrained musicnn weights (experiments on musicnn-embedding features).
 
     Returns
     -------
@@ -158,7 +283,7 @@ def predict_test_folder(ensembles: Sequence[FoldEnsemble], *, test_dir: str | Pa
             if file_id in available:
                 continue
             failure = failures.loc[file_id]
-            features, seconds = _fallback_features(failure["path"], settings=settings)
+            features, seconds = _fallback_features(failure["path"], settings=settings, weights_dir=weights_dir)
             kind = FALLBACK_PRIOR if features is None else FALLBACK_MODEL
             record = fallbacks.setdefault(file_id, {
                 "id": file_id, "path": failure["path"], "reason": failure["reason"], "detail": failure["detail"],
@@ -188,23 +313,12 @@ def predict_test_folder(ensembles: Sequence[FoldEnsemble], *, test_dir: str | Pa
                            feature_seconds=feature_seconds, model_seconds=model_seconds)
 
 
-def submission_path(out_dir: str | Path, names: Sequence[str], *, now: datetime.datetime | None = None) -> Path:
-    """``out_dir/<UTC timestamp>_<exp1+exp2>.csv``, e.g. ``20260301T120501Z_crnn+shortchunk.csv``."""
-    now = now or datetime.datetime.now(datetime.UTC)
-    return Path(out_dir) / f"{now.strftime('%Y%m%dT%H%M%SZ')}_{'+'.join(names)}.csv"
-
-
-def sidecar_path(csv_path: str | Path) -> Path:
-    """The sidecar JSON beside a submission: same name, ``.json``."""
-    csv_path = Path(csv_path)
-    if csv_path.suffix.lower() == ".json":
-        raise ToolkitError(f"{csv_path}: a submission must not end in .json (the sidecar takes that name)")
-    return csv_path.with_suffix(".json")
-
-
 def write_outputs(predictions: TestPredictions, csv_path: str | Path, *, ensembles: Sequence[FoldEnsemble],
-                  test_dir: str | Path, mean: str, weights: np.ndarray) -> tuple[Path, Path, dict[str, Any]]:
+                  test_dir: str | Path, mean: str, weights: np.ndarray | None,
+                  extra: dict[str, Any] | None = None) -> tuple[Path, Path, dict[str, Any]]:
     """Write the submission CSV and its sidecar JSON; never overwrites either.
+
+    ``extra`` adds entries to the sidecar (:func:`finalise`'s record).
 
     Returns
     -------
@@ -234,12 +348,13 @@ def write_outputs(predictions: TestPredictions, csv_path: str | Path, *, ensembl
         "rows": len(predictions.ids),
         "sha256": hashlib.sha256(csv_path.read_bytes()).hexdigest(),
         "mean": mean,
-        "weights": {e.name: float(w) for e, w in zip(ensembles, weights)},
+        "weights": None if weights is None else {e.name: float(w) for e, w in zip(ensembles, weights)},
         "experiments": [e.describe() for e in ensembles],
         "feature_caches": predictions.cache_dirs,
         "fallback_counts": {kind: kinds.count(kind) for kind in sorted(set(kinds))},
         "fallbacks": predictions.fallbacks,
         "seconds": {"features": round(predictions.feature_seconds, 3), "models": round(predictions.model_seconds, 3)},
+        **(extra or {}),
     }
     write_text_atomic(json_path, json.dumps(sidecar, indent=2) + "\n")
     return csv_path, json_path, sidecar
@@ -247,7 +362,9 @@ def write_outputs(predictions: TestPredictions, csv_path: str | Path, *, ensembl
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m crowdai.submit", description=__doc__.splitlines()[0])
-    parser.add_argument("--exp", required=True, help="experiment name(s), comma-separated: crnn,shortchunk")
+    parser.add_argument("--exp", default=None,
+                        help="experiment name(s), comma-separated: crnn,shortchunk (with --blend: optional, "
+                             "must be the blend's)")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs root (default: runs)")
     parser.add_argument("--test-dir", type=Path, required=True, help="folder of the test mp3s")
     parser.add_argument("--cache", type=Path, default=Path("cache"), help="feature cache root (default: cache)")
@@ -256,11 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder for <timestamp>_<exps>.csv and .json (default: submissions)")
     target.add_argument("--output", type=Path, default=None,
                         help="exact CSV path instead (round-2 runner); the sidecar is the same name with .json")
-    parser.add_argument("--mean", choices=MEANS, default="arithmetic", help="how experiments are combined")
-    parser.add_argument("--weights", default=None, help="one positive weight per experiment, e.g. 0.7,0.3")
+    combination = parser.add_argument_group("combining experiments (hand-typed, or a blend fitted by make blend)")
+    combination.add_argument("--mean", choices=MEANS, default=None, help="arithmetic (default) or geometric pool")
+    combination.add_argument("--blend-weights", default=None, help="one positive weight per experiment, e.g. 0.7,0.3")
+    combination.add_argument("--blend", default=None,
+                             help="a fitted blend: name under RUNS/blends (crowdai.blend) or a blend.json path")
+    parser.add_argument("--adapt-prior", action="store_true",
+                        help="re-estimate the test set's class prior by EM and shift the probabilities to it")
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR,
+                        help="musicnn weights folder, for musicnn-embedding experiments (default %(default)s)")
     parser.add_argument("--jobs", type=int, default=-1, help="feature extraction workers (-1: all cores)")
-    parser.add_argument("--musicnn-weights", type=Path, default=DEFAULT_WEIGHTS_DIR,
-                        help="musicnn checkpoints for embedding features (default: %(default)s; `make weights`)")
     parser.add_argument("--batch-size", type=int, default=None, help="crops per model call (default: experiment's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -276,8 +398,31 @@ def _zero_shot_requested(argv: list[str]) -> bool:
     return exp is not None and exp.strip() == ZERO_SHOT_EXP
 
 
+def check_weights_dir(path: Path) -> None:
+    """Refuse ``--weights 0.7,0.3``: hand-typed blend weights were renamed ``--blend-weights``."""
+    text = str(path)
+    if "," in text or text.replace(".", "", 1).isdigit():
+        raise ConfigError(f"--weights {text}: is the musicnn weights folder; hand-typed blend weights "
+                          f"are --blend-weights")
+
+
+def postprocessing_report(record: dict[str, Any], *, value_range) -> str:
+    """Lines on the test prior (with ``--adapt-prior``), the blend, the probability range and floor."""
+    lines = []
+    if record["prior"] is not None:
+        lines.append(f"class prior: training vs estimated on the test set ({record['prior']['iterations']} "
+                     f"EM iterations)")
+        lines.append(prior_table(record["prior"]))
+    blend = record["blend"]
+    if blend is not None:
+        lines.append(f"blend {blend['path']} (sha256 {blend['sha256'][:12]}): {blend['chosen']}, "
+                     f"cross-fitted out-of-fold log loss {blend['cross_fitted_log_loss']:.4f}")
+    lines.append(f"{value_range} (floor eps {record['floor']:.3g})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from crowdai.submission import validate_submission
+    from crowdai.submission import probability_range, validate_submission
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if _zero_shot_requested(argv):
@@ -285,22 +430,26 @@ def main(argv: list[str] | None = None) -> int:
 
         return zero_shot_main(argv)
     args = build_parser().parse_args(argv)
-    names = [name.strip() for name in args.exp.split(",") if name.strip()]
     try:
-        if not names or len(set(names)) != len(names):
-            raise ToolkitError(f"--exp {args.exp!r}: give distinct experiment names, comma-separated")
-        weights = parse_weights(args.weights, n=len(names))
+        check_weights_dir(args.weights)
+        combination = resolve_combination(exp=args.exp, blend=args.blend, blend_weights=args.blend_weights,
+                                          mean=args.mean, runs=args.runs)
+        names = combination.names
         csv_path = args.output if args.output is not None else submission_path(args.out, names)
         for path in (csv_path, sidecar_path(csv_path)):
             if path.exists():
                 raise OutputExistsError(path)
         ensembles = [load_ensemble(args.runs, name, require_top_genres=True) for name in names]
-        predictions = predict_test_folder(ensembles, test_dir=args.test_dir, cache_root=args.cache, weights=weights,
-                                          mean=args.mean, n_jobs=args.jobs, batch_size=args.batch_size,
-                                          progress=not args.no_progress, weights_dir=args.musicnn_weights)
+        predictions = predict_test_folder(ensembles, test_dir=args.test_dir, cache_root=args.cache,
+                                          n_jobs=args.jobs, batch_size=args.batch_size,
+                                          progress=not args.no_progress, weights_dir=args.weights)
+        predictions, record = finalise(predictions, combination=combination, ensembles=ensembles,
+                                       adapt=args.adapt_prior)
         csv_path, json_path, sidecar = write_outputs(predictions, csv_path, ensembles=ensembles,
-                                                     test_dir=args.test_dir, mean=args.mean, weights=weights)
+                                                     test_dir=args.test_dir, mean=combination.mean,
+                                                     weights=combination.weights, extra=record)
         problems = validate_submission(csv_path, test_dir=args.test_dir)
+        value_range = probability_range(csv_path) if not problems else None
     except ToolkitError as error:
         print(f"submit: error: {error}", file=sys.stderr)
         return 2
@@ -309,9 +458,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{csv_path}: {problem}", file=sys.stderr)
         print(f"submit: INVALID: {len(problems)} problems in {csv_path}; do not upload it", file=sys.stderr)
         return 1
+    print(postprocessing_report(record, value_range=value_range))
     counts = ", ".join(f"{n} {kind}" for kind, n in sidecar["fallback_counts"].items()) or "none"
     models = "+".join(f"{e.name}({len(e.models)} folds)" for e in ensembles)
-    print(f"submission: {sidecar['rows']} rows valid, {models}, {args.mean} mean, fallbacks: {counts}; "
+    print(f"submission: {sidecar['rows']} rows valid, {models}, {combination.mean} mean, fallbacks: {counts}; "
           f"features {predictions.feature_seconds:.1f} s, models {predictions.model_seconds:.1f} s -> {csv_path} "
           f"(+ {json_path.name}, sha256 {sidecar['sha256'][:12]})")
     return 0

@@ -4,7 +4,10 @@ Usage::
 
     python -m crowdai.validate SUBMISSION.csv --test-dir data/crowdai_fma_test
 
-Prints every problem with its row (or ``OK: N rows``); exits 1 if there is any problem.
+Prints every problem with its row (or ``OK: N rows``), then the smallest and largest
+probability and whether the probability floor holds (no value exactly 0 or 1: see
+:mod:`crowdai.submission`); exits 1 if there is any problem. A file that breaks the floor
+is valid for the leaderboard and is reported, not rejected.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from common.errors import ToolkitError
-from crowdai.submission import count_rows, validate_submission
+from crowdai.submission import count_rows, probability_range, validate_submission
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +55,7 @@ def report_validation(path: Path, *, test_dir: Path, max_problems: int = 0) -> i
         return 2
     if not problems:
         print(f"OK: {count_rows(path)} rows ({path})")
+        print(probability_range(path))
         return 0
     shown = problems[:max_problems] if max_problems > 0 else problems
     for problem in shown:

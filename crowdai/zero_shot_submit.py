@@ -3,7 +3,7 @@
 ``python -m crowdai.submit --exp musicnn ...`` (``make submit EXP=musicnn``) lands here::
 
     python -m crowdai.submit --exp musicnn --test-dir data/crowdai_fma_test --out submissions \\
-        [--musicnn-weights models/musicnn] [--smoothing 0.1]
+        [--weights models/musicnn] [--smoothing 0.1]
 
 Every mp3 of the test folder is decoded at 16 kHz and scored by
 :func:`common.zero_shot.clip_genre_scores` (both musicnn taggers and the speech detector,
@@ -140,7 +140,7 @@ def write_zero_shot_outputs(predictions: ZeroShotPredictions, csv_path: str | Pa
     """
     from common.io import write_text_atomic
     from common.zero_shot import LOW_ENERGY_RAMP, UNTAGGED_GENRES, VOICE_MARGIN_RAMP
-    from crowdai.submit import sidecar_path
+    from common.io import sidecar_path
     from crowdai.submission import write_submission
 
     csv_path = Path(csv_path)
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder for <timestamp>_musicnn.csv and .json (default: submissions)")
     target.add_argument("--output", type=Path, default=None,
                         help="exact CSV path instead; the sidecar is the same name with .json")
-    parser.add_argument("--musicnn-weights", type=Path, default=DEFAULT_WEIGHTS_DIR,
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR,
                         help="musicnn weights folder (default: %(default)s; `make weights`)")
     parser.add_argument("--smoothing", type=float, default=DEFAULT_SMOOTHING,
                         help="weight of the uniform prior, in (0, 1) (default: %(default)s)")
@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from crowdai.submission import validate_submission
-    from crowdai.submit import sidecar_path, submission_path
+    from common.io import sidecar_path
+    from crowdai.submission import submission_path
 
     args = build_parser().parse_args(argv)
     try:
@@ -201,10 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         for path in (csv_path, sidecar_path(csv_path)):
             if path.exists():
                 raise OutputExistsError(path)
-        predictions = predict_zero_shot(args.test_dir, weights_dir=args.musicnn_weights, smoothing=args.smoothing,
+        predictions = predict_zero_shot(args.test_dir, weights_dir=args.weights, smoothing=args.smoothing,
                                         progress=not args.no_progress)
         csv_path, json_path, sidecar = write_zero_shot_outputs(
-            predictions, csv_path, test_dir=args.test_dir, weights_dir=args.musicnn_weights, smoothing=args.smoothing)
+            predictions, csv_path, test_dir=args.test_dir, weights_dir=args.weights, smoothing=args.smoothing)
         problems = validate_submission(csv_path, test_dir=args.test_dir)
     except ToolkitError as error:
         print(f"submit: error: {error}", file=sys.stderr)

@@ -73,7 +73,11 @@ def test_submit_validate_score(trained, tmp_path, capsys):
     prior_id = next(i for i, k in broken.items() if k == "zero_byte")
     from crowdai.ensemble import load_ensemble
 
-    np.testing.assert_allclose(submission.loc[prior_id], load_ensemble(trained["runs"], "tiny").prior(), atol=1e-9)
+    from crowdai.submission import apply_floor
+
+    prior = load_ensemble(trained["runs"], "tiny").prior()
+    np.testing.assert_allclose(submission.loc[prior_id], apply_floor(prior[None, :])[0], atol=1e-9)
+    assert sidecar["floor"] > 0 and sidecar["blend"] is None and sidecar["prior"] is None
 
     scores_path = tmp_path / "scores.json"
     assert score.main([str(csv_path), "--labels", str(trained["labels"]), "--json", str(scores_path)]) == 0
@@ -90,7 +94,7 @@ def test_two_experiments_share_features_and_never_overwrite(trained, tmp_path, c
     output = tmp_path / "predictions.csv"
     args = ["--exp", "tiny,twin", "--runs", str(runs), "--test-dir", str(trained["test_dir"]),
             "--cache", str(trained["cache"]), "--output", str(output), "--mean", "geometric",
-            "--weights", "0.7,0.3", "--no-progress"]
+            "--blend-weights", "0.7,0.3", "--no-progress"]
     assert submit.main(args) == 0
     sidecar = json.loads(output.with_suffix(".json").read_text())
     assert len(sidecar["feature_caches"]) == 1  # one feature extraction for both experiments

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from common.errors import MetadataError, ToolkitError
-from common.folds import (FOLD_COLUMNS, fold_track_ids, make_folds, read_folds, sidecar_path,
+from common.io import sidecar_path
+from common.folds import (FOLD_COLUMNS, fold_track_ids, make_folds, read_folds,
                           write_folds)
 from common.metadata import TOP_GENRES
 from experiments import folds as folds_cli
@@ -114,3 +115,12 @@ def test_cli_writes_once_and_checks_existing_file(tmp_path, capsys):
     assert folds_cli.main(argv[:3] + ["medium"] + argv[4:]) == 1
     assert "do not match the metadata" in capsys.readouterr().err
     assert out.read_text() == written
+
+
+def test_folds_sidecar_is_beside_the_csv_and_old_folds_files_still_read(tracks, tmp_path):
+    folds = make_folds(tracks, k=3, seed=0)
+    path = write_folds(tmp_path / "folds.csv", folds, subset="small", k=3, seed=0)
+    assert sidecar_path(path) == tmp_path / "folds.json" and (tmp_path / "folds.json").is_file()
+    # folds files are written once and kept: one written with the old <name>.csv.json sidecar still reads
+    (tmp_path / "folds.json").rename(tmp_path / "folds.csv.json")
+    assert read_folds(path, tracks=tracks)["fold"].tolist() == folds["fold"].tolist()

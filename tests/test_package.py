@@ -90,7 +90,7 @@ def test_existing_output_and_bad_input_are_refused(packaged, trained, tmp_path, 
         package.build_package(names=["tiny"], runs=trained["runs"], out=packaged, timing_clips=0)
     for extra, message in ((["--exp", "nope"], "no such experiment"), (["--blend", str(tmp_path / "b.json")],
                                                                         "blend file not found"),
-                           (["--weights", "1,2"], "2 weights for 1")):
+                           (["--blend-weights", "1,2"], "2 weights for 1")):
         assert package.main([*args, "--out", str(tmp_path / "p"), *extra]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".p.*"))  # no partial folder left
@@ -108,7 +108,7 @@ def test_musicnn_weights_are_packaged_when_an_experiment_uses_them(trained, tmp_
         config["model"] = {"name": "musicnn", "params": {"pretrained": "MSD_musicnn"}}
         config_path.write_text(yaml.safe_dump(config))
     weights = tmp_path / "musicnn"
-    args = ["--exp", "tuned", "--runs", str(runs), "--timing-clips", "0", "--musicnn-weights", str(weights)]
+    args = ["--exp", "tuned", "--runs", str(runs), "--timing-clips", "0", "--weights", str(weights)]
     assert package.main([*args, "--out", str(tmp_path / "no_weights")]) == 2
     assert "make weights" in capsys.readouterr().err
     for name in MUSICNN_CHECKPOINTS:

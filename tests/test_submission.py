@@ -120,6 +120,22 @@ def test_validate_cli(good, test_dir, capsys):
     assert "row 2 (line 3)" in out and "outside [0, 1]" in out and "INVALID: 1 problem (out_of_range 1)" in out
 
 
+def test_validate_reports_the_probability_range_and_the_floor(good, tmp_path, test_dir, ids, capsys):
+    from crowdai.submission import apply_floor, probability_range
+
+    certain = np.zeros((len(ids), 16))
+    certain[:, 2] = 1.0
+    hard = write_submission(tmp_path / "hard.csv", ids, certain)
+    assert validate_cli.main([str(hard), "--test-dir", str(test_dir)]) == 0  # valid, but reported
+    out = capsys.readouterr().out
+    assert "floor broken" in out and f"{15 * len(ids)} values are exactly 0 and {len(ids)} exactly 1" in out
+    floored = write_submission(tmp_path / "floored.csv", ids, apply_floor(certain))
+    assert validate_cli.main([str(floored), "--test-dir", str(test_dir)]) == 0
+    assert "floor holds" in capsys.readouterr().out
+    value_range = probability_range(floored)
+    assert value_range.floor_holds and 0 < value_range.min < 1e-5 and 0.9999 < value_range.max < 1
+
+
 @pytest.fixture()
 def labels(tmp_path, ids):
     path = tmp_path / "labels.csv"

@@ -119,7 +119,68 @@ def test_submission_refuses_experiments_that_are_not_the_16_top_genres(tmp_path,
     assert code == 2 and "16 top genres" in capsys.readouterr().err
     assert submit.main(["--exp", "a,a", "--runs", str(tmp_path), "--test-dir", str(test_dir)]) == 2
     assert "distinct" in capsys.readouterr().err
-    assert submit.main(["--exp", "tree", "--weights", "1,2", "--runs", str(tmp_path), "--test-dir",
+    assert submit.main(["--exp", "tree", "--blend-weights", "1,2", "--runs", str(tmp_path), "--test-dir",
                         str(test_dir)]) == 2
-    assert "2 weights for 1" in capsys.readouterr().err
+    assert "--blend-weights '1,2': 2 weights for 1" in capsys.readouterr().err
+    # the old spelling of hand-typed weights is now the musicnn weights folder: say so, do not ignore it
+    assert submit.main(["--exp", "tree", "--weights", "0.7,0.3", "--runs", str(tmp_path), "--test-dir",
+                        str(test_dir)]) == 2
+    assert "--blend-weights" in capsys.readouterr().err
+    assert submit.main(["--runs", str(tmp_path), "--test-dir", str(test_dir)]) == 2
+    assert "give --exp" in capsys.readouterr().err
+    assert submit.main(["--blend", "nothing", "--runs", str(tmp_path), "--test-dir", str(test_dir)]) == 2
+    assert "no such blend" in capsys.readouterr().err
     assert not (tmp_path / "subs").exists()
+
+
+def write_blend_file(path, *, chosen="arithmetic", weights=(0.25, 0.75), temperatures=(2.0, 0.5)):
+    document = {"name": "x", "experiments": [{"name": "a"}, {"name": "b"}], "class_names": list(TOP_GENRES),
+                "chosen": chosen, "floor": 1e-4, "final_scores": {"log_loss": 1.0},
+                "train_prior": dict(zip(TOP_GENRES, np.full(16, 1 / 16))),
+                "stages": {"arithmetic": {"kind": "arithmetic", "params": {"temperatures": list(temperatures),
+                                                                            "weights": list(weights)}},
+                           "calibrated:b": {"kind": "calibrated", "params": {"temperature": 2.0}}}}
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_a_fitted_blend_sets_the_combination_and_the_floor(tmp_path):
+    from crowdai.blend import load_blend
+    from crowdai.calibration import apply_temperature
+
+    path = write_blend_file(tmp_path / "blend.json")
+    combination = submit.resolve_combination(exp=None, blend=str(path), blend_weights=None, mean=None, runs=tmp_path)
+    assert combination.names == ["a", "b"] and combination.mean == "blend:arithmetic"
+    np.testing.assert_allclose(combination.weights, [0.25, 0.75])
+    a, b = random_probs(4, 16, seed=5), random_probs(4, 16, seed=6)
+    expected = 0.25 * apply_temperature(a, 2.0) + 0.75 * apply_temperature(b, 0.5)
+    np.testing.assert_allclose(combination.apply({"a": a, "b": b}), expected)
+    predictions = submit.TestPredictions(ids=["1", "2", "3", "4"], probs=a, per_experiment={"a": a, "b": b},
+                                         fallbacks=[], cache_dirs=[], feature_seconds=0.0, model_seconds=0.0)
+    final, record = submit.finalise(predictions, combination=combination, ensembles=[], adapt=False)
+    np.testing.assert_allclose(final.probs, (expected + 1e-4) / (1 + 16e-4))
+    assert record["floor"] == 1e-4 and record["prior"] is None
+    assert record["blend"]["sha256"] == load_blend(str(path), runs=tmp_path).sha256
+    for kwargs, match in (({"blend_weights": "1,1"}, "drop --blend-weights"), ({"mean": "geometric"}, "--mean"),
+                          ({"exp": "a,c"}, "differs")):
+        with pytest.raises(ConfigError, match=match):
+            submit.resolve_combination(**{"exp": None, "blend": str(path), "blend_weights": None, "mean": None,
+                                          "runs": tmp_path, **kwargs})
+    calibrated = write_blend_file(tmp_path / "calibrated.json", chosen="calibrated:b")
+    combination = submit.resolve_combination(exp="b,a", blend=str(calibrated), blend_weights=None, mean=None,
+                                             runs=tmp_path)
+    assert combination.weights is None
+    np.testing.assert_allclose(combination.apply({"a": a, "b": b}), apply_temperature(b, 2.0))
+
+
+def test_hand_typed_weights_get_the_default_floor():
+    combination = submit.resolve_combination(exp="a,b", blend=None, blend_weights="3,1", mean="geometric", runs=".")
+    certain = np.zeros((2, 16))
+    certain[:, 3] = 1.0
+    predictions = submit.TestPredictions(ids=["1", "2"], probs=certain, per_experiment={"a": certain, "b": certain},
+                                         fallbacks=[], cache_dirs=[], feature_seconds=0.0, model_seconds=0.0)
+    final, record = submit.finalise(predictions, combination=combination, ensembles=[], adapt=False)
+    from crowdai.submission import PROBABILITY_FLOOR
+
+    assert record["floor"] == PROBABILITY_FLOOR and record["blend"] is None
+    assert (final.probs > 0).all() and (final.probs < 1).all()

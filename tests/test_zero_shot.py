@@ -215,7 +215,7 @@ def test_zero_shot_submission_is_valid_scored_and_never_overwrites(demo_data_dir
     out = tmp_path / "zero_shot.csv"
     argv = ["--exp", "musicnn", "--runs", str(tmp_path / "no_runs"), "--test-dir", str(test_dir),
             "--cache", str(tmp_path / "cache"), "--output", str(out), "--mean", "arithmetic",
-            "--musicnn-weights", str(musicnn_weights_dir), "--smoothing", "0.2", "--no-progress"]
+            "--weights", str(musicnn_weights_dir), "--smoothing", "0.2", "--no-progress"]
     assert submit_main(argv) == 0
     assert "rows valid, zero-shot musicnn (no training)" in capsys.readouterr().out
     probs = read_submission(out).to_numpy()
