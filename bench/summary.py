@@ -44,9 +44,18 @@ def headlines(results: dict[str, dict], machine: dict) -> list[str]:
     features = results.get("features", {})
     if "toolkit_clips_per_s" in features:
         cores = features.get("cores", machine["cores"])
-        lines.append(f"- Features: {features['toolkit_clips_per_s']:.3g} clips/s on {cores} cores "
-                     f"= {features['toolkit_clips_per_s'] / cores:.3g} clips/s per core "
+        lines.append(f"- Features ({features.get('set', 'synthetic')} mp3s): {features['toolkit_clips_per_s']:.3g} "
+                     f"clips/s on {cores} cores = {features['toolkit_clips_per_s'] / cores:.3g} clips/s per core "
                      f"(load average {features.get('load_average_1min', 'n/a')})")
+        for name, measured in features.get("sets", {}).items():
+            lines.append(f"- Features, {name} mp3s: {measured['ratio']:.3g} x the original librosa pipeline "
+                         f"(target 4; decode-only ceiling {measured['decode_only_clips_per_s'] * cores:.3g} clips/s "
+                         f"on {cores} cores)")
+        scaling = features.get("scaling")
+        if scaling:
+            lines.append(f"- Feature scaling: {scaling['clips']} clips {scaling['clips_per_s']:.3g} clips/s, "
+                         f"{scaling['scaled_clips']} clips {scaling['scaled_clips_per_s']:.3g} clips/s "
+                         f"(agreement {scaling['agreement']:.3g}; target within 10 %)")
     pipeline = results.get("pipeline", {})
     if "training_clips_per_s" in pipeline:
         shape = " x ".join(str(n) for n in pipeline["input_shape"])

@@ -11,23 +11,46 @@ import pytest
 import soundfile as sf
 
 
-def test_features_benchmark_reports_medians_of_its_rounds_and_the_summary_reads_them(tmp_path):
+def test_features_benchmark_reports_medians_of_its_rounds_both_sets_and_scaling(tmp_path):
     from bench import features, summary
     from common import mp3
 
+    source = tmp_path / "recordings"  # stands in for ../shared/audio: one 40-s recording -> one segment
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    sf.write(source / "song.ogg", (0.3 * rng.standard_normal(40 * 22050)).astype(np.float32), 22050)
     out = tmp_path / "features.json"
-    assert features.main(["--clips", "2", "--rounds", "2", "--shard-size", "1",
-                          "--mp3-dir", str(tmp_path / "mp3"), "--out", str(out)]) == 0
+    assert features.main(["--clips", "2", "--rounds", "2", "--shard-size", "1", "--scale", "2",
+                          "--real-audio", str(source), "--mp3-dir", str(tmp_path / "mp3"), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
+    assert result["set"] == "real" and set(result["sets"]) == {"real", "synthetic"}
     assert len(result["rounds"]) == 2 and result["clips"] == 2 and result["cores"] >= 1
-    for key in ("toolkit_clips_per_s", "baseline_clips_per_s", "decode_only_clips_per_s", "ratio"):
-        assert result[key] > 0
-        assert result[key] == pytest.approx(np.median([measured[key] for measured in result["rounds"]]), abs=0.011)
-    assert result["mp3_decoder"] == ("libmpg123 (mono mix)" if mp3.available() else "soundfile")
+    for measured_set in result["sets"].values():
+        for key in ("toolkit_clips_per_s", "baseline_clips_per_s", "decode_only_clips_per_s", "ratio"):
+            assert measured_set[key] > 0
+            assert measured_set[key] == pytest.approx(np.median([r[key] for r in measured_set["rounds"]]), abs=0.011)
+    scaling = result["scaling"]
+    assert scaling["scaled_clips"] == 4 and len(scaling["scaled_rounds"]) == 2
+    assert scaling["agreement"] == pytest.approx(scaling["scaled_clips_per_s"] / scaling["clips_per_s"], abs=0.01)
+    real = sorted((tmp_path / "mp3" / "real-192k").glob("segment*.mp3"))
+    assert len(real) == 1 and sf.info(real[0]).samplerate == 44100 and sf.info(real[0]).channels == 2
+    assert result["mp3_decoder"].startswith("libmpg123" if mp3.available() else "soundfile")
 
     assert summary.main(["--dir", str(tmp_path)]) == 0
-    assert "clips/s per core" in (tmp_path / "summary.md").read_text()
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "clips/s per core" in markdown and "real" in markdown
     assert json.loads((tmp_path / "summary.json").read_text())["results"]["features"] == result
+
+
+def test_features_benchmark_without_real_recordings_runs_the_synthetic_set(tmp_path):
+    from bench import features
+
+    out = tmp_path / "features.json"
+    assert features.main(["--clips", "1", "--rounds", "1", "--shard-size", "1", "--scale", "1",
+                          "--real-audio", str(tmp_path / "absent"), "--mp3-dir", str(tmp_path / "mp3"),
+                          "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["set"] == "synthetic" and list(result["sets"]) == ["synthetic"]
 
 
 def test_tag_benchmark_without_the_original_reports_ours_only(tmp_path, musicnn_weights_dir):
