@@ -37,25 +37,36 @@ def chunk_starts(n_frames: int, *, crop_frames: int, hop_frames: int) -> np.ndar
 
 @functools.lru_cache(maxsize=8)
 def forward_function(model, batch_size: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """``model(x, training=False)`` as a function traced once.
+    """``model(x, training=False)`` as a function traced once; a tuple of models in one graph.
 
     ``model.predict_on_batch`` traces its graph again for each new batch size until
     TensorFlow relaxes the shape (for musicnn ~0.5 s a trace, as long as a minute of
     audio takes to tag); songs give any number of patches. With ``batch_size=None``
     this function has a batch dimension of ``None`` from the start; with a number it
     takes exactly that many rows (what :func:`predict_clips` feeds it: one static
-    shape, the best graph on a GPU). Cached for the last 8 (model, batch size) pairs.
+    shape, the best graph on a GPU). A tuple of models (a fold ensemble, same input
+    shape) is traced as one function returning every model's output: one call per
+    batch, and one trace instead of one per model (TensorFlow counts the traces of
+    every function made here together, and warns of "retracing" after five in a row,
+    which a 5-fold ensemble of separate functions would trigger). Cached for the last 8
+    (model, batch size) pairs.
 
     Returns
     -------
     callable
-        ``(batch, *model.input_shape[1:])`` float32 array -> ``(batch, *model.output_shape[1:])``.
-        Its ``traced`` attribute is the ``tf.function`` (``experimental_get_tracing_count()``).
+        ``(batch, *model.input_shape[1:])`` float32 array -> ``(batch, *model.output_shape[1:])``,
+        or ``(n_models, batch, *output_shape[1:])`` float32 for a tuple. Its ``traced``
+        attribute is the ``tf.function`` (``experimental_get_tracing_count()``).
     """
     import tensorflow as tf
 
-    spec = tf.TensorSpec((batch_size, *model.input_shape[1:]), tf.float32)
-    traced = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    first = model[0] if isinstance(model, tuple) else model
+    spec = tf.TensorSpec((batch_size, *first.input_shape[1:]), tf.float32)
+    if isinstance(model, tuple):
+        traced = tf.function(lambda x: tf.stack([tf.cast(m(x, training=False), tf.float32) for m in model]),
+                             input_signature=[spec])
+    else:
+        traced = tf.function(lambda x: model(x, training=False), input_signature=[spec])
 
     def forward(x: np.ndarray) -> np.ndarray:
         return traced(np.asarray(x, dtype=np.float32)).numpy()
@@ -93,9 +104,9 @@ def predict_clips(models, features, *, crop_frames: int, eval: str = "center",
 
     The chunks of consecutive clips fill fixed-size batches (a clip's chunks may span
     two batches); each batch goes through every model before the next is read, so the
-    features are read once for a whole fold ensemble, and each model runs one traced
-    function of one input shape (:func:`forward_function`): no retracing, full batches
-    on a GPU. The batch is ``batch_size`` crops, or the next power of two above the
+    features are read once for a whole fold ensemble, and all models run in one traced
+    function of one input shape (:func:`forward_function` of the tuple of models): no
+    retracing, full batches on a GPU. The batch is ``batch_size`` crops, or the next power of two above the
     number of crops when there are fewer (a few clips do not pay for a whole batch).
 
     Parameters
@@ -134,14 +145,13 @@ def predict_clips(models, features, *, crop_frames: int, eval: str = "center",
     n_chunks = np.array([len(_starts_of(length, crop_frames=crop_frames, eval=eval,
                                         chunk_hop_frames=chunk_hop_frames)) for length in lengths])
     batch = int(min(batch_size, 1 << int(np.ceil(np.log2(n_chunks.sum())))))
-    forwards = [forward_function(model, batch) for model in models]
+    forward = forward_function(tuple(models), batch)
     sums = np.zeros((n, n_classes))
     x = owners = last_chunk = None
     filled = 0
 
     def flush() -> None:
-        for forward in forwards:
-            np.add.at(sums, owners[:filled], np.asarray(forward(x), dtype=np.float64)[:filled])
+        np.add.at(sums, owners[:filled], forward(x)[:, :filled].sum(axis=0, dtype=np.float64))
         if on_batch is not None:
             on_batch(int(owners[filled - 1]) + int(last_chunk[filled - 1]))
 

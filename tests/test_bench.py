@@ -67,3 +67,19 @@ def test_tag_benchmark_without_the_original_reports_ours_only(tmp_path, musicnn_
     assert result["files"] == 1 and result["audio_seconds"] == pytest.approx(7.0, abs=0.01)
     assert result["ours"]["audio_seconds_per_second"] > 0
     assert result["original"] is None and result["original_onednn"] is None and "speedup" not in result
+
+
+def test_predict_benchmark_compares_batched_and_per_clip_paths_and_predicts_hours(tmp_path):
+    from bench import predict
+
+    out = tmp_path / "predict.json"
+    assert predict.main(["--config", "experiments/configs/demo.yaml", "--clips", "3", "--seconds", "10",
+                         "--folds", "1,2", "--rounds", "1", "--jobs", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [row["folds"] for row in result["runs"]] == [1, 2]
+    for row in result["runs"]:
+        assert row["max_abs_difference"] < 1e-5  # the two paths agree
+        assert row["batched_model_seconds"] > 0 and row["per_clip_model_seconds"] > 0
+    hours = result["predicted_hours"]
+    assert hours["folds"] == 5 and hours["clips"]["crowdai_round1_test"] == 35_000
+    assert 0 < hours["fma_medium"] < hours["crowdai_round1_test"] < hours["fma_large"]
