@@ -4,8 +4,10 @@
 ``pipeline.json``, ``predict.json`` and ``tag.json`` where present (each written by its
 own ``make bench-*`` target) and records the machine they ran on (cores, GPUs, load
 average: the machine may be shared). The Markdown starts with the headline numbers:
-feature clips/s per core and, from ``pipeline.json``, full-size training clips/s with
-what limits it (input pipeline or model).
+feature clips/s per core and the ratio to the original pipeline per mp3 set with the
+scaling agreement; the training pipeline against the naive loop; full-size training
+clips/s with what limits it and the input pipeline's share of a step; batched against
+per-clip prediction and the predicted hours of a 5-fold ensemble.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ def headlines(results: dict[str, dict], machine: dict) -> list[str]:
             lines.append(f"- Feature scaling: {scaling['clips']} clips {scaling['clips_per_s']:.3g} clips/s, "
                          f"{scaling['scaled_clips']} clips {scaling['scaled_clips_per_s']:.3g} clips/s "
                          f"(agreement {scaling['agreement']:.3g}; target within 10 %)")
+    train = results.get("train", {})
+    if "ratio" in train:
+        lines.append(f"- Training ({train['model']}, {' + '.join(train.get('augmentations', ['crop']))} on both sides): "
+                     f"tf.data pipeline {train['ratio']:.3g} x the naive per-file loop (target >= 1; "
+                     f"{train['toolkit_samples_per_s']:.4g} against {train['baseline_samples_per_s']:.4g} samples/s)")
     pipeline = results.get("pipeline", {})
     if "training_clips_per_s" in pipeline:
         shape = " x ".join(str(n) for n in pipeline["input_shape"])
@@ -64,6 +71,17 @@ def headlines(results: dict[str, dict], machine: dict) -> list[str]:
                      f"{pipeline['training_clips_per_s']:.4g} clips/s; limited by the {pipeline['limit']} "
                      f"(pipeline alone {pipeline['pipeline_clips_per_s']:.4g} clips/s, "
                      f"model alone {pipeline['model_clips_per_s']:.4g} clips/s)")
+        share = pipeline["model_clips_per_s"] / pipeline["pipeline_clips_per_s"]
+        lines.append(f"- Input pipeline alone: {100 * share:.3g} % of a training step's time (target <= 10 %)")
+    predict = results.get("predict", {})
+    if "batched_speedup" in predict:
+        hours = predict.get("predicted_hours", {})
+        lines.append(f"- Prediction ({predict['device']}): batched across clips {predict['batched_speedup']:.3g} x "
+                     f"the per-clip path (CPU time {predict.get('batched_cpu_speedup', float('nan')):.3g} x; target >= 1)")
+        if hours:
+            lines.append(f"- Predicted hours, {hours['folds']}-fold ensemble on this machine: "
+                         + ", ".join(f"{name} ({clips:,} clips) {hours[name]:.3g} h"
+                                     for name, clips in hours["clips"].items()))
     return lines
 
 
