@@ -83,3 +83,27 @@ def test_predict_benchmark_compares_batched_and_per_clip_paths_and_predicts_hour
     hours = result["predicted_hours"]
     assert hours["folds"] == 5 and hours["clips"]["crowdai_round1_test"] == 35_000
     assert 0 < hours["fma_medium"] < hours["crowdai_round1_test"] < hours["fma_large"]
+
+
+def test_summary_headlines_every_target_of_the_throughput_issue():
+    from bench.summary import headlines
+
+    results = {
+        "features": {"toolkit_clips_per_s": 60.0, "cores": 2, "set": "real",
+                     "sets": {"real": {"ratio": 4.1, "decode_only_clips_per_s": 40.0},
+                              "synthetic": {"ratio": 4.3, "decode_only_clips_per_s": 42.0}},
+                     "scaling": {"clips": 96, "clips_per_s": 60.0, "scaled_clips": 960, "scaled_clips_per_s": 62.0,
+                                 "agreement": 1.03}},
+        "train": {"ratio": 1.4, "model": "shortchunk", "augmentations": ["crop", "mixup"],
+                  "toolkit_samples_per_s": 140.0, "baseline_samples_per_s": 100.0},
+        "pipeline": {"training_clips_per_s": 1.0, "input_shape": [96, 1366], "model": "crnn", "device": "cpu",
+                     "precision": "float32", "batch_size": 8, "limit": "model", "pipeline_clips_per_s": 1000.0,
+                     "model_clips_per_s": 1.1},
+        "predict": {"device": "cpu", "batched_speedup": 1.2, "batched_cpu_speedup": 1.1,
+                    "predicted_hours": {"folds": 5, "clips": {"fma_medium": 25000}, "fma_medium": 3.5}},
+    }
+    text = "\n".join(headlines(results, {"cores": 2}))
+    for expected in ("real mp3s: 4.1 x", "synthetic mp3s: 4.3 x", "agreement 1.03", "crop + mixup on both sides",
+                     "1.4 x the naive", "0.11 % of a training step", "1.2 x the per-clip path",
+                     "fma_medium (25,000 clips) 3.5 h"):
+        assert expected in text
