@@ -112,7 +112,7 @@ def _timed(function) -> tuple[object, float, float]:
 
 def per_clip_probs(ensemble, store) -> np.ndarray:
     """The per-clip path: each clip's chunks as one batch through every fold model (traced once)."""
-    from common.inference import _starts_of, forward_function
+    from common.inference import eval_starts, forward_function
 
     data = ensemble.config.data
     crop, hop = ensemble.crop_frames, data.chunk_hop_frames(ensemble.settings)
@@ -120,7 +120,7 @@ def per_clip_probs(ensemble, store) -> np.ndarray:
     rows = []
     for index in range(len(store)):
         clip = np.asarray(store[index:index + 1], dtype=np.float32)[0]
-        starts = _starts_of(clip.shape[-1], crop_frames=crop, eval=data.eval, chunk_hop_frames=hop)
+        starts = eval_starts(clip.shape[-1], crop_frames=crop, eval=data.eval, chunk_hop_frames=hop)
         chunks = np.stack([clip[..., s:s + crop] for s in starts])
         rows.append(forward(chunks).mean(axis=(0, 1)))
     return np.array(rows)

@@ -90,7 +90,15 @@ def _clip_blocks(features, *, block: int):
         yield from np.asarray(features[begin:begin + block], dtype=np.float32)
 
 
-def _starts_of(n_frames: int, *, crop_frames: int, eval: str, chunk_hop_frames: int | None) -> np.ndarray:
+def eval_starts(n_frames: int, *, crop_frames: int, eval: str, chunk_hop_frames: int | None) -> np.ndarray:
+    """Start frames of the crops a clip of ``n_frames`` is evaluated on (``eval``: one centre crop, or chunks).
+
+    A clip shorter than ``crop_frames`` has one crop at 0 (it is padded to ``crop_frames``).
+
+    Returns
+    -------
+    np.ndarray, shape (n_crops,), int64
+    """
     total = max(n_frames, crop_frames)
     if eval == "center":
         return np.array([(total - crop_frames) // 2])
@@ -142,7 +150,7 @@ def predict_clips(models, features, *, crop_frames: int, eval: str = "center",
         return np.zeros((0, n_classes))
     lengths = ([np.shape(clip)[-1] for clip in features] if isinstance(features, (list, tuple))
                else [features.shape[-1]] * n)
-    n_chunks = np.array([len(_starts_of(length, crop_frames=crop_frames, eval=eval,
+    n_chunks = np.array([len(eval_starts(length, crop_frames=crop_frames, eval=eval,
                                         chunk_hop_frames=chunk_hop_frames)) for length in lengths])
     batch = int(min(batch_size, 1 << int(np.ceil(np.log2(n_chunks.sum())))))
     forward = forward_function(tuple(models), batch)
@@ -164,7 +172,7 @@ def predict_clips(models, features, *, crop_frames: int, eval: str = "center",
             x = np.zeros((batch, *clip.shape[:-1], crop_frames), dtype=np.float32)
             owners = np.zeros(batch, dtype=np.int64)
             last_chunk = np.zeros(batch, dtype=bool)
-        starts = _starts_of(clip.shape[-1], crop_frames=crop_frames, eval=eval, chunk_hop_frames=chunk_hop_frames)
+        starts = eval_starts(clip.shape[-1], crop_frames=crop_frames, eval=eval, chunk_hop_frames=chunk_hop_frames)
         for start in starts:
             x[filled] = clip[..., start:start + crop_frames]
             owners[filled] = index
