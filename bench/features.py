@@ -14,7 +14,11 @@ measures clips per second of
 (c) decoding only (the toolkit's decoder to mono at the file's own rate, no
     resampling; one process): the per-core decode ceiling. The toolkit decodes mp3
     through the system libmpg123 when it is installed (:mod:`common.mp3`), else through
-    soundfile; the JSON says which.
+    soundfile; the JSON says which,
+(d) CPU milliseconds per clip of (b) and of the toolkit's per-clip work in this process
+    (``cpu_ratio_per_core``: their ratio). On a machine shared with other work, wall-clock
+    ratios of a 2-process run against a 1-process run swing widely; CPU time per clip
+    barely moves, and (a) on ``cores`` idle cores approaches ``cores`` times it.
 
 The sets: ``real``, 30-s segments of the recordings in ``--real-audio`` (default
 ``../shared/audio`` beside the repository; a fresh clone lacks it and the set is then
@@ -197,17 +201,39 @@ def warm_up(paths: list[Path], *, work: Path) -> None:
     from common.features import extract
     from common.settings import FeatureSettings
 
-    baseline_clip(paths[0]), decode_only(paths[0])
+    baseline_clip(paths[0]), decode_only(paths[0]), toolkit_clip(paths[0])
     warm = [(f"warm{i}", path) for i, path in enumerate(paths[:usable_cores()])]
     extract(warm, settings=FeatureSettings(), cache_dir=work / "warm", shard_size=1, progress=False)
 
 
+def toolkit_clip(path: Path) -> np.ndarray:
+    """The toolkit's stored feature of one clip, in this process (what a worker computes per clip)."""
+    from common.audio import features_for, load_clip
+    from common.settings import FeatureSettings
+
+    settings = FeatureSettings()
+    return features_for(load_clip(path, settings=settings), settings=settings).astype(np.float16)
+
+
+def _cpu_ms_per_clip(function, paths: list[Path]) -> float:
+    """CPU milliseconds of this process per clip: unlike wall time, barely moved by other tenants."""
+    start = time.process_time()
+    for path in paths:
+        function(path)
+    return 1000 * (time.process_time() - start) / len(paths)
+
+
 def _one_round(paths: list[Path], *, cache_dir: Path, shard_size: int) -> dict[str, float]:
     toolkit = toolkit_rate(paths, cache_dir=cache_dir, shard_size=shard_size)
+    baseline_start = time.process_time()
     baseline = _rate(baseline_clip, paths)
+    baseline_cpu = 1000 * (time.process_time() - baseline_start) / len(paths)
     decode = _rate(decode_only, paths)
+    toolkit_cpu = _cpu_ms_per_clip(toolkit_clip, paths)
     return {"toolkit_clips_per_s": round(toolkit, 2), "baseline_clips_per_s": round(baseline, 2),
-            "decode_only_clips_per_s": round(decode, 2), "ratio": round(toolkit / baseline, 2)}
+            "decode_only_clips_per_s": round(decode, 2), "ratio": round(toolkit / baseline, 2),
+            "toolkit_cpu_ms_per_clip": round(toolkit_cpu, 2), "baseline_cpu_ms_per_clip": round(baseline_cpu, 2),
+            "cpu_ratio_per_core": round(baseline_cpu / toolkit_cpu, 2)}
 
 
 def _medians(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -280,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}, medians over {args.rounds} rounds: (a) toolkit, {result['cores']} cores: "
               f"{measured_set['toolkit_clips_per_s']:.1f} clips/s; (b) original, 1 process: "
               f"{measured_set['baseline_clips_per_s']:.1f}; (c) decode only, 1 process: "
-              f"{measured_set['decode_only_clips_per_s']:.1f}; ratio a/b {measured_set['ratio']:.2f}")
+              f"{measured_set['decode_only_clips_per_s']:.1f}; ratio a/b {measured_set['ratio']:.2f}; CPU per clip: "
+              f"toolkit {measured_set['toolkit_cpu_ms_per_clip']:.1f} ms, original "
+              f"{measured_set['baseline_cpu_ms_per_clip']:.1f} ms (ratio per core {measured_set['cpu_ratio_per_core']:.2f})")
     scaling = result["scaling"]
     print(f"scaling ({scaling['set']}): {scaling['clips']} clips {scaling['clips_per_s']:.1f} clips/s, "
           f"{scaling['scaled_clips']} clips {scaling['scaled_clips_per_s']:.1f} clips/s "

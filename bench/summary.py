@@ -50,9 +50,11 @@ def headlines(results: dict[str, dict], machine: dict) -> list[str]:
                      f"clips/s on {cores} cores = {features['toolkit_clips_per_s'] / cores:.3g} clips/s per core "
                      f"(load average {features.get('load_average_1min', 'n/a')})")
         for name, measured in features.get("sets", {}).items():
+            per_core = (f"; per core in CPU time {measured['cpu_ratio_per_core']:.3g} x"
+                        if "cpu_ratio_per_core" in measured else "")
             lines.append(f"- Features, {name} mp3s: {measured['ratio']:.3g} x the original librosa pipeline "
                          f"(target 4; decode-only ceiling {measured['decode_only_clips_per_s'] * cores:.3g} clips/s "
-                         f"on {cores} cores)")
+                         f"on {cores} cores{per_core})")
         scaling = features.get("scaling")
         if scaling:
             lines.append(f"- Feature scaling: {scaling['clips']} clips {scaling['clips_per_s']:.3g} clips/s, "
