@@ -35,6 +35,16 @@ def chunk_starts(n_frames: int, *, crop_frames: int, hop_frames: int) -> np.ndar
     return starts if starts[-1] == last else np.append(starts, last)
 
 
+def _call_model(model, x):
+    return model(x, training=False)
+
+
+def _call_models(models, x):
+    import tensorflow as tf
+
+    return tf.stack([tf.cast(model(x, training=False), tf.float32) for model in models])
+
+
 @functools.lru_cache(maxsize=8)
 def forward_function(model, batch_size: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """``model(x, training=False)`` as a function traced once; a tuple of models in one graph.
@@ -46,10 +56,8 @@ def forward_function(model, batch_size: int | None = None) -> Callable[[np.ndarr
     takes exactly that many rows (what :func:`predict_clips` feeds it: one static
     shape, the best graph on a GPU). A tuple of models (a fold ensemble, same input
     shape) is traced as one function returning every model's output: one call per
-    batch, and one trace instead of one per model (TensorFlow counts the traces of
-    every function made here together, and warns of "retracing" after five in a row,
-    which a 5-fold ensemble of separate functions would trigger). Cached for the last 8
-    (model, batch size) pairs.
+    batch, and one trace instead of one per model. Cached for the last 8 (model,
+    batch size) pairs.
 
     Returns
     -------
@@ -62,11 +70,10 @@ def forward_function(model, batch_size: int | None = None) -> Callable[[np.ndarr
 
     first = model[0] if isinstance(model, tuple) else model
     spec = tf.TensorSpec((batch_size, *first.input_shape[1:]), tf.float32)
-    if isinstance(model, tuple):
-        traced = tf.function(lambda x: tf.stack([tf.cast(m(x, training=False), tf.float32) for m in model]),
-                             input_signature=[spec])
-    else:
-        traced = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    # A partial, not a lambda: TensorFlow's retracing detector keys on a function's code
+    # object, shared by every lambda made here; a partial object is its own key.
+    traced = tf.function(functools.partial(_call_models if isinstance(model, tuple) else _call_model, model),
+                         input_signature=[spec])
 
     def forward(x: np.ndarray) -> np.ndarray:
         return traced(np.asarray(x, dtype=np.float32)).numpy()
