@@ -160,14 +160,14 @@ test: setup ## Run the test suite (small sizes; about 6 minutes on 2 cores)
 test-package: setup ## Package a tiny trained experiment, install it offline from WHEELHOUSE into a fresh virtualenv, run it (minutes)
 	FMA_WHEELHOUSE=$(WHEELHOUSE) $(PY) -m pytest -m package $(PYTEST_ARGS)
 
-bench-features: setup ## Feature extraction clips/s: toolkit vs single-process librosa vs decode only
+bench-features: setup ## Feature extraction clips/s on real (../shared/audio) and synthetic mp3s: toolkit vs single-process librosa vs decode only; 10x-clips scaling
 	$(PY) -m bench.features --out bench/features.json
 
 bench-train: setup ## Training samples/s: toolkit pipeline vs naive per-file loop; full-size CRNN: pipeline or model the limit
 	$(PY) -m bench.train --out bench/train.json
 	$(PY) -m bench.pipeline --out bench/pipeline.json
 
-bench-predict: setup ## Submission clips/s for a K-fold ensemble, feature vs model time
+bench-predict: setup ## Submission clips/s for a K-fold ensemble, feature vs model time, batched vs per-clip, predicted hours
 	$(PY) -m bench.predict --out bench/predict.json
 
 bench-tag: setup weights ## Seconds of audio tagged per second: our musicnn vs the original

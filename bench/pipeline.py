@@ -13,7 +13,9 @@ With the config's features, model, crop and batch size (default: the reference C
 (b) model: ``model.fit`` steps on one synthetic batch repeated (no input cost);
 (c) training: ``model.fit`` on the pipeline, as the runner trains.
 
-Warm-up steps (tracing, XLA compilation) are excluded. ``--jit-compile false`` against the
+Warm-up steps (tracing, XLA compilation) are excluded. ``pipeline_share_of_step`` is the
+time (a) takes for a batch over the time (b) takes for a step: the input pipeline's cost
+if it ran on the model's cores (target at most 0.1). ``--jit-compile false`` against the
 default measures what XLA brings (Keras' ``"auto"`` turns it off under ``MirroredStrategy``). ``limit`` is ``"input pipeline"``
 when (a) is slower than (b), otherwise ``"model"``: (c) cannot beat the slower of the two.
 Defaults are sized to the machine: 2048 clips, the config's batch size and 50 timed
@@ -117,6 +119,7 @@ def run(*, config_path: Path, n_clips: int | None, steps: int | None, warmup: in
     return {**{k: round(v, 1) for k, v in rates.items()},
             "limit": "input pipeline" if rates["pipeline_clips_per_s"] < rates["model_clips_per_s"] else "model",
             "pipeline_headroom": round(rates["pipeline_clips_per_s"] / rates["model_clips_per_s"], 2),
+            "pipeline_share_of_step": round(rates["model_clips_per_s"] / rates["pipeline_clips_per_s"], 4),
             "device": runtime.device, "precision": runtime.precision, "jit_compile": runtime.jit_compile,
             "strategy": type(runtime.strategy).__name__, "experiment": config.name, "model": config.model.name,
             "params": int(model.count_params()), "input_shape": [*shape[:-1], crop], "batch_size": batch,

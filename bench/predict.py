@@ -12,8 +12,20 @@ and records wall time, feature seconds and model seconds.
 Features are computed once and shared by every fold model, so the cost should grow as
 ``F + K * M`` (F: features, M: one fold model over the folder), not ``K * (F + M)``
 (re-extracting per model, as a per-model predict script would). The JSON holds the
-measured times, the least-squares fit of ``T(K) = F + K * M``, and the naive
-``K * (F + M)`` for comparison.
+measured times, the least-squares fit of ``T(K) = F + K * M``, the naive
+``K * (F + M)`` for comparison, and from the measured means the predicted hours of a 5-fold
+ensemble over fma_medium, fma_large and the round-1 test set on this machine.
+
+For each K the same cached features also go through the *per-clip* path: each clip's
+chunks as their own batch through every fold model (one traced function with a free
+batch dimension, so no retracing either), against the toolkit's batched path
+(:func:`common.inference.predict_clips`: chunks of many clips in fixed-size batches).
+``per_clip_model_seconds`` and ``batched_speedup`` report it, and ``max_abs_difference``
+checks both give the same probabilities.
+
+GPU check (one command, on a machine with a GPU)::
+
+    python -m bench.predict --config experiments/configs/shortchunk.yaml --clips 256 --folds 1,5
 """
 
 from __future__ import annotations
@@ -85,7 +97,63 @@ def write_untrained_runs(runs: Path, *, config_path: Path, n_folds: int) -> str:
     return exp_dir.name
 
 
-def run(*, n_clips: int, seconds: float, folds: list[int], config_path: Path, jobs: int) -> dict:
+#: Clips of the sets the README predicts hours for.
+PREDICTED_SETS: dict[str, int] = {"fma_medium": 25_000, "fma_large": 106_574, "crowdai_round1_test": 35_000}
+#: Ensemble size of those predictions.
+PREDICTED_FOLDS = 5
+
+
+def _timed(function) -> tuple[object, float, float]:
+    """(result, wall seconds, CPU seconds of this process, all threads) of ``function()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = function()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def per_clip_probs(ensemble, store) -> np.ndarray:
+    """The per-clip path: each clip's chunks as one batch through every fold model (traced once)."""
+    from common.inference import eval_starts, forward_function
+
+    data = ensemble.config.data
+    crop, hop = ensemble.crop_frames, data.chunk_hop_frames(ensemble.settings)
+    forward = forward_function(tuple(ensemble.models))
+    rows = []
+    for index in range(len(store)):
+        clip = np.asarray(store[index:index + 1], dtype=np.float32)[0]
+        starts = eval_starts(clip.shape[-1], crop_frames=crop, eval=data.eval, chunk_hop_frames=hop)
+        chunks = np.stack([clip[..., s:s + crop] for s in starts])
+        rows.append(forward(chunks).mean(axis=(0, 1)))
+    return np.array(rows)
+
+
+def compare_paths(ensemble, store, *, rounds: int) -> dict:
+    """Model seconds (wall and CPU) of the batched and per-clip paths, ``rounds`` alternating rounds, medians."""
+    per_clip_probs(ensemble, store[0:1])  # trace the per-clip function, untimed
+    batched, per_clip = [], []
+    for _ in range(rounds):
+        batched_probs, *batched_times = _timed(lambda: ensemble.predict(store))
+        per_clip_result, *per_clip_times = _timed(lambda: per_clip_probs(ensemble, store))
+        batched.append(batched_times)
+        per_clip.append(per_clip_times)
+    batched_wall, batched_cpu = np.median(batched, axis=0)
+    per_clip_wall, per_clip_cpu = np.median(per_clip, axis=0)
+    return {"batched_model_seconds": round(float(batched_wall), 3), "batched_model_cpu_seconds": round(float(batched_cpu), 3),
+            "per_clip_model_seconds": round(float(per_clip_wall), 3),
+            "per_clip_model_cpu_seconds": round(float(per_clip_cpu), 3),
+            "batched_speedup": round(float(per_clip_wall / batched_wall), 2),
+            "batched_cpu_speedup": round(float(per_clip_cpu / batched_cpu), 2),
+            "max_abs_difference": float(np.abs(per_clip_result - batched_probs).max())}
+
+
+def predicted_hours(*, feature_seconds_per_clip: float, model_seconds_per_clip_and_fold: float) -> dict[str, float]:
+    """Hours of :data:`PREDICTED_FOLDS`-fold prediction over each of :data:`PREDICTED_SETS`."""
+    per_clip = feature_seconds_per_clip + PREDICTED_FOLDS * model_seconds_per_clip_and_fold
+    return {name: round(n * per_clip / 3600, 2) for name, n in PREDICTED_SETS.items()}
+
+
+def run(*, n_clips: int, seconds: float, folds: list[int], config_path: Path, jobs: int, rounds: int = 3) -> dict:
+    from common.data import ClipStore
+    from common.features import FeatureCache
     from crowdai.ensemble import load_ensemble
     from crowdai.submit import predict_test_folder
 
@@ -97,21 +165,28 @@ def run(*, n_clips: int, seconds: float, folds: list[int], config_path: Path, jo
         for k in folds:
             name = write_untrained_runs(root / "runs", config_path=config_path, n_folds=k)
             ensemble = load_ensemble(root / "runs", name, require_top_genres=True)
-            warm = min(n_clips, ensemble.config.data.batch_size)  # trace the batch shape once, untimed
-            ensemble.predict(np.zeros((warm, *ensemble.settings.clip_shape), np.float32))
+            # trace the batch shape once, untimed: as many clips as the run, so the same batch
+            ensemble.predict(np.zeros((n_clips, *ensemble.settings.clip_shape), np.float32))
             start = time.perf_counter()
             result = predict_test_folder([ensemble], test_dir=test_dir, cache_root=root / f"cache_k{k}",
                                          n_jobs=jobs, progress=False)
             total = time.perf_counter() - start
+            store = ClipStore(FeatureCache.open(result.cache_dirs[0]), result.ids)
+            paths = compare_paths(ensemble, store, rounds=rounds)
             rows.append({"folds": k, "seconds": round(total, 3), "feature_seconds": round(result.feature_seconds, 3),
-                         "model_seconds": round(result.model_seconds, 3), "clips_per_s": round(n_clips / total, 2)})
+                         "model_seconds": round(result.model_seconds, 3), "clips_per_s": round(n_clips / total, 2),
+                         **paths})
             print(f"K={k}: {total:.1f} s (features {result.feature_seconds:.1f} s, models "
-                  f"{result.model_seconds:.1f} s), {n_clips / total:.1f} clips/s", flush=True)
+                  f"{result.model_seconds:.1f} s), {n_clips / total:.1f} clips/s; models batched "
+                  f"{paths['batched_model_seconds']:.1f} s, per clip {paths['per_clip_model_seconds']:.1f} s "
+                  f"(speed-up {paths['batched_speedup']:.2f}, CPU time {paths['batched_cpu_speedup']:.2f})", flush=True)
     k = np.array([r["folds"] for r in rows], dtype=float)
     t = np.array([r["seconds"] for r in rows])
     model_per_fold, features = np.polyfit(k, t, 1) if len(rows) > 1 else (t[0], 0.0)
     feature_mean = float(np.mean([r["feature_seconds"] for r in rows]))
     model_mean = float(np.mean([r["model_seconds"] / r["folds"] for r in rows]))
+    # hours from the measured means (the fit's intercept and slope swing with a noisy machine)
+    feature_per_clip, model_per_clip = feature_mean / n_clips, model_mean / n_clips
     return {
         "device": _device(), "config": str(config_path), "models": "untrained, real architecture of the config",
         "clips": n_clips, "clip_seconds": seconds, "jobs": jobs, "load_average": list(os.getloadavg()),
@@ -121,6 +196,11 @@ def run(*, n_clips: int, seconds: float, folds: list[int], config_path: Path, jo
         "measured_means": {"feature_seconds": round(feature_mean, 3), "model_seconds_per_fold": round(model_mean, 3)},
         "naive_K_times_features_plus_model": {str(r["folds"]): round(r["folds"] * (feature_mean + model_mean), 3)
                                               for r in rows},
+        "batched_speedup": float(np.median([r["batched_speedup"] for r in rows])),
+        "batched_cpu_speedup": float(np.median([r["batched_cpu_speedup"] for r in rows])),
+        "predicted_hours": {"folds": PREDICTED_FOLDS, "clips": PREDICTED_SETS,
+                            **predicted_hours(feature_seconds_per_clip=feature_per_clip,
+                                              model_seconds_per_clip_and_fold=model_per_clip)},
     }
 
 
@@ -133,17 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=Path("experiments/configs/crnn.yaml"),
                         help="experiment whose architecture and features are measured")
     parser.add_argument("--jobs", type=int, default=-1, help="feature extraction workers")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds of the batched and per-clip model paths (medians)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     folds = sorted({int(k) for k in args.folds.split(",")})
-    result = run(n_clips=args.clips, seconds=args.seconds, folds=folds, config_path=args.config, jobs=args.jobs)
+    result = run(n_clips=args.clips, seconds=args.seconds, folds=folds, config_path=args.config, jobs=args.jobs,
+                 rounds=args.rounds)
     write_text_atomic(args.out, json.dumps(result, indent=2) + "\n", overwrite=True)
     fit = result["fit"]
+    hours = result["predicted_hours"]
     print(f"predict: T(K) = {fit['F_seconds']:.1f} s + K x {fit['M_seconds_per_fold']:.1f} s for {args.clips} clips; "
-          f"naive K x (F + M): {result['naive_K_times_features_plus_model']} -> {args.out}")
+          f"naive K x (F + M): {result['naive_K_times_features_plus_model']}; batched / per-clip speed-up "
+          f"{result['batched_speedup']:.2f}; {hours['folds']}-fold hours: "
+          + ", ".join(f"{name} {hours[name]:.2f} h" for name in PREDICTED_SETS) + f" -> {args.out}")
     return 0
 
 

@@ -4,9 +4,11 @@
 ``pipeline.json``, ``predict.json``, ``tag.json``, ``metadata.json`` and ``blend.json`` where present (each written by its
 own ``make bench-*`` target) and records the machine they ran on (cores, GPUs, load
 average: the machine may be shared). The Markdown starts with the headline numbers:
-feature clips/s per core and, from ``pipeline.json``, full-size training clips/s with
-what limits it (input pipeline or model), and the blend's out-of-fold log loss against the
-best single experiment.
+feature clips/s per core and the ratio to the original pipeline per mp3 set with the
+scaling agreement; the training pipeline against the naive loop; full-size training
+clips/s with what limits it and the input pipeline's share of a step; batched against
+per-clip prediction and the predicted hours of a 5-fold ensemble; loading a full-size tracks.csv; and
+the blend's out-of-fold log loss against the best single experiment.
 """
 
 from __future__ import annotations
@@ -45,9 +47,25 @@ def headlines(results: dict[str, dict], machine: dict) -> list[str]:
     features = results.get("features", {})
     if "toolkit_clips_per_s" in features:
         cores = features.get("cores", machine["cores"])
-        lines.append(f"- Features: {features['toolkit_clips_per_s']:.3g} clips/s on {cores} cores "
-                     f"= {features['toolkit_clips_per_s'] / cores:.3g} clips/s per core "
+        lines.append(f"- Features ({features.get('set', 'synthetic')} mp3s): {features['toolkit_clips_per_s']:.3g} "
+                     f"clips/s on {cores} cores = {features['toolkit_clips_per_s'] / cores:.3g} clips/s per core "
                      f"(load average {features.get('load_average_1min', 'n/a')})")
+        for name, measured in features.get("sets", {}).items():
+            per_core = (f"; per core in CPU time {measured['cpu_ratio_per_core']:.3g} x"
+                        if "cpu_ratio_per_core" in measured else "")
+            lines.append(f"- Features, {name} mp3s: {measured['ratio']:.3g} x the original librosa pipeline "
+                         f"(target 4; decode-only ceiling {measured['decode_only_clips_per_s'] * cores:.3g} clips/s "
+                         f"on {cores} cores{per_core})")
+        scaling = features.get("scaling")
+        if scaling:
+            lines.append(f"- Feature scaling: {scaling['clips']} clips {scaling['clips_per_s']:.3g} clips/s, "
+                         f"{scaling['scaled_clips']} clips {scaling['scaled_clips_per_s']:.3g} clips/s "
+                         f"(agreement {scaling['agreement']:.3g}; target within 10 %)")
+    train = results.get("train", {})
+    if "ratio" in train:
+        lines.append(f"- Training ({train['model']}, {' + '.join(train.get('augmentations', ['crop']))} on both sides): "
+                     f"tf.data pipeline {train['ratio']:.3g} x the naive per-file loop (target >= 1; "
+                     f"{train['toolkit_samples_per_s']:.4g} against {train['baseline_samples_per_s']:.4g} samples/s)")
     pipeline = results.get("pipeline", {})
     if "training_clips_per_s" in pipeline:
         shape = " x ".join(str(n) for n in pipeline["input_shape"])
@@ -56,6 +74,17 @@ def headlines(results: dict[str, dict], machine: dict) -> list[str]:
                      f"{pipeline['training_clips_per_s']:.4g} clips/s; limited by the {pipeline['limit']} "
                      f"(pipeline alone {pipeline['pipeline_clips_per_s']:.4g} clips/s, "
                      f"model alone {pipeline['model_clips_per_s']:.4g} clips/s)")
+        share = pipeline["model_clips_per_s"] / pipeline["pipeline_clips_per_s"]
+        lines.append(f"- Input pipeline alone: {100 * share:.3g} % of a training step's time (target <= 10 %)")
+    predict = results.get("predict", {})
+    if "batched_speedup" in predict:
+        hours = predict.get("predicted_hours", {})
+        lines.append(f"- Prediction ({predict['device']}): batched across clips {predict['batched_speedup']:.3g} x "
+                     f"the per-clip path (CPU time {predict.get('batched_cpu_speedup', float('nan')):.3g} x; target >= 1)")
+        if hours:
+            lines.append(f"- Predicted hours, {hours['folds']}-fold ensemble on this machine: "
+                         + ", ".join(f"{name} ({clips:,} clips) {hours[name]:.3g} h"
+                                     for name, clips in hours["clips"].items()))
     metadata = results.get("metadata", {})
     if "load_seconds" in metadata:
         lines.append(f"- Metadata: tracks.csv of {metadata['rows']} rows loads in {metadata['load_seconds']:.3g} s "

@@ -35,46 +35,102 @@ def chunk_starts(n_frames: int, *, crop_frames: int, hop_frames: int) -> np.ndar
     return starts if starts[-1] == last else np.append(starts, last)
 
 
-@functools.lru_cache(maxsize=16)
-def forward_function(model) -> Callable[[np.ndarray], np.ndarray]:
-    """``model(x, training=False)`` as a function traced once for every batch size.
+def _call_model(model, x):
+    return model(x, training=False)
+
+
+def _call_models(models, x):
+    import tensorflow as tf
+
+    return tf.stack([tf.cast(model(x, training=False), tf.float32) for model in models])
+
+
+@functools.lru_cache(maxsize=8)
+def forward_function(model, batch_size: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """``model(x, training=False)`` as a function traced once; a tuple of models in one graph.
 
     ``model.predict_on_batch`` traces its graph again for each new batch size until
     TensorFlow relaxes the shape (for musicnn ~0.5 s a trace, as long as a minute of
-    audio takes to tag); songs give any number of patches. With a fold ensemble those
-    traces of the models' predict functions add up to TensorFlow's "triggered
-    tf.function retracing" warning. This function has a batch dimension of ``None``
-    from the start, and one trace per model. TensorFlow counts traces per Python
-    function, by its code object: one lambda per model would count a 5-fold ensemble's
-    five first traces as retraces of one function; a ``functools.partial`` (no code
-    object) is counted per model. Cached for the last 16 models (a few 5-fold ensembles).
+    audio takes to tag); songs give any number of patches. With ``batch_size=None``
+    this function has a batch dimension of ``None`` from the start; with a number it
+    takes exactly that many rows (what :func:`predict_clips` feeds it: one static
+    shape, the best graph on a GPU). A tuple of models (a fold ensemble, same input
+    shape) is traced as one function returning every model's output: one call per
+    batch, and one trace instead of one per model. Cached for the last 8 (model,
+    batch size) pairs.
 
     Returns
     -------
     callable
-        ``(batch, *model.input_shape[1:])`` float32 array -> ``(batch, *model.output_shape[1:])``.
+        ``(batch, *model.input_shape[1:])`` float32 array -> ``(batch, *model.output_shape[1:])``,
+        or ``(n_models, batch, *output_shape[1:])`` float32 for a tuple. Its ``traced``
+        attribute is the ``tf.function`` (``experimental_get_tracing_count()``).
     """
     import tensorflow as tf
 
-    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-    traced = tf.function(functools.partial(_inference_call, model), input_signature=[spec])
-    return lambda x: traced(np.asarray(x, dtype=np.float32)).numpy()
+    first = model[0] if isinstance(model, tuple) else model
+    spec = tf.TensorSpec((batch_size, *first.input_shape[1:]), tf.float32)
+    # A partial, not a lambda: TensorFlow's retracing detector keys on a function's code
+    # object, shared by every lambda made here; a partial object is its own key.
+    traced = tf.function(functools.partial(_call_models if isinstance(model, tuple) else _call_model, model),
+                         input_signature=[spec])
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        return traced(np.asarray(x, dtype=np.float32)).numpy()
+
+    forward.traced = traced
+    return forward
 
 
-def _inference_call(model, x):
-    return model(x, training=False)
+def _clip_blocks(features, *, block: int):
+    """Clips of ``features`` a block at a time: each a float32 array ``(..., n_frames)``.
+
+    ``features`` is a sequence of clips of any lengths (a list of arrays) or an array-like
+    sliceable along its first axis (array, memmap, :class:`common.data.ClipStore`), read
+    ``block`` clips per slice.
+    """
+    if isinstance(features, (list, tuple)):
+        for clip in features:
+            yield np.asarray(clip, dtype=np.float32)
+        return
+    for begin in range(0, len(features), block):
+        yield from np.asarray(features[begin:begin + block], dtype=np.float32)
 
 
-def predict_clips(model, features, *, crop_frames: int, eval: str = "center",
-                  chunk_hop_frames: int | None = None, batch_size: int = 32) -> np.ndarray:
-    """Probabilities of every clip.
+def eval_starts(n_frames: int, *, crop_frames: int, eval: str, chunk_hop_frames: int | None) -> np.ndarray:
+    """Start frames of the crops a clip of ``n_frames`` is evaluated on (``eval``: one centre crop, or chunks).
+
+    A clip shorter than ``crop_frames`` has one crop at 0 (it is padded to ``crop_frames``).
+
+    Returns
+    -------
+    np.ndarray, shape (n_crops,), int64
+    """
+    total = max(n_frames, crop_frames)
+    if eval == "center":
+        return np.array([(total - crop_frames) // 2])
+    return chunk_starts(total, crop_frames=crop_frames, hop_frames=chunk_hop_frames or crop_frames)
+
+
+def predict_clips(models, features, *, crop_frames: int, eval: str = "center",
+                  chunk_hop_frames: int | None = None, batch_size: int = 32,
+                  on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """Probabilities of every clip, batched across clips; the mean over ``models`` when several.
+
+    The chunks of consecutive clips fill fixed-size batches (a clip's chunks may span
+    two batches); each batch goes through every model before the next is read, so the
+    features are read once for a whole fold ensemble, and all models run in one traced
+    function of one input shape (:func:`forward_function` of the tuple of models): no
+    retracing, full batches on a GPU. The batch is ``batch_size`` crops, or the next power of two above the
+    number of crops when there are fewer (a few clips do not pay for a whole batch).
 
     Parameters
     ----------
-    model : keras.Model
-        Takes ``(batch, ..., crop_frames)`` raw features; returns ``(batch, n_classes)``.
-    features : array-like, shape (n, n_mels, n_frames) or (n, n_samples)
-        Anything sliceable along the first axis (array, memmap, :class:`common.data.ClipStore`).
+    models : keras.Model or list of keras.Model
+        Each takes ``(batch, ..., crop_frames)`` raw features; returns ``(batch, n_classes)``.
+    features : array-like, shape (n, n_mels, n_frames) or (n, n_samples), or list of arrays
+        Anything sliceable along the first axis (array, memmap, :class:`common.data.ClipStore`),
+        or a list of clips of different lengths ``(n_mels, n_frames_i)``.
     crop_frames : int
         Model input length along the last axis. Shorter clips are padded with their
         per-row minimum (silence in a log-mel).
@@ -84,32 +140,57 @@ def predict_clips(model, features, *, crop_frames: int, eval: str = "center",
         Hop between chunks (default ``crop_frames``).
     batch_size : int
         Crops per model call.
+    on_batch : callable, optional
+        Called after each batch with the number of clips predicted so far (progress bars).
 
     Returns
     -------
     np.ndarray, shape (n, n_classes), float64
+        Mean over each clip's chunks, then over ``models``.
     """
     if eval not in ("center", "chunks"):
         raise ValueError(f"eval must be 'center' or 'chunks', got {eval!r}")
+    models = list(models) if isinstance(models, (list, tuple)) else [models]
     n = len(features)
-    total = max(features.shape[-1], crop_frames)
-    if eval == "center":
-        starts = np.array([(total - crop_frames) // 2])
-    else:
-        starts = chunk_starts(total, crop_frames=crop_frames, hop_frames=chunk_hop_frames or crop_frames)
-    clips_per_call = max(1, batch_size // len(starts))
-    outputs = []
-    for begin in range(0, n, clips_per_call):
-        x = np.asarray(features[begin:begin + clips_per_call], dtype=np.float32)
-        if x.shape[-1] < crop_frames:
-            pad = [(0, 0)] * (x.ndim - 1) + [(0, crop_frames - x.shape[-1])]
-            x = np.pad(x, pad, mode="minimum")
-        chunks = np.stack([x[..., s:s + crop_frames] for s in starts], axis=1)
-        probs = np.asarray(forward_function(model)(chunks.reshape(-1, *chunks.shape[2:])), dtype=np.float64)
-        outputs.append(probs.reshape(len(x), len(starts), -1).mean(axis=1))
-    if not outputs:
-        return np.zeros((0, model.output_shape[-1]))
-    return np.concatenate(outputs)
+    n_classes = models[0].output_shape[-1]
+    if n == 0:
+        return np.zeros((0, n_classes))
+    lengths = ([np.shape(clip)[-1] for clip in features] if isinstance(features, (list, tuple))
+               else [features.shape[-1]] * n)
+    n_chunks = np.array([len(eval_starts(length, crop_frames=crop_frames, eval=eval,
+                                        chunk_hop_frames=chunk_hop_frames)) for length in lengths])
+    batch = int(min(batch_size, 1 << int(np.ceil(np.log2(n_chunks.sum())))))
+    forward = forward_function(tuple(models), batch)
+    sums = np.zeros((n, n_classes))
+    x = owners = last_chunk = None
+    filled = 0
+
+    def flush() -> None:
+        np.add.at(sums, owners[:filled], forward(x)[:, :filled].sum(axis=0, dtype=np.float64))
+        if on_batch is not None:
+            on_batch(int(owners[filled - 1]) + int(last_chunk[filled - 1]))
+
+    read_block = max(1, batch // int(n_chunks[0]))
+    for index, clip in enumerate(_clip_blocks(features, block=read_block)):
+        if clip.shape[-1] < crop_frames:
+            pad = [(0, 0)] * (clip.ndim - 1) + [(0, crop_frames - clip.shape[-1])]
+            clip = np.pad(clip, pad, mode="minimum")
+        if x is None:
+            x = np.zeros((batch, *clip.shape[:-1], crop_frames), dtype=np.float32)
+            owners = np.zeros(batch, dtype=np.int64)
+            last_chunk = np.zeros(batch, dtype=bool)
+        starts = eval_starts(clip.shape[-1], crop_frames=crop_frames, eval=eval, chunk_hop_frames=chunk_hop_frames)
+        for start in starts:
+            x[filled] = clip[..., start:start + crop_frames]
+            owners[filled] = index
+            last_chunk[filled] = start == starts[-1]
+            filled += 1
+            if filled == batch:
+                flush()
+                filled = 0
+    if filled:
+        flush()
+    return sums / (n_chunks[:, None] * len(models))
 
 
 def load_fold_models(exp_dir: str | Path) -> list:
@@ -139,10 +220,10 @@ def load_fold_models(exp_dir: str | Path) -> list:
 
 def predict_ensemble(models: list, features, *, crop_frames: int, eval: str = "center",
                      chunk_hop_frames: int | None = None, batch_size: int = 32) -> np.ndarray:
-    """Mean of :func:`predict_clips` over ``models`` (a fold ensemble); shape ``(n, n_classes)``."""
-    return np.mean([predict_clips(m, features, crop_frames=crop_frames, eval=eval,
-                                  chunk_hop_frames=chunk_hop_frames, batch_size=batch_size)
-                    for m in models], axis=0)
+    """Mean of the clip probabilities of ``models`` (a fold ensemble), each batch through
+    every model in turn (:func:`predict_clips`); shape ``(n, n_classes)``."""
+    return predict_clips(models, features, crop_frames=crop_frames, eval=eval,
+                         chunk_hop_frames=chunk_hop_frames, batch_size=batch_size)
 
 
 def load_run_config(exp_dir: str | Path):

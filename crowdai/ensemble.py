@@ -133,19 +133,22 @@ class FoldEnsemble:
         return self.config.data.crop_frames(self.settings)
 
     def predict(self, features, *, batch_size: int | None = None,
-                on_model: Callable[[], None] | None = None) -> np.ndarray:
+                on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         """Fold-ensemble probabilities of clips of the experiment's feature settings.
+
+        Batches of chunks of many clips go through every fold model before the next
+        batch is read (:func:`common.inference.predict_clips`).
 
         Parameters
         ----------
-        features : array-like, shape (n, n_mels, n_frames) or (n, n_samples)
-            Raw features (array, memmap or :class:`common.data.ClipStore`); clips may be
-            longer or shorter than the training clips (chunks / padding, see
-            :func:`common.inference.predict_clips`).
+        features : array-like, shape (n, n_mels, n_frames) or (n, n_samples), or list of arrays
+            Raw features (array, memmap or :class:`common.data.ClipStore`, or clips of
+            different lengths); clips may be longer or shorter than the training clips
+            (chunks / padding, see :func:`common.inference.predict_clips`).
         batch_size : int, optional
             Crops per model call (default: the experiment's batch size).
-        on_model : callable, optional
-            Called after each fold model (progress bars).
+        on_batch : callable, optional
+            Called after each batch with the number of clips predicted so far (progress bars).
 
         Returns
         -------
@@ -154,14 +157,9 @@ class FoldEnsemble:
         from common.inference import predict_clips
 
         data = self.config.data
-        outputs = []
-        for model in self.models:
-            outputs.append(predict_clips(model, features, crop_frames=self.crop_frames, eval=data.eval,
-                                         chunk_hop_frames=data.chunk_hop_frames(self.settings),
-                                         batch_size=batch_size or data.batch_size))
-            if on_model is not None:
-                on_model()
-        return np.mean(outputs, axis=0)
+        return predict_clips(self.models, features, crop_frames=self.crop_frames, eval=data.eval,
+                             chunk_hop_frames=data.chunk_hop_frames(self.settings),
+                             batch_size=batch_size or data.batch_size, on_batch=on_batch)
 
     def prior(self) -> np.ndarray:
         """Class frequencies of the training targets (``oof.csv``), add-one smoothed.
@@ -336,12 +334,7 @@ def experiment_song(path: str | Path, *, ensemble: FoldEnsemble, window: float =
         }
     features = features_for(y, settings=settings)
     spans = segment_spans(bounds, settings=settings, n_total=features.shape[-1], min_length=ensemble.crop_frames)
-    probs = np.empty((len(bounds), ensemble.task.n_classes))
-    lengths = spans[:, 1] - spans[:, 0]
-    for length in np.unique(lengths):
-        rows = np.flatnonzero(lengths == length)
-        batch = np.stack([features[..., s:e] for s, e in spans[rows]])
-        probs[rows] = ensemble.predict(batch, batch_size=batch_size)
+    probs = ensemble.predict([features[..., s:e] for s, e in spans], batch_size=batch_size)
     input_seconds = ensemble.crop_frames * (settings.hop_length if settings.kind == "logmel" else 1) \
         / settings.sample_rate
     notes = {

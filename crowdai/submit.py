@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import functools
 import hashlib
 import json
 import sys
@@ -296,16 +295,17 @@ def predict_test_folder(ensembles: Sequence[FoldEnsemble], *, test_dir: str | Pa
         feature_seconds += time.perf_counter() - start
         cache_dirs.append(str(cache_dir))
         start = time.perf_counter()
-        bar = tqdm(total=sum(len(e.models) for e in group), unit="model", desc="fold models",
-                   disable=not progress, file=sys.stderr)
         for ensemble in group:
             probs = per_experiment[ensemble.name]
-            probs[ok_rows] = ensemble.predict(store, batch_size=batch_size, on_model=functools.partial(bar.update, 1))
+            bar = tqdm(total=len(ok_rows), unit="clip", desc=f"{ensemble.name} ({len(ensemble.models)} folds)",
+                       disable=not progress, file=sys.stderr)
+            probs[ok_rows] = ensemble.predict(store, batch_size=batch_size,
+                                              on_batch=lambda done, bar=bar: bar.update(done - bar.n))
+            bar.close()
             if decoded:
                 probs[decoded_rows] = ensemble.predict(np.stack(decoded), batch_size=batch_size)
             if prior_rows:
                 probs[prior_rows] = ensemble.prior()
-        bar.close()
         model_seconds += time.perf_counter() - start
     combined = combine([per_experiment[e.name] for e in ensembles], weights=weights, mean=mean)
     return TestPredictions(ids=ids, probs=combined, per_experiment=per_experiment,

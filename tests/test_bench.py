@@ -11,23 +11,46 @@ import pytest
 import soundfile as sf
 
 
-def test_features_benchmark_reports_medians_of_its_rounds_and_the_summary_reads_them(tmp_path):
+def test_features_benchmark_reports_medians_of_its_rounds_both_sets_and_scaling(tmp_path):
     from bench import features, summary
     from common import mp3
 
+    source = tmp_path / "recordings"  # stands in for ../shared/audio: one 40-s recording -> one segment
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    sf.write(source / "song.ogg", (0.3 * rng.standard_normal(40 * 22050)).astype(np.float32), 22050)
     out = tmp_path / "features.json"
-    assert features.main(["--clips", "2", "--rounds", "2", "--shard-size", "1",
-                          "--mp3-dir", str(tmp_path / "mp3"), "--out", str(out)]) == 0
+    assert features.main(["--clips", "2", "--rounds", "2", "--shard-size", "1", "--scale", "2",
+                          "--real-audio", str(source), "--mp3-dir", str(tmp_path / "mp3"), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
+    assert result["set"] == "real" and set(result["sets"]) == {"real", "synthetic"}
     assert len(result["rounds"]) == 2 and result["clips"] == 2 and result["cores"] >= 1
-    for key in ("toolkit_clips_per_s", "baseline_clips_per_s", "decode_only_clips_per_s", "ratio"):
-        assert result[key] > 0
-        assert result[key] == pytest.approx(np.median([measured[key] for measured in result["rounds"]]), abs=0.011)
-    assert result["mp3_decoder"] == ("libmpg123 (mono mix)" if mp3.available() else "soundfile")
+    for measured_set in result["sets"].values():
+        for key in ("toolkit_clips_per_s", "baseline_clips_per_s", "decode_only_clips_per_s", "ratio"):
+            assert measured_set[key] > 0
+            assert measured_set[key] == pytest.approx(np.median([r[key] for r in measured_set["rounds"]]), abs=0.011)
+    scaling = result["scaling"]
+    assert scaling["scaled_clips"] == 4 and len(scaling["scaled_rounds"]) == 2
+    assert scaling["agreement"] == pytest.approx(scaling["scaled_clips_per_s"] / scaling["clips_per_s"], abs=0.01)
+    real = sorted((tmp_path / "mp3" / "real-192k").glob("segment*.mp3"))
+    assert len(real) == 1 and sf.info(real[0]).samplerate == 44100 and sf.info(real[0]).channels == 2
+    assert result["mp3_decoder"].startswith("libmpg123" if mp3.available() else "soundfile")
 
     assert summary.main(["--dir", str(tmp_path)]) == 0
-    assert "clips/s per core" in (tmp_path / "summary.md").read_text()
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "clips/s per core" in markdown and "real" in markdown
     assert json.loads((tmp_path / "summary.json").read_text())["results"]["features"] == result
+
+
+def test_features_benchmark_without_real_recordings_runs_the_synthetic_set(tmp_path):
+    from bench import features
+
+    out = tmp_path / "features.json"
+    assert features.main(["--clips", "1", "--rounds", "1", "--shard-size", "1", "--scale", "1",
+                          "--real-audio", str(tmp_path / "absent"), "--mp3-dir", str(tmp_path / "mp3"),
+                          "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["set"] == "synthetic" and list(result["sets"]) == ["synthetic"]
 
 
 def test_tag_benchmark_without_the_original_reports_ours_only(tmp_path, musicnn_weights_dir):
@@ -62,3 +85,43 @@ def test_metadata_benchmark_reports_load_time_and_memory_and_the_summary_reads_t
     assert result["load_seconds"] == pytest.approx(np.median([r["load_seconds"] for r in result["rounds"]]))
     assert summary.main(["--dir", str(tmp_path)]) == 0
     assert "tracks.csv of 3000 rows" in (tmp_path / "summary.md").read_text()
+
+
+def test_predict_benchmark_compares_batched_and_per_clip_paths_and_predicts_hours(tmp_path):
+    from bench import predict
+
+    out = tmp_path / "predict.json"
+    assert predict.main(["--config", "experiments/configs/demo.yaml", "--clips", "3", "--seconds", "10",
+                         "--folds", "1,2", "--rounds", "1", "--jobs", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [row["folds"] for row in result["runs"]] == [1, 2]
+    for row in result["runs"]:
+        assert row["max_abs_difference"] < 1e-5  # the two paths agree
+        assert row["batched_model_seconds"] > 0 and row["per_clip_model_seconds"] > 0
+    hours = result["predicted_hours"]
+    assert hours["folds"] == 5 and hours["clips"]["crowdai_round1_test"] == 35_000
+    assert 0 < hours["fma_medium"] < hours["crowdai_round1_test"] < hours["fma_large"]
+
+
+def test_summary_headlines_every_target_of_the_throughput_issue():
+    from bench.summary import headlines
+
+    results = {
+        "features": {"toolkit_clips_per_s": 60.0, "cores": 2, "set": "real",
+                     "sets": {"real": {"ratio": 4.1, "decode_only_clips_per_s": 40.0},
+                              "synthetic": {"ratio": 4.3, "decode_only_clips_per_s": 42.0}},
+                     "scaling": {"clips": 96, "clips_per_s": 60.0, "scaled_clips": 960, "scaled_clips_per_s": 62.0,
+                                 "agreement": 1.03}},
+        "train": {"ratio": 1.4, "model": "shortchunk", "augmentations": ["crop", "mixup"],
+                  "toolkit_samples_per_s": 140.0, "baseline_samples_per_s": 100.0},
+        "pipeline": {"training_clips_per_s": 1.0, "input_shape": [96, 1366], "model": "crnn", "device": "cpu",
+                     "precision": "float32", "batch_size": 8, "limit": "model", "pipeline_clips_per_s": 1000.0,
+                     "model_clips_per_s": 1.1},
+        "predict": {"device": "cpu", "batched_speedup": 1.2, "batched_cpu_speedup": 1.1,
+                    "predicted_hours": {"folds": 5, "clips": {"fma_medium": 25000}, "fma_medium": 3.5}},
+    }
+    text = "\n".join(headlines(results, {"cores": 2}))
+    for expected in ("real mp3s: 4.1 x", "synthetic mp3s: 4.3 x", "agreement 1.03", "crop + mixup on both sides",
+                     "1.4 x the naive", "0.11 % of a training step", "1.2 x the per-clip path",
+                     "fma_medium (25,000 clips) 3.5 h"):
+        assert expected in text

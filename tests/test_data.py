@@ -87,12 +87,15 @@ def test_class_weights_and_feature_stats():
     assert wave_mean.shape == (1,)
 
 
-class _MeanModel:
+def _mean_model(input_shape: tuple[int, ...]):
     """Stand-in model: the probability of class 1 is the mean of the crop."""
+    import keras
 
-    def predict_on_batch(self, x):
-        m = x.reshape(len(x), -1).mean(axis=1)
-        return np.stack([1 - m, m], axis=1)
+    def probs(t):
+        m = keras.ops.mean(keras.ops.reshape(t, (keras.ops.shape(t)[0], -1)), axis=1)
+        return keras.ops.stack([1 - m, m], axis=1)
+
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Lambda(probs, output_shape=(2,))])
 
 
 def test_chunks_and_predict_clips():
@@ -100,12 +103,90 @@ def test_chunks_and_predict_clips():
     assert chunk_starts(3, crop_frames=4, hop_frames=2).tolist() == [0]
     x = np.zeros((3, 2, 10), np.float32)
     x[:, :, 8:] = 1.0  # only the last two frames are on
-    center = predict_clips(_MeanModel(), x, crop_frames=4, eval="center")
+    model = _mean_model((2, 4))
+    center = predict_clips(model, x, crop_frames=4, eval="center")
     np.testing.assert_allclose(center[:, 1], 0.0)
-    chunks = predict_clips(_MeanModel(), x, crop_frames=4, eval="chunks", chunk_hop_frames=4, batch_size=2)
+    chunks = predict_clips(model, x, crop_frames=4, eval="chunks", chunk_hop_frames=4, batch_size=2)
     np.testing.assert_allclose(chunks[:, 1], (0 + 0 + 0.5) / 3)
-    wave = predict_clips(_MeanModel(), np.ones((2, 5), np.float32), crop_frames=8, eval="center")
+    wave = predict_clips(_mean_model((8,)), np.ones((2, 5), np.float32), crop_frames=8, eval="center")
     np.testing.assert_allclose(wave[:, 1], 1.0)
+
+
+def _random_model(seed: int, *, crop: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((N_MELS, crop)), keras.layers.Conv1D(6, 3, activation="relu"),
+                             keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(N_CLASSES, activation="softmax")])
+
+
+def _per_clip_reference(models, clips, *, crop, hop):
+    """Each clip's chunks as their own batch through ``predict_on_batch``; mean over chunks, then models."""
+    rows = []
+    for clip in clips:
+        starts = chunk_starts(clip.shape[-1], crop_frames=crop, hop_frames=hop)
+        chunks = np.stack([clip[:, s:s + crop] for s in starts]).astype(np.float32)
+        rows.append(np.mean([np.asarray(m.predict_on_batch(chunks)).mean(axis=0) for m in models], axis=0))
+    return np.array(rows)
+
+
+def test_batched_predictions_equal_per_clip_for_different_chunk_counts_with_one_trace(caplog):
+    from common.inference import forward_function
+
+    crop, hop, batch = 8, 4, 16
+    rng = np.random.default_rng(0)
+    clips = [rng.normal(0, 1, (N_MELS, n)).astype(np.float32) for n in (8, 13, 40, 21, 9, 30, 40, 17)]
+    models = [_random_model(seed, crop=crop) for seed in range(5)]  # a 5-fold ensemble
+    expected = _per_clip_reference(models, clips, crop=crop, hop=hop)
+    caplog.clear()  # predict_on_batch per clip retraces (and warns) itself: that is what is replaced
+    counts = [len(chunk_starts(c.shape[-1], crop_frames=crop, hop_frames=hop)) for c in clips]
+    assert len(set(counts)) >= 4 and sum(counts) > 2 * batch  # chunks of one clip span batches
+    got = predict_clips(models, clips, crop_frames=crop, eval="chunks", chunk_hop_frames=hop, batch_size=batch)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # an equal-length array and a second call reuse the same traced function
+    same = np.stack([c[:, :40] for c in clips if c.shape[-1] == 40] * 5)
+    got_same = predict_clips(models, same, crop_frames=crop, eval="chunks", chunk_hop_frames=hop, batch_size=batch)
+    assert forward_function(tuple(models), batch).traced.experimental_get_tracing_count() == 1
+    assert "retracing" not in caplog.text
+    np.testing.assert_allclose(got_same, _per_clip_reference(models, same, crop=crop, hop=hop), rtol=1e-5, atol=1e-6)
+
+
+def test_every_model_sees_a_batch_before_the_next_is_read(monkeypatch):
+    import common.inference as inference
+
+    log = []
+
+    class Features:
+        shape = (12, N_MELS, 20)
+
+        def __len__(self):
+            return 12
+
+        def __getitem__(self, index):
+            log.append(("read", index.start))
+            return np.zeros((len(range(*index.indices(12))), N_MELS, 20), np.float32)
+
+    class Model:
+        output_shape = (None, 2)
+
+        def __init__(self, name):
+            self.name = name
+
+    def fake_forward(models, batch):
+        def forward(x):
+            assert x.shape == (batch, N_MELS, 8)
+            log.extend(("model", model.name) for model in models)
+            return np.full((len(models), batch, 2), 0.5)
+        return forward
+
+    monkeypatch.setattr(inference, "forward_function", fake_forward)
+    probs = predict_clips([Model("a"), Model("b")], Features(), crop_frames=8, eval="chunks",
+                          chunk_hop_frames=4, batch_size=8)
+    np.testing.assert_allclose(probs, 0.5)
+    calls = [name for kind, name in log if kind == "model"]
+    assert calls == ["a", "b"] * (len(calls) // 2) and len(calls) >= 8  # 12 clips x 4 chunks / 8
+    reads = [i for i, (kind, _) in enumerate(log) if kind == "read"]
+    assert len(reads) > 1 and reads[-1] > log.index(("model", "b"))  # read as it goes, not all up front
 
 
 def test_small_model_learns_on_held_out_clips(tmp_path):
