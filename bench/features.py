@@ -209,7 +209,8 @@ def warm_up(paths: list[Path], *, work: Path) -> None:
 
 def toolkit_clip(path: Path) -> np.ndarray:
     """The toolkit's stored feature of one clip, in this process (what a worker computes per clip)."""
-    from common.audio import features_for, load_clip
+    from common.audio import load_clip
+    from common.features import features_for
     from common.settings import FeatureSettings
 
     settings = FeatureSettings()

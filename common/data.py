@@ -406,7 +406,7 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
     def batch_fn(rows_t, seed_t):
         return augment(*gather(rows_t, seed_t))
 
-    return (tf.data.Dataset.zip(rows, seeds)
+    return (batches
             .map(batch_fn, num_parallel_calls=input_threads(), deterministic=True)
             .prefetch(PREFETCH_BATCHES)
             .with_options(_input_options()))
