@@ -15,12 +15,16 @@ the history and weights of an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
+import random
 import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +85,69 @@ def select_runtime(training: TrainingConfig) -> Runtime:
         jit = "auto" if gpus else False
     device = f"{len(gpus)} x GPU" if gpus else "cpu"
     return Runtime(strategy=strategy, precision=precision, jit_compile=jit, device=device)
+
+
+_thread_seed_stream = threading.local()
+
+
+class _PerThreadRandom:
+    """Stands in for the ``random`` module in Keras' seed code: a thread's own stream while it has one."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(getattr(_thread_seed_stream, "generator", None) or random, name)
+
+
+_PER_THREAD_RANDOM = _PerThreadRandom()
+
+
+@contextlib.contextmanager
+def keras_seeds(seed: int) -> Iterator[None]:
+    """Seed Keras and give the calling thread its own stream of Keras' default seeds for the block.
+
+    ``keras.utils.set_random_seed`` seeds Python's process-wide ``random``, and Keras draws
+    the seed of every unseeded initializer and ``SeedGenerator`` (dropout) from that stream
+    (``keras.src.random.seed_generator.make_default_seed``). Any other thread drawing from
+    it meanwhile shifts those seeds: a Dask worker's event loop does (``random.sample`` in
+    ``dask.sizeof``), so a fold's initial weights and dropout masks depended on timing.
+    Inside this block the calling thread's Keras default seeds come from
+    ``random.Random(seed)``, the stream ``random.seed(seed)`` starts; other threads keep
+    the module's stream.
+
+    Raises
+    ------
+    RuntimeError
+        This Keras no longer draws its default seeds where this function expects.
+    """
+    from keras.src.random import seed_generator
+
+    source = getattr(seed_generator, "python_random", None)
+    if source is not _PER_THREAD_RANDOM:
+        if source is not random:
+            raise RuntimeError(f"keras {keras.__version__}: keras.src.random.seed_generator no longer draws default "
+                               f"seeds from the `random` module; common.training.keras_seeds must follow it")
+        seed_generator.python_random = _PER_THREAD_RANDOM  # stays: threads without a stream use `random`
+    previous = getattr(_thread_seed_stream, "generator", None)
+    keras.utils.set_random_seed(seed)
+    _thread_seed_stream.generator = random.Random(seed)
+    try:
+        yield
+    finally:
+        _thread_seed_stream.generator = previous
+
+
+@contextlib.contextmanager
+def fold_globals(runtime: Runtime, *, seed: int) -> Iterator[None]:
+    """Keras' global settings while a fold trains: ``runtime``'s dtype policy (restored after), op
+    determinism on CPU and :func:`keras_seeds`."""
+    previous_policy = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(runtime.precision)
+    if runtime.device == "cpu":
+        tf.config.experimental.enable_op_determinism()
+    try:
+        with keras_seeds(seed):
+            yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous_policy)
 
 
 def make_optimizer(training: TrainingConfig, *, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -293,12 +360,7 @@ def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipSt
     if config.features.layout == "waveform":
         mean, std = float(mean[0]), float(std[0])
 
-    previous_policy = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy(runtime.precision)
-    if runtime.device == "cpu":
-        tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(training.seed + fold)
-    try:
+    with fold_globals(runtime, seed=training.seed + fold):
         state = _resume(run_dir)
         with runtime.strategy.scope():
             if state is None:
@@ -341,8 +403,6 @@ def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipSt
         best = keras.models.load_model(run_dir / "model.keras", compile=False)
         probs = predict_clips(best, val_features, crop_frames=crop_frames, eval=data.eval,
                               chunk_hop_frames=hop, batch_size=data.batch_size)
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous_policy)
     write_oof(run_dir / "oof.csv", ids=val_features.ids, fold=fold, task=task, y=y_val, probs=probs)
     scores = metrics.score(task.name, task.score_targets(y_val), probs, task.class_names)
     summary = {

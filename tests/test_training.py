@@ -222,3 +222,40 @@ def test_a_fold_trained_from_the_memory_mapped_store_equals_one_trained_in_memor
         experiment.train_experiment(variant, data, runs=tmp_path / str(in_memory), folds=[0])
         outcomes.append(fold_outcome(tmp_path / str(in_memory) / "tiny_mmap" / "fold_0"))
     assert_same_outcome(*outcomes, atol=SAME_RESULT_ATOL)
+
+
+def test_a_fold_depends_on_nothing_that_ran_before_or_beside_it(env, tmp_path):
+    """As on a ``dask worker``: the fold trained again in another thread, after other Keras work, while a
+    third thread draws from Python's ``random`` (Dask's event loop does, sizing messages with
+    ``random.sample``), ends bit for bit as the first time."""
+    import random
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from common.config import load_config
+
+    config = load_config(write_tiny_config(tmp_path, "tiny_threads", epochs=1))
+    data = experiment.open_experiment_data(config, data=env["data"], subset=SUBSET, folds_path=env["folds"],
+                                           cache=env["cache"])
+    experiment.train_experiment(config, data, runs=tmp_path / "first", folds=[0])
+
+    def train_beside_a_random_drawer():
+        keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dropout(0.5)])
+        stop = threading.Event()
+
+        def draw():
+            while not stop.wait(0.001):
+                random.random()
+
+        drawer = threading.Thread(target=draw)
+        drawer.start()
+        try:
+            experiment.train_experiment(config, data, runs=tmp_path / "second", folds=[0])
+        finally:
+            stop.set()
+            drawer.join()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(train_beside_a_random_drawer).result()
+    assert_same_outcome(*(fold_outcome(tmp_path / run / "tiny_threads" / "fold_0") for run in ("first", "second")),
+                        atol=0)
