@@ -143,9 +143,9 @@ def estimate_run_time(ensembles: Sequence, *, n_clips: int, clip_seconds: float 
                                    jobs=jobs)
         fit, means = result["fit"], result["measured_means"]
         features, per_fold, method = fit["F_seconds"], fit["M_seconds_per_fold"], "fit"
-        if features < 0 or per_fold < 0:  # timing noise larger than one of the terms: use the direct means
+        if features <= 0 or per_fold <= 0:  # timing noise as large as one of the terms: use the direct means
             features, per_fold = means["feature_seconds"], means["model_seconds_per_fold"]
-            method = "measured means (the fit had a negative term)"
+            method = "measured means (the fit had a term <= 0)"
         scale = target_clips / n_clips
         per_experiment[ensemble.name] = {"F_seconds": features, "M_seconds_per_fold": per_fold,
                                          "folds": len(ensemble.models), "method": method,
