@@ -17,6 +17,11 @@ Layout of one cache directory ``<cache_root>/<source>-<kind>-<digest>/``:
     Per-item status of the shard, written after the shard: its presence marks
     the shard done, so a re-run computes only the shards without one, and in the
     others only the items whose failure is *transient* (see below).
+``shard_NNNNN.progress`` / ``shard_NNNNN.crashed``
+    While a shard is computed: the rows started, and the rows a worker process died on
+    (removed once the shard is written, and at the start of every run). A row two workers
+    died on is skipped by the next attempt in the same run and recorded as a transient
+    ``worker_died`` failure.
 ``index.csv`` / ``failures.csv``
     Written at the end: ``id, shard, row`` of every success, and
     ``id, path, reason, detail, kind`` of every failure. ``index.csv`` marks the cache complete.
@@ -35,6 +40,7 @@ most one shard per worker in memory, which is what lets it scale to fma_large.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import os
@@ -124,9 +130,14 @@ def _settings_json(settings: FeatureSettings) -> bytes:
 
 
 def _remove_temporaries(cache_dir: Path) -> None:
-    """Delete half-written files of killed runs or workers (never a finished file)."""
-    for stale in cache_dir.glob(TEMPORARY_GLOB):
-        stale.unlink(missing_ok=True)
+    """Delete half-written files and crash markers of earlier runs (never a finished file).
+
+    A run that was interrupted (Ctrl-C, a killed job) leaves ``.progress`` markers; they
+    are no evidence against the clips they name, so each run starts without them.
+    """
+    for pattern in (TEMPORARY_GLOB, "*.progress", "*.crashed"):
+        for stale in cache_dir.glob(pattern):
+            stale.unlink(missing_ok=True)
 
 
 def _prepare(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: Path,
@@ -219,9 +230,20 @@ def _extract_shard(cache_dir: str, shard: int, items: list[tuple[str, str]], set
     ``retry`` lists rows to compute again into the existing shard and record (the other
     rows are kept as they are); None computes every row. A row is the same numbers
     whichever way it is computed, so a healed shard equals one computed in one go.
+
+    Before each row its number is appended to ``shard_NNNNN.progress``. A worker process
+    that dies in native code (a decoder or resampler crash, the kernel's OOM killer)
+    leaves that file behind; the next attempt at the shard in the same run (Dask's retry
+    on another worker, or :func:`_run_until_done`'s) records the row it died on in
+    ``shard_NNNNN.crashed``; a row on which two workers died is skipped and recorded as a
+    transient ``worker_died`` failure (one death may be a lost host, and the row is tried
+    again). One file that kills its process costs that file, never the shard or the run,
+    and the next run tries it again. Markers of an interrupted earlier run are removed before a run
+    starts (:func:`_remove_temporaries`), so they never count against a clip.
     """
     directory = Path(cache_dir)
     name = _shard_name(shard)
+    crashed = _rows_that_killed_a_worker(directory, name)
     if retry is None:
         data = np.zeros((len(items), *settings.clip_shape), dtype=np.float16)
         record: list[dict[str, str]] = [{} for _ in items]
@@ -230,17 +252,48 @@ def _extract_shard(cache_dir: str, shard: int, items: list[tuple[str, str]], set
         data = np.load(directory / f"{name}.npy")
         record = json.loads((directory / f"{name}.json").read_text())
         rows = retry
-    for row in rows:
-        item_id, path = items[row]
-        data[row] = 0
-        entry = _extract_item(path, settings=settings, weights_dir=weights_dir, out=data[row])
-        if entry["status"] != "ok":
+    progress = os.open(directory / f"{name}.progress", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for row in rows:
+            item_id, path = items[row]
             data[row] = 0
-        record[row] = {"id": item_id, **entry}
+            if row in crashed:
+                entry = {"status": "failed", "reason": "worker_died", "kind": TRANSIENT,
+                         "detail": f"{path}: the worker process died computing it (a crash in native code, "
+                                   f"or killed for memory)"}
+            else:
+                os.write(progress, f"{row}\n".encode())
+                entry = _extract_item(path, settings=settings, weights_dir=weights_dir, out=data[row])
+            if entry["status"] != "ok":
+                data[row] = 0
+            record[row] = {"id": item_id, **entry}
+    finally:
+        os.close(progress)
     with atomic_output(directory / f"{name}.npy", overwrite=True) as tmp, open(tmp, "wb") as handle:
         np.save(handle, data)
     write_bytes_atomic(directory / f"{name}.json", (json.dumps(record, indent=1) + "\n").encode(), overwrite=True)
+    for marker in (f"{name}.progress", f"{name}.crashed"):
+        (directory / marker).unlink(missing_ok=True)
     return record
+
+
+def _rows_that_killed_a_worker(directory: Path, name: str) -> set[int]:
+    """Rows of shard ``name`` on which two worker processes died, from ``<name>.crashed``.
+
+    A ``<name>.progress`` file left by a dead worker ends with the row it was computing:
+    that row is appended to ``<name>.crashed`` (which survives further deaths) and the
+    progress file is removed. One death may be the host's fault (a node lost, a job
+    killed), so that row is tried once more; a second death on it names the clip.
+    """
+    progress, crashed = directory / f"{name}.progress", directory / f"{name}.crashed"
+    if progress.exists():
+        lines = progress.read_text().split()
+        if lines:
+            with open(crashed, "a") as handle:
+                handle.write(f"{lines[-1]}\n")
+        progress.unlink()
+    deaths = collections.Counter(int(row) for row in crashed.read_text().split()) if crashed.exists() else {}
+    return {row for row, count in deaths.items() if count >= 2}
 
 
 def _rows_to_retry(record: list[dict[str, str]], *, retry_failed: bool) -> list[int]:
@@ -252,10 +305,10 @@ def _rows_to_retry(record: list[dict[str, str]], *, retry_failed: bool) -> list[
             and (retry_failed or entry.get("kind", PERMANENT) == TRANSIENT)]
 
 
-def _run_task(task: tuple) -> tuple[int, list[dict[str, str]]]:
-    """Run ``_extract_shard(*task)`` (looked up at call time); ``(items computed, record)``."""
+def _run_task(task: tuple) -> tuple[int, int, list[dict[str, str]]]:
+    """Run ``_extract_shard(*task)`` (looked up at call time); ``(shard, items computed, record)``."""
     record = _extract_shard(*task)
-    return (len(record) if task[5] is None else len(task[5])), record
+    return task[1], (len(record) if task[5] is None else len(task[5])), record
 
 
 def _read_record(cache_dir: Path, shard: int) -> list[dict[str, str]] | None:
@@ -265,7 +318,7 @@ def _read_record(cache_dir: Path, shard: int) -> list[dict[str, str]] | None:
     return json.loads(path.read_text())
 
 
-def _run_local(tasks: list[tuple], *, n_jobs: int) -> Iterator[tuple[int, list[dict[str, str]]]]:
+def _run_local(tasks: list[tuple], *, n_jobs: int) -> Iterator[tuple[int, int, list[dict[str, str]]]]:
     import joblib
 
     if not tasks:
@@ -275,7 +328,7 @@ def _run_local(tasks: list[tuple], *, n_jobs: int) -> Iterator[tuple[int, list[d
             joblib.delayed(_run_task)(task) for task in tasks)
 
 
-def _run_dask(tasks: list[tuple], *, scheduler: str) -> Iterator[tuple[int, list[dict[str, str]]]]:
+def _run_dask(tasks: list[tuple], *, scheduler: str) -> Iterator[tuple[int, int, list[dict[str, str]]]]:
     from distributed import Client, as_completed
 
     if not tasks:
@@ -285,6 +338,35 @@ def _run_dask(tasks: list[tuple], *, scheduler: str) -> Iterator[tuple[int, list
         futures = [client.submit(_run_task, task, key=f"feature-shard-{run_id}-{task[1]:05d}") for task in tasks]
         for future in as_completed(futures):
             yield future.result()
+
+
+def _worker_deaths() -> tuple[type[BaseException], ...]:
+    """What joblib and Dask raise when a worker process died under a task."""
+    from distributed import KilledWorker
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    return TerminatedWorkerError, KilledWorker
+
+
+def _run_until_done(tasks: list[tuple], *, run, bar) -> None:
+    """Run the shard ``tasks`` with ``run``; after a worker died, run the unfinished ones again.
+
+    A row on which two workers died is skipped by the next attempt at its shard (see
+    :func:`_extract_shard`), so a shard needs at most two attempts per file that kills a worker.
+    """
+    done: set[int] = set()
+    todo = tasks
+    for attempt in range(1, 2 * sum(len(task[2]) for task in tasks) + 2):
+        try:
+            for shard, n_computed, _record in run(todo):
+                done.add(shard)
+                bar.update(n_computed)
+            return
+        except _worker_deaths() as error:
+            todo = [task for task in todo if task[1] not in done]
+            print(f"features: a worker process died ({type(error).__name__}); attempt {attempt + 1} at "
+                  f"{len(todo)} unfinished shard(s) (a clip two workers died on is skipped)", file=sys.stderr, flush=True)
+    raise FeatureCacheError("workers kept dying on every clip; see the .crashed files in the cache")
 
 
 def extract(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: str | Path,
@@ -359,11 +441,10 @@ def extract(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: str 
             tasks.append((str(cache_dir), int(shard), list(zip(group["id"], group["path"])), settings,
                           str(weights_dir), retry))
         n_cached += 0 if record is None else len(record) - len(retry)
-    results = _run_dask(tasks, scheduler=scheduler) if scheduler else _run_local(tasks, n_jobs=n_jobs)
     with tqdm(total=len(table), initial=n_cached, unit="clip", desc="features", disable=not progress,
               file=sys.stderr) as bar:
-        for n_computed, _record in results:
-            bar.update(n_computed)
+        _run_until_done(tasks, run=lambda todo: (_run_dask(todo, scheduler=scheduler) if scheduler
+                                                  else _run_local(todo, n_jobs=n_jobs)), bar=bar)
     _remove_temporaries(cache_dir)  # a worker that died mid-shard leaves its temporary file
     for shard in range(n_shards):
         if shard not in records:

@@ -386,3 +386,48 @@ def test_a_superset_archive_is_read_and_named(metadata_only, demo_data_dir, tiny
     # the same files, once the folder read is named as the original's (paths and decoder messages hold it)
     renamed = (str(metadata_only / "fma_large").encode(), str(demo_data_dir / "fma_small").encode())
     assert {name: data.replace(*renamed) for name, data in ours.items()} == local
+
+
+# Loaded by every Python process of the test's run (the CLI and its loky workers): the clip
+# named by FMA_TEST_KILLER kills the process computing it, as a crash in native code would.
+_KILLER_HOOK = """
+import os
+if os.environ.get("FMA_TEST_KILLER"):
+    from pathlib import Path
+    import common.features as features
+    real_load_clip = features.load_clip
+    def load_clip(path, *, settings):
+        if Path(path).stem == os.environ["FMA_TEST_KILLER"]:
+            os._exit(70)
+        return real_load_clip(path, settings=settings)
+    features.load_clip = load_clip
+"""
+
+
+def test_a_clip_that_kills_its_worker_costs_that_clip_only_and_heals_on_the_next_run(
+        clean_cache, audio_folder, config_file, tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_KILLER_HOOK)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO)]), "FMA_TEST_KILLER": "song05"}
+    root = tmp_path / "cache"
+    cache_dir = cache_dir_for(root, "songs", SETTINGS)
+    run = ["-c", "import sys; from common.features import main; raise SystemExit(main(sys.argv[1:]))",
+           "--config", str(config_file), "--audio-dir", str(audio_folder), "--cache", str(root),
+           "--jobs", "2", "--shard-size", "4", "--no-progress"]
+    crashed = subprocess.run([sys.executable, *run], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert crashed.returncode == 0, crashed.stderr
+    assert "a worker process died" in crashed.stderr
+    assert crashed.stdout.strip().splitlines()[-1].startswith("features: 23 ok, 6 failed, 0 cached")
+    cache = FeatureCache.open(cache_dir)
+    assert cache.failures.set_index("id").loc["song05", ["reason", "kind"]].tolist() == ["worker_died", "transient"]
+    assert not [*cache_dir.glob("*.progress"), *cache_dir.glob("*.crashed")]
+    others = [item_id for item_id in FeatureCache.open(clean_cache).ids if item_id != "song05"]
+    np.testing.assert_array_equal(cache.get(others), FeatureCache.open(clean_cache).get(others))
+
+    del env["FMA_TEST_KILLER"]  # the crash was the worker's, not the file's: the next run heals it
+    healed = subprocess.run([sys.executable, *run], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300, check=True)
+    assert healed.stdout.strip().splitlines()[-1].startswith("features: 24 ok, 5 failed, 28 cached")
+    assert _files(cache_dir) == _files(clean_cache)
