@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from common.io import write_text_atomic
+from common.runs import FOLD_SUMMARY, fold_dir
 
 
 def _device() -> str:
@@ -88,12 +89,12 @@ def write_untrained_runs(runs: Path, *, config_path: Path, n_folds: int) -> str:
         keras.utils.set_random_seed(fold)
         model = models.build_model(config.model.name, input_shape=(*config.features.clip_shape[:-1], crop),
                                    n_outputs=task.n_classes, activation=task.activation, **config.model.params)
-        fold_dir = exp_dir / f"fold_{fold}"
-        fold_dir.mkdir(parents=True)
-        model.save(fold_dir / "model.keras")
-        (fold_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        task.save(fold_dir / "classes.json")
-        (fold_dir / "summary.json").write_text(json.dumps({"note": "untrained benchmark model"}) + "\n")
+        fold_path = fold_dir(exp_dir, fold)
+        fold_path.mkdir(parents=True)
+        model.save(fold_path / "model.keras")
+        (fold_path / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        task.save(fold_path / "classes.json")
+        (fold_path / FOLD_SUMMARY).write_text(json.dumps({"note": "untrained benchmark model"}) + "\n")
     return exp_dir.name
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ToolkitError
+from common.runs import finished_fold_dirs
 
 
 def chunk_starts(n_frames: int, *, crop_frames: int, hop_frames: int) -> np.ndarray:
@@ -210,12 +211,8 @@ def load_fold_models(exp_dir: str | Path) -> list:
 
     import common.models  # noqa: F401  (registers the custom layers)
 
-    exp_dir = Path(exp_dir)
-    folds = sorted((d for d in exp_dir.glob("fold_*") if (d / "summary.json").exists()),
-                   key=lambda d: int(d.name.split("_")[1]))
-    if not folds:
-        raise ToolkitError(f"{exp_dir}: no finished fold (fold_<k>/summary.json); train the experiment first")
-    return [keras.models.load_model(d / "model.keras", compile=False) for d in folds]
+    return [keras.models.load_model(d / "model.keras", compile=False)
+            for d in finished_fold_dirs(exp_dir, required=True)]
 
 
 def predict_ensemble(models: list, features, *, crop_frames: int, eval: str = "center",
@@ -227,16 +224,22 @@ def predict_ensemble(models: list, features, *, crop_frames: int, eval: str = "c
 
 
 def load_run_config(exp_dir: str | Path):
-    """The resolved :class:`~common.config.ExperimentConfig` saved with an experiment's folds."""
+    """The resolved :class:`~common.config.ExperimentConfig` saved with an experiment's first finished fold.
+
+    Raises
+    ------
+    ToolkitError
+        No finished fold in ``exp_dir``, or it lacks its ``config.yaml``.
+    """
     import yaml
 
     from common.config import config_from_dict
 
     exp_dir = Path(exp_dir)
-    saved = sorted(exp_dir.glob("fold_*/config.yaml"))
-    if not saved:
-        raise ToolkitError(f"{exp_dir}: no fold_<k>/config.yaml; train the experiment first")
-    return config_from_dict(yaml.safe_load(saved[0].read_text()), name=exp_dir.name, check_model=False)
+    saved = finished_fold_dirs(exp_dir, required=True)[0] / "config.yaml"
+    if not saved.is_file():
+        raise ToolkitError(f"{saved}: missing from a finished fold; train the fold again")
+    return config_from_dict(yaml.safe_load(saved.read_text()), name=exp_dir.name, check_model=False)
 
 
 def predict_experiment(exp_dir: str | Path, features, *, batch_size: int | None = None):
@@ -261,7 +264,7 @@ def predict_experiment(exp_dir: str | Path, features, *, batch_size: int | None 
 
     exp_dir = Path(exp_dir)
     config = load_run_config(exp_dir)
-    task = Task.load(sorted(exp_dir.glob("fold_*/classes.json"))[0])
+    task = Task.load(finished_fold_dirs(exp_dir, required=True)[0] / "classes.json")
     data = config.data
     probs = predict_ensemble(load_fold_models(exp_dir), features, crop_frames=data.crop_frames(config.features),
                              eval=data.eval, chunk_hop_frames=data.chunk_hop_frames(config.features),

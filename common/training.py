@@ -39,6 +39,7 @@ from common.data import ClipStore, feature_stats, train_dataset
 from common.errors import ConfigError
 from common.inference import predict_clips
 from common.io import atomic_output, write_text_atomic
+from common.runs import FOLD_SUMMARY
 from common.tasks import Task
 
 CHECKPOINT_DIR = "checkpoint"
@@ -346,7 +347,7 @@ def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipSt
         The fold summary (also in ``run_dir/summary.json``).
     """
     run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
+    summary_path = run_dir / FOLD_SUMMARY
     if summary_path.exists():
         return json.loads(summary_path.read_text())
     prepare_run_dir(run_dir, config=config, task=task)

@@ -49,6 +49,7 @@ import pandas as pd
 
 from common import metrics
 from common.errors import ConfigError, OutputExistsError, ToolkitError
+from common.runs import fold_dirs
 from crowdai import calibration
 from crowdai.ensemble import combine
 from crowdai.submission import PROBABILITY_FLOOR, apply_floor
@@ -106,7 +107,8 @@ class OutOfFold:
 
 
 def _git_commits(exp_dir: Path) -> list[str]:
-    return sorted({path.read_text().strip() for path in exp_dir.glob("fold_*/git_commit.txt")})
+    commits = (fold / "git_commit.txt" for fold in fold_dirs(exp_dir))
+    return sorted({path.read_text().strip() for path in commits if path.is_file()})
 
 
 def read_oof(runs: str | Path, name: str) -> pd.DataFrame:

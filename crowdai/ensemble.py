@@ -28,6 +28,7 @@ import pandas as pd
 
 from common.errors import ConfigError, ToolkitError
 from common.pretrained import DEFAULT_WEIGHTS_DIR
+from common.runs import finished_fold_dirs
 from common.settings import EMBEDDING_MIN_CLIP_SECONDS
 
 #: Ways of combining experiments.
@@ -223,10 +224,7 @@ def load_ensemble(runs: str | Path, name: str, *, require_top_genres: bool = Fal
         known = sorted(d.name for d in Path(runs).glob("*") if d.is_dir()) if Path(runs).is_dir() else []
         raise ToolkitError(f"{exp_dir}: no such experiment (in {runs}: {known}); train it with "
                            f"`make train EXP={name}`")
-    fold_dirs = sorted((d for d in exp_dir.glob("fold_*") if (d / "summary.json").exists()),
-                       key=lambda d: int(d.name.split("_")[1]))
-    if not fold_dirs:
-        raise ToolkitError(f"{exp_dir}: no finished fold (fold_<k>/summary.json); train the experiment first")
+    fold_dirs = finished_fold_dirs(exp_dir, required=True)
     task = Task.load(fold_dirs[0] / "classes.json")
     if require_top_genres and (task.name != "single" or tuple(task.class_names) != tuple(TOP_GENRES)):
         raise ToolkitError(f"{exp_dir}: experiment {name!r} has task {task.name!r} with {task.n_classes} "

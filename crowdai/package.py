@@ -43,6 +43,7 @@ from typing import Any
 
 from common.errors import OutputExistsError, ToolkitError
 from common.io import _umask
+from common.runs import finished_fold_dirs
 
 #: The project root (pyproject.toml, common/, crowdai/).
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -96,8 +97,7 @@ def pinned_requirements(pyproject: str | Path = PROJECT_ROOT / "pyproject.toml",
 
 def experiment_files(exp_dir: Path) -> list[Path]:
     """Paths, relative to ``exp_dir``, of what the runner needs from a trained experiment."""
-    folds = sorted((d for d in exp_dir.glob("fold_*") if (d / "summary.json").exists()),
-                   key=lambda d: int(d.name.split("_")[1]))
+    folds = finished_fold_dirs(exp_dir)
     files = [Path(name) for name in EXPERIMENT_FILES if (exp_dir / name).is_file()]
     for fold in folds:
         missing = [name for name in FOLD_FILES if not (fold / name).is_file()]
@@ -137,7 +137,7 @@ def estimate_run_time(ensembles: Sequence, *, n_clips: int, clip_seconds: float 
 
     per_experiment, feature_seconds, model_seconds, seen_settings, device, loads = {}, 0.0, 0.0, set(), None, []
     for ensemble in ensembles:
-        config_path = sorted(ensemble.exp_dir.glob("fold_*/config.yaml"))[0]
+        config_path = ensemble.fold_dirs[0] / "config.yaml"
         result = bench_predict.run(n_clips=n_clips, seconds=clip_seconds, folds=[1, max(len(ensemble.models), 2)],
                                    config_path=config_path,
                                    jobs=jobs)

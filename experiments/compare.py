@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from common.errors import ToolkitError
+from common.runs import FOLD_SUMMARY, finished_fold_dirs, fold_dirs
 
 #: Metrics of the table, in column order.
 METRICS: tuple[str, ...] = ("log_loss", "macro_f1", "accuracy")
@@ -58,14 +59,9 @@ def _read_json(path: Path) -> dict:
         raise ToolkitError(f"{path}: cannot read run summary: {error}") from error
 
 
-def _fold_dirs(exp_dir: Path) -> list[Path]:
-    return sorted((d for d in exp_dir.glob("fold_*") if d.is_dir()),
-                  key=lambda d: int(d.name.split("_")[1]) if d.name.split("_")[1].isdigit() else -1)
-
-
 def _is_experiment(folder: Path) -> bool:
     """Whether ``folder`` is an experiment's run folder (``summary.json`` or a ``fold_<k>`` folder)."""
-    return (folder / "summary.json").is_file() or bool(_fold_dirs(folder))
+    return (folder / "summary.json").is_file() or bool(fold_dirs(folder))
 
 
 def experiment_dirs(runs_dir: Path, *, exclude: tuple[Path, ...] = ()) -> list[Path]:
@@ -128,7 +124,7 @@ def load_experiment(exp_dir: Path, *, name: str | None = None) -> dict | None:
         summary = _read_json(summary_path)
         return _record(summary, cv=summary.get("cv") or {}, folds=len(summary.get("folds") or []),
                        status="complete", name=name or exp_dir.name)
-    fold_summaries = [_read_json(d / "summary.json") for d in _fold_dirs(exp_dir) if (d / "summary.json").is_file()]
+    fold_summaries = [_read_json(d / FOLD_SUMMARY) for d in finished_fold_dirs(exp_dir)]
     if not fold_summaries:
         return None
     cv = {}
@@ -223,8 +219,8 @@ def plot_learning_curves(runs_dir: Path, table: pd.DataFrame, *, out: Path) -> P
     for record, colour in zip(table.itertuples(index=False), colours):
         ax = axes[tasks.index(record.task if isinstance(record.task, str) else "unknown")]
         label = record.experiment
-        for fold_dir in _fold_dirs(runs_dir / record.experiment):
-            history_path = fold_dir / "history.csv"
+        for fold_path in fold_dirs(runs_dir / record.experiment):
+            history_path = fold_path / "history.csv"
             if not history_path.is_file():
                 continue
             history = pd.read_csv(history_path)

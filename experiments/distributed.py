@@ -45,6 +45,7 @@ from pathlib import Path
 from common.config import ExperimentConfig
 from common.errors import ToolkitError
 from common.io import absolute_path
+from common.runs import fold_dir, is_finished
 from experiments.experiment import open_experiment_data, train_experiment, train_one_fold
 
 #: One fold at a time per worker process.
@@ -123,7 +124,7 @@ def summarise_on_dask(config: ExperimentConfig, *, scheduler: str, data: Path, s
     """
     data, folds_path, cache, runs = (absolute_path(p) for p in (data, folds_path, cache, runs))
     exp_dir = runs / config.name
-    if not all((exp_dir / f"fold_{k}" / "summary.json").exists() for k in fold_numbers):
+    if not all(is_finished(fold_dir(exp_dir, k)) for k in fold_numbers):
         return None
     with _connect(scheduler, timeout=timeout) as client:
         future = client.submit(run_summary_task, config, data=data, subset=subset, folds_path=folds_path,
@@ -169,7 +170,7 @@ def train_folds_on_dask(config: ExperimentConfig, *, scheduler: str, data: Path,
 
     data, folds_path, cache, runs = (absolute_path(p) for p in (data, folds_path, cache, runs))
     exp_dir = runs / config.name
-    todo = [k for k in folds if not (exp_dir / f"fold_{k}" / "summary.json").exists()]
+    todo = [k for k in folds if not is_finished(fold_dir(exp_dir, k))]
     if not todo:
         return {}
     run_id = uuid.uuid4().hex[:8]

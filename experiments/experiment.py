@@ -21,6 +21,7 @@ import pandas as pd
 
 from common.config import ExperimentConfig
 from common.errors import FeatureCacheError, ToolkitError
+from common.runs import FOLD_SUMMARY, fold_dir, is_finished
 
 
 @dataclasses.dataclass
@@ -119,7 +120,7 @@ def train_experiment(config: ExperimentConfig, exp_data: ExperimentData, *, runs
     all_folds = sorted(set(exp_data.folds.tolist()))
     for fold in check_folds(exp_data, folds):
         train_one_fold(config, exp_data, runs=runs, fold=fold, callbacks=callbacks, verbose=verbose)
-    if not all((exp_dir / f"fold_{k}" / "summary.json").exists() for k in all_folds):
+    if not all(is_finished(fold_dir(exp_dir, k)) for k in all_folds):
         return None
     return summarise_experiment(config, exp_data, exp_dir=exp_dir, fold_numbers=all_folds)
 
@@ -144,7 +145,7 @@ def train_one_fold(config: ExperimentConfig, exp_data: ExperimentData, *, runs: 
     return train_fold(config, task=exp_data.task, fold=fold, store=exp_data.store,
                       train_positions=positions[~held_out], y_train=y_folds[~held_out],
                       val_positions=positions[held_out], y_val=y_folds[held_out],
-                      run_dir=Path(runs) / config.name / f"fold_{fold}", callbacks=callbacks, verbose=verbose)
+                      run_dir=fold_dir(Path(runs) / config.name, fold), callbacks=callbacks, verbose=verbose)
 
 
 def summarise_experiment(config: ExperimentConfig, exp_data: ExperimentData, *, exp_dir: Path,
@@ -155,8 +156,8 @@ def summarise_experiment(config: ExperimentConfig, exp_data: ExperimentData, *, 
     from common.io import write_text_atomic
 
     task = exp_data.task
-    fold_summaries = [json.loads((exp_dir / f"fold_{k}" / "summary.json").read_text()) for k in fold_numbers]
-    oof = pd.concat([pd.read_csv(exp_dir / f"fold_{k}" / "oof.csv", dtype={"id": str}) for k in fold_numbers])
+    fold_summaries = [json.loads((fold_dir(exp_dir, k) / FOLD_SUMMARY).read_text()) for k in fold_numbers]
+    oof = pd.concat([pd.read_csv(fold_dir(exp_dir, k) / "oof.csv", dtype={"id": str}) for k in fold_numbers])
     write_text_atomic(exp_dir / "oof.csv", oof.to_csv(index=False), overwrite=True)
     task.save(exp_dir / "classes.json")
     cv = {key: {"mean": float(np.mean([s["metrics"][key] for s in fold_summaries])),
