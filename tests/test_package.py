@@ -43,9 +43,11 @@ def trained(tiny_training_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def packaged(trained):
-    """The package of ``tiny`` (with a blend JSON), timed on 3 generated 8-s clips."""
-    blend = trained["root"] / "blend.json"
-    blend.write_text(json.dumps({"experiments": ["tiny"], "weights": [1.0]}) + "\n")
+    """The package of ``tiny`` with a blend fitted on its out-of-fold predictions, timed on 3 generated 8-s clips."""
+    from crowdai import blend as blend_cli
+
+    assert blend_cli.main(["--exp", "tiny", "--runs", str(trained["runs"]), "--name", "solo"]) == 0
+    blend = trained["runs"] / "blends" / "solo" / "blend.json"
     out = trained["root"] / "round2"
     assert package.main(["--exp", "tiny", "--runs", str(trained["runs"]), "--out", str(out), "--blend", str(blend),
                          "--timing-clips", "3", "--timing-seconds", "8", "--jobs", "1", "--authors", "alice,bob"]) == 0
@@ -168,6 +170,7 @@ def test_package_runs_offline_from_a_clean_copy(packaged, trained, tmp_path_fact
     sidecar = json.loads(output.with_suffix(".json").read_text())
     assert [e["name"] for e in sidecar["experiments"]] == ["tiny"]
     assert sidecar["experiments"][0]["exp_dir"] == str(clean / "runs" / "tiny")  # the packaged models ran
+    assert sidecar["blend"]["path"] == str(clean / "blend.json")  # through the packaged blend
 
 
 def test_blend_by_name_or_path(tmp_path):
