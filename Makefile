@@ -152,7 +152,7 @@ demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, tra
 	  $$(ls submissions/*_musicnn.csv | tail -n 1) --labels $(DEMO_DATA)/crowdai_fma_test_labels.csv
 	$(MAKE) tag EXP=demo RUNS=$(DEMO_RUNS) FILE=$(DEMO_SONG) OUT=$(OUT)/demo
 	$(MAKE) tag FILE=$(REAL_SONG) OUT=$(OUT)/demo
-	$(MAKE) upload TEST_DIR=$(DEMO_TEST) DRY_RUN=1
+	$(MAKE) upload TEST_DIR=$(DEMO_TEST) DRY_RUN=1 SUBMISSION="$$(ls submissions/*_demo+demo_crnn.csv | tail -n 1)"
 
 test: setup ## Run the test suite (small sizes; about 6 minutes on 2 cores)
 	$(PY) -m pytest $(PYTEST_ARGS)
