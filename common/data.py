@@ -406,7 +406,8 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
     def batch_fn(rows_t, seed_t):
         return augment(*gather(rows_t, seed_t))
 
-    return (batches
+    # flat_map hides the length; state it so that Keras knows where an epoch ends
+    return (batches.apply(tf.data.experimental.assert_cardinality(steps * n_epochs))
             .map(batch_fn, num_parallel_calls=input_threads(), deterministic=True)
             .prefetch(PREFETCH_BATCHES)
             .with_options(_input_options()))

@@ -19,9 +19,8 @@ Layout of one cache directory ``<cache_root>/<source>-<kind>-<digest>/``:
     others only the items whose failure is *transient* (see below).
 ``shard_NNNNN.progress`` / ``shard_NNNNN.crashed``
     While a shard is computed: the rows started, and the rows a worker process died on
-    (removed once the shard is written, and at the start of every run). A row two workers
-    died on is skipped by the next attempt in the same run and recorded as a transient
-    ``worker_died`` failure.
+    (both removed once the shard is written). A row two workers died on is skipped by the
+    next attempt and recorded as a transient ``worker_died`` failure.
 ``index.csv`` / ``failures.csv``
     Written at the end: ``id, shard, row`` of every success, and
     ``id, path, reason, detail, kind`` of every failure. ``index.csv`` marks the cache complete.
@@ -130,14 +129,12 @@ def _settings_json(settings: FeatureSettings) -> bytes:
 
 
 def _remove_temporaries(cache_dir: Path) -> None:
-    """Delete half-written files and crash markers of earlier runs (never a finished file).
+    """Delete half-written files of killed runs or workers (never a finished file).
 
-    A run that was interrupted (Ctrl-C, a killed job) leaves ``.progress`` markers; they
-    are no evidence against the clips they name, so each run starts without them.
+    Crash markers (``.progress``, ``.crashed``) stay: see :func:`_extract_shard`.
     """
-    for pattern in (TEMPORARY_GLOB, "*.progress", "*.crashed"):
-        for stale in cache_dir.glob(pattern):
-            stale.unlink(missing_ok=True)
+    for stale in cache_dir.glob(TEMPORARY_GLOB):
+        stale.unlink(missing_ok=True)
 
 
 def _prepare(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: Path,
@@ -233,13 +230,14 @@ def _extract_shard(cache_dir: str, shard: int, items: list[tuple[str, str]], set
 
     Before each row its number is appended to ``shard_NNNNN.progress``. A worker process
     that dies in native code (a decoder or resampler crash, the kernel's OOM killer)
-    leaves that file behind; the next attempt at the shard in the same run (Dask's retry
-    on another worker, or :func:`_run_until_done`'s) records the row it died on in
+    leaves that file behind; the next attempt at the shard (Dask's retry on another
+    worker, :func:`_run_until_done`'s, or the next run's) records the row it died on in
     ``shard_NNNNN.crashed``; a row on which two workers died is skipped and recorded as a
-    transient ``worker_died`` failure (one death may be a lost host, and the row is tried
-    again). One file that kills its process costs that file, never the shard or the run,
-    and the next run tries it again. Markers of an interrupted earlier run are removed before a run
-    starts (:func:`_remove_temporaries`), so they never count against a clip.
+    transient ``worker_died`` failure. One death may be a lost host or an interrupted run
+    (Ctrl-C leaves the marker too), so that row is tried once more. One file that kills
+    its process thus costs that file, never the shard or the run (with ``n_jobs=1``, which
+    computes in the command's own process, the command dies twice before the file is
+    skipped), and the next run after a skip tries it again.
     """
     directory = Path(cache_dir)
     name = _shard_name(shard)

@@ -431,3 +431,24 @@ def test_a_clip_that_kills_its_worker_costs_that_clip_only_and_heals_on_the_next
                             timeout=300, check=True)
     assert healed.stdout.strip().splitlines()[-1].startswith("features: 24 ok, 5 failed, 28 cached")
     assert _files(cache_dir) == _files(clean_cache)
+
+
+def test_with_one_job_a_killing_clip_stops_two_runs_then_is_skipped_and_an_interruption_costs_nothing(
+        clean_cache, audio_folder, config_file, tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_KILLER_HOOK)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO)]), "FMA_TEST_KILLER": "song05"}
+    root = tmp_path / "cache"
+    run = [sys.executable, "-c", "import sys; from common.features import main; raise SystemExit(main(sys.argv[1:]))",
+           "--config", str(config_file), "--audio-dir", str(audio_folder), "--cache", str(root),
+           "--jobs", "1", "--shard-size", "4", "--no-progress"]
+    # one job computes in the command's own process: the clip kills the command itself
+    for _ in range(2):
+        assert subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, timeout=300).returncode == 70
+    third = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and third.stdout.strip().splitlines()[-1].startswith("features: 23 ok, 6 failed")
+    # one death is no verdict (an interrupted run looks the same): without the killer it all heals
+    del env["FMA_TEST_KILLER"]
+    subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, timeout=300, check=True)
+    assert _files(cache_dir_for(root, "songs", SETTINGS)) == _files(clean_cache)
