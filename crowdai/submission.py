@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import csv
 import datetime
+import hashlib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import OutputExistsError, ToolkitError
-from common.io import write_text_atomic
+from common.io import sidecar_path, write_text_atomic
 from common.metadata import TOP_GENRES
 
 #: Header of a submission, exactly and in this order.
@@ -126,6 +128,44 @@ def submission_path(out_dir: str | Path, names: Sequence[str], *, now: datetime.
     """``out_dir/<UTC timestamp>_<exp1+exp2>.csv``, e.g. ``20260301T120501Z_crnn+shortchunk.csv``."""
     now = now or datetime.datetime.now(datetime.UTC)
     return Path(out_dir) / f"{now.strftime('%Y%m%dT%H%M%SZ')}_{'+'.join(names)}.csv"
+
+
+def write_submission_and_sidecar(csv_path: str | Path, ids: Sequence[str], probs: np.ndarray, *,
+                                  test_dir: str | Path, fallbacks: list[dict], record: dict) -> tuple[Path, Path, dict]:
+    """Write a submission CSV and its sidecar JSON (:func:`common.io.sidecar_path`); never overwrites.
+
+    The sidecar holds the file name, creation time, test folder, rows, the CSV's sha256,
+    the fallbacks with their counts (each a dict with a ``fallback`` kind), and ``record``.
+
+    Returns
+    -------
+    csv_path, json_path : Path
+    sidecar : dict
+
+    Raises
+    ------
+    OutputExistsError
+        The CSV or the sidecar exists (nothing is written then).
+    """
+    csv_path = Path(csv_path)
+    json_path = sidecar_path(csv_path)
+    for path in (csv_path, json_path):
+        if path.exists():
+            raise OutputExistsError(path)
+    write_submission(csv_path, ids, probs)
+    kinds = [entry["fallback"] for entry in fallbacks]
+    sidecar = {
+        "submission": csv_path.name,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "test_dir": str(test_dir),
+        "rows": len(ids),
+        "sha256": hashlib.sha256(csv_path.read_bytes()).hexdigest(),
+        **record,
+        "fallback_counts": {kind: kinds.count(kind) for kind in sorted(set(kinds))},
+        "fallbacks": fallbacks,
+    }
+    write_text_atomic(json_path, json.dumps(sidecar, indent=2) + "\n")
+    return csv_path, json_path, sidecar
 
 
 def write_submission(path: str | Path, ids: Sequence[str], probs: np.ndarray) -> Path:

@@ -39,9 +39,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import hashlib
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -331,33 +328,17 @@ def write_outputs(predictions: TestPredictions, csv_path: str | Path, *, ensembl
     OutputExistsError
         The CSV or the sidecar exists (nothing is written then).
     """
-    from common.io import write_text_atomic
-    from crowdai.submission import write_submission
+    from crowdai.submission import write_submission_and_sidecar
 
-    csv_path = Path(csv_path)
-    json_path = sidecar_path(csv_path)
-    for path in (csv_path, json_path):
-        if path.exists():
-            raise OutputExistsError(path)
-    write_submission(csv_path, predictions.ids, predictions.probs)
-    kinds = [record["fallback"] for record in predictions.fallbacks]
-    sidecar = {
-        "submission": csv_path.name,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "test_dir": str(test_dir),
-        "rows": len(predictions.ids),
-        "sha256": hashlib.sha256(csv_path.read_bytes()).hexdigest(),
+    return write_submission_and_sidecar(csv_path, predictions.ids, predictions.probs, test_dir=test_dir,
+                                        fallbacks=predictions.fallbacks, record={
         "mean": mean,
         "weights": None if weights is None else {e.name: float(w) for e, w in zip(ensembles, weights)},
         "experiments": [e.describe() for e in ensembles],
         "feature_caches": predictions.cache_dirs,
-        "fallback_counts": {kind: kinds.count(kind) for kind in sorted(set(kinds))},
-        "fallbacks": predictions.fallbacks,
         "seconds": {"features": round(predictions.feature_seconds, 3), "models": round(predictions.model_seconds, 3)},
         **(extra or {}),
-    }
-    write_text_atomic(json_path, json.dumps(sidecar, indent=2) + "\n")
-    return csv_path, json_path, sidecar
+    })
 
 
 def build_parser() -> argparse.ArgumentParser:

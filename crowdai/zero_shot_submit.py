@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import hashlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -138,24 +135,11 @@ def write_zero_shot_outputs(predictions: ZeroShotPredictions, csv_path: str | Pa
     csv_path, json_path : Path
     sidecar : dict
     """
-    from common.io import write_text_atomic
     from common.zero_shot import LOW_ENERGY_RAMP, UNTAGGED_GENRES, VOICE_MARGIN_RAMP
-    from common.io import sidecar_path
-    from crowdai.submission import write_submission
+    from crowdai.submission import write_submission_and_sidecar
 
-    csv_path = Path(csv_path)
-    json_path = sidecar_path(csv_path)
-    for path in (csv_path, json_path):
-        if path.exists():
-            raise OutputExistsError(path)
-    write_submission(csv_path, predictions.ids, predictions.probs)
-    kinds = [record["fallback"] for record in predictions.fallbacks]
-    sidecar = {
-        "submission": csv_path.name,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "test_dir": str(test_dir),
-        "rows": len(predictions.ids),
-        "sha256": hashlib.sha256(csv_path.read_bytes()).hexdigest(),
+    return write_submission_and_sidecar(csv_path, predictions.ids, predictions.probs, test_dir=test_dir,
+                                        fallbacks=predictions.fallbacks, record={
         "model": "zero-shot musicnn: MSD_musicnn + MTT_musicnn tags and speech detector (common.zero_shot), "
                  "no training",
         "weights_dir": str(weights_dir),
@@ -163,12 +147,8 @@ def write_zero_shot_outputs(predictions: ZeroShotPredictions, csv_path: str | Pa
                       "min_probability": smoothing / predictions.probs.shape[1]},
         "speech_detector": {"low_energy_ramp": list(LOW_ENERGY_RAMP), "voice_margin_ramp": list(VOICE_MARGIN_RAMP)},
         "genres_without_tags": dict(UNTAGGED_GENRES),
-        "fallback_counts": {kind: kinds.count(kind) for kind in sorted(set(kinds))},
-        "fallbacks": predictions.fallbacks,
         "seconds": round(predictions.seconds, 3),
-    }
-    write_text_atomic(json_path, json.dumps(sidecar, indent=2) + "\n")
-    return csv_path, json_path, sidecar
+    })
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -75,8 +75,8 @@ def test_an_odd_cell_in_an_unused_column_is_left_missing_with_a_warning(big_trac
     with pytest.warns(UserWarning) as caught:
         tracks = load_tracks(path)
     messages = " | ".join(str(w.message) for w in caught)
-    assert f"('track', 'tags')" in messages and f"track_id {bad_tags}" in messages
-    assert f"('album', 'date_created')" in messages and f"track_id {bad_date}" in messages
+    assert "('track', 'tags')" in messages and f"track_id {bad_tags}" in messages
+    assert "('album', 'date_created')" in messages and f"track_id {bad_date}" in messages
     assert tracks.at[bad_tags, ("track", "tags")] is None
     assert pd.isna(tracks.at[bad_date, ("album", "date_created")])
     assert tracks[("track", "tags")].notna().sum() == N_ROWS - 1
