@@ -404,19 +404,25 @@ if os.environ.get("FMA_TEST_KILLER"):
 """
 
 
-def test_a_clip_that_kills_its_worker_costs_that_clip_only_and_heals_on_the_next_run(
-        clean_cache, audio_folder, config_file, tmp_path):
+def _cli_with_a_killing_clip(tmp_path: Path, *, config_file: Path, audio_folder: Path, jobs: int,
+                             killer: str = "song05") -> tuple[list[str], dict[str, str], Path]:
+    """The features CLI as a command, its environment with the :data:`_KILLER_HOOK`, and its cache root."""
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(_KILLER_HOOK)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO)]), "FMA_TEST_KILLER": "song05"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO)]), "FMA_TEST_KILLER": killer}
     root = tmp_path / "cache"
+    command = [sys.executable, "-c", "import sys; from common.features import main; raise SystemExit(main(sys.argv[1:]))",
+               "--config", str(config_file), "--audio-dir", str(audio_folder), "--cache", str(root),
+               "--jobs", str(jobs), "--shard-size", "4", "--no-progress"]
+    return command, env, root
+
+
+def test_a_clip_that_kills_its_worker_costs_that_clip_only_and_heals_on_the_next_run(
+        clean_cache, audio_folder, config_file, tmp_path):
+    run, env, root = _cli_with_a_killing_clip(tmp_path, config_file=config_file, audio_folder=audio_folder, jobs=2)
     cache_dir = cache_dir_for(root, "songs", SETTINGS)
-    run = ["-c", "import sys; from common.features import main; raise SystemExit(main(sys.argv[1:]))",
-           "--config", str(config_file), "--audio-dir", str(audio_folder), "--cache", str(root),
-           "--jobs", "2", "--shard-size", "4", "--no-progress"]
-    crashed = subprocess.run([sys.executable, *run], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=300)
+    crashed = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert crashed.returncode == 0, crashed.stderr
     assert "a worker process died" in crashed.stderr
     assert crashed.stdout.strip().splitlines()[-1].startswith("features: 23 ok, 6 failed, 0 cached")
@@ -427,22 +433,14 @@ def test_a_clip_that_kills_its_worker_costs_that_clip_only_and_heals_on_the_next
     np.testing.assert_array_equal(cache.get(others), FeatureCache.open(clean_cache).get(others))
 
     del env["FMA_TEST_KILLER"]  # the crash was the worker's, not the file's: the next run heals it
-    healed = subprocess.run([sys.executable, *run], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300, check=True)
+    healed = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=True)
     assert healed.stdout.strip().splitlines()[-1].startswith("features: 24 ok, 5 failed, 28 cached")
     assert _files(cache_dir) == _files(clean_cache)
 
 
 def test_with_one_job_a_killing_clip_stops_two_runs_then_is_skipped_and_an_interruption_costs_nothing(
         clean_cache, audio_folder, config_file, tmp_path):
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_KILLER_HOOK)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO)]), "FMA_TEST_KILLER": "song05"}
-    root = tmp_path / "cache"
-    run = [sys.executable, "-c", "import sys; from common.features import main; raise SystemExit(main(sys.argv[1:]))",
-           "--config", str(config_file), "--audio-dir", str(audio_folder), "--cache", str(root),
-           "--jobs", "1", "--shard-size", "4", "--no-progress"]
+    run, env, root = _cli_with_a_killing_clip(tmp_path, config_file=config_file, audio_folder=audio_folder, jobs=1)
     # one job computes in the command's own process: the clip kills the command itself
     for _ in range(2):
         assert subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, timeout=300).returncode == 70
