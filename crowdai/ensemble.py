@@ -147,7 +147,8 @@ class FoldEnsemble:
             different lengths); clips may be longer or shorter than the training clips
             (chunks / padding, see :func:`common.inference.predict_clips`).
         batch_size : int, optional
-            Crops per model call (default: the experiment's batch size).
+            Crops per model call (default: :func:`common.inference.inference_batch_size` of the
+            experiment's batch size).
         on_batch : callable, optional
             Called after each batch with the number of clips predicted so far (progress bars).
 
@@ -155,12 +156,12 @@ class FoldEnsemble:
         -------
         np.ndarray, shape (n, n_classes), float64
         """
-        from common.inference import predict_clips
+        from common.inference import inference_batch_size, predict_clips
 
         data = self.config.data
         return predict_clips(self.models, features, crop_frames=self.crop_frames, eval=data.eval,
                              chunk_hop_frames=data.chunk_hop_frames(self.settings),
-                             batch_size=batch_size or data.batch_size, on_batch=on_batch)
+                             batch_size=batch_size or inference_batch_size(data.batch_size), on_batch=on_batch)
 
     def prior(self) -> np.ndarray:
         """Class frequencies of the training targets (``oof.csv``), add-one smoothed.
