@@ -231,14 +231,6 @@ def load_fold_models(exp_dir: str | Path) -> list:
             for d in finished_fold_dirs(exp_dir, required=True)]
 
 
-def predict_ensemble(models: list, features, *, crop_frames: int, eval: str = "center",
-                     chunk_hop_frames: int | None = None, batch_size: int = 32) -> np.ndarray:
-    """Mean of the clip probabilities of ``models`` (a fold ensemble), each batch through
-    every model in turn (:func:`predict_clips`); shape ``(n, n_classes)``."""
-    return predict_clips(models, features, crop_frames=crop_frames, eval=eval,
-                         chunk_hop_frames=chunk_hop_frames, batch_size=batch_size)
-
-
 def load_run_config(exp_dir: str | Path):
     """The resolved :class:`~common.config.ExperimentConfig` saved with an experiment's first finished fold.
 
@@ -256,33 +248,3 @@ def load_run_config(exp_dir: str | Path):
     if not saved.is_file():
         raise ToolkitError(f"{saved}: missing from a finished fold; train the fold again")
     return config_from_dict(yaml.safe_load(saved.read_text()), name=exp_dir.name, check_model=False)
-
-
-def predict_experiment(exp_dir: str | Path, features, *, batch_size: int | None = None):
-    """Fold-ensemble probabilities of an experiment for clips of its feature settings.
-
-    Parameters
-    ----------
-    exp_dir : path-like
-        ``runs/<exp>`` with finished folds.
-    features : array-like, shape (n, n_mels, n_frames) or (n, n_samples)
-        Raw features computed with the experiment's ``features`` settings.
-    batch_size : int, optional
-        Crops per model call (default: the experiment's batch size).
-
-    Returns
-    -------
-    probs : np.ndarray, shape (n, n_classes)
-    task : common.tasks.Task
-        Class names (column order) and task of the experiment.
-    """
-    from common.tasks import Task
-
-    exp_dir = Path(exp_dir)
-    config = load_run_config(exp_dir)
-    task = Task.load(finished_fold_dirs(exp_dir, required=True)[0] / "classes.json")
-    data = config.data
-    probs = predict_ensemble(load_fold_models(exp_dir), features, crop_frames=data.crop_frames(config.features),
-                             eval=data.eval, chunk_hop_frames=data.chunk_hop_frames(config.features),
-                             batch_size=batch_size or data.batch_size)
-    return probs, task
