@@ -214,8 +214,19 @@ def _window(n_fft: int) -> np.ndarray:
     return window
 
 
+#: Frames per block of :func:`mel_spectrogram`: a block's windowed frames, spectrum and
+#: power (~1 MB at ``n_fft=512``) stay in the core's cache from the FFT to the mel product.
+#: Transforming all ~1400 frames of a 30-s clip at once went through memory and made the
+#: log-mel 1.6x slower (4.8 against 3.0 ms per clip). The numbers are the same to float32
+#: rounding (BLAS may order a narrow block's sums differently); the default 12-kHz
+#: log-mel of a 30-s clip came out bit for bit the same.
+STFT_BLOCK_FRAMES = 256
+
+
 def mel_spectrogram(y: np.ndarray, *, settings: FeatureSettings, power: float = 2.0) -> np.ndarray:
     """Mel spectrogram with librosa's conventions (centred frames, zero padding, Hann window).
+
+    Computed in blocks of :data:`STFT_BLOCK_FRAMES` frames (window, FFT, power, mel product).
 
     Parameters
     ----------
@@ -231,15 +242,20 @@ def mel_spectrogram(y: np.ndarray, *, settings: FeatureSettings, power: float = 
     n_fft, hop = settings.n_fft, settings.hop_length
     padded = np.pad(np.asarray(y, dtype=np.float32), n_fft // 2)
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
-    spectrum = scipy.fft.rfft(frames * _window(n_fft), axis=-1, workers=1)
-    parts = spectrum.view(np.float32)  # (n_frames, 2 * (n_fft // 2 + 1)): real, imaginary, real, ...
-    np.square(parts, out=parts)
-    magnitude = parts[:, 0::2] + parts[:, 1::2]
-    if power != 2.0:
-        magnitude = magnitude ** (power / 2.0)
     basis = mel_basis(sample_rate=settings.sample_rate, n_fft=n_fft, n_mels=settings.n_mels,
                       fmin=settings.fmin, fmax=settings.fmax)
-    return basis @ magnitude.T
+    window = _window(n_fft)
+    mel = np.empty((basis.shape[0], frames.shape[0]), dtype=np.float32)
+    for start in range(0, frames.shape[0], STFT_BLOCK_FRAMES):
+        block = slice(start, start + STFT_BLOCK_FRAMES)
+        spectrum = scipy.fft.rfft(frames[block] * window, axis=-1, workers=1)
+        parts = spectrum.view(np.float32)  # (frames, 2 * (n_fft // 2 + 1)): real, imaginary, real, ...
+        np.square(parts, out=parts)
+        magnitude = parts[:, 0::2] + parts[:, 1::2]
+        if power != 2.0:
+            magnitude **= power / 2.0
+        np.matmul(basis, magnitude.T, out=mel[:, block])
+    return mel
 
 
 def logmel(y: np.ndarray, *, settings: FeatureSettings) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from common import audio
 from common.audio import crop_or_pad, load_audio, load_clip, logmel
 from common.errors import SilentAudioError, TooShortAudioError, UnreadableAudioError
 from common.settings import FeatureSettings
@@ -113,6 +114,19 @@ def test_load_clip_pads_audio_between_min_and_clip_length(tmp_path):
     clip = load_clip(path, settings=SMALL)
     assert clip.shape == (16000,)
     assert np.abs(clip[:11900]).max() > 0.2 and np.all(clip[12000:] == 0)
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_mel_spectrogram_blocks_change_no_bit(monkeypatch, power):
+    """Frames go through the FFT in cache-sized blocks: any block size gives the same numbers
+    (to float32 rounding: BLAS may sum a narrow block's mel product in another order)."""
+    settings = FeatureSettings(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16, clip_seconds=2.0)
+    y = np.random.default_rng(1).standard_normal(settings.clip_samples).astype(np.float32)
+    whole = audio.mel_spectrogram(y, settings=settings, power=power)
+    monkeypatch.setattr(audio, "STFT_BLOCK_FRAMES", 7)  # 126 frames: 18 blocks, none ragged
+    np.testing.assert_allclose(audio.mel_spectrogram(y, settings=settings, power=power), whole, rtol=1e-6)
+    monkeypatch.setattr(audio, "STFT_BLOCK_FRAMES", 20)  # 6 blocks and a ragged seventh
+    np.testing.assert_allclose(audio.mel_spectrogram(y, settings=settings, power=power), whole, rtol=1e-6)
 
 
 @pytest.mark.parametrize("log_scale", ["db", "log1p"])
