@@ -7,7 +7,9 @@ log-mel clips with the config's crop length and batch size:
 
 * toolkit: :func:`common.data.train_dataset` over an in-memory float16 store (what
   ``in_memory: auto`` picks when the features fit), batch gather + vectorised crops and
-  the config's augmentations (SpecAugment, mixup), prefetching, ``model.fit``;
+  the config's augmentations (SpecAugment, mixup), prefetching, ``model.fit`` with
+  several steps per call of the train function as :func:`common.training.train_fold`
+  compiles it (:func:`common.training.steps_per_execution`);
 * baseline: every example of a batch loaded from its own ``.npy`` file, cropped in a
   Python loop, the same augmentations applied to the batch (the same functions of
   :mod:`common.data`, run eagerly), then ``model.train_on_batch`` batch by batch.
@@ -43,7 +45,7 @@ def _device() -> str:
     return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
 
 
-def _build(config, *, crop_frames: int, n_classes: int, mean, std):
+def _build(config, *, crop_frames: int, n_classes: int, mean, std, steps_per_execution: int = 1):
     import keras
 
     from common import models
@@ -53,7 +55,8 @@ def _build(config, *, crop_frames: int, n_classes: int, mean, std):
     model = models.build_model(config.model.name, input_shape=(*config.features.clip_shape[:-1], crop_frames),
                                n_outputs=n_classes, activation="softmax", feature_mean=mean, feature_std=std,
                                **config.model.params)
-    model.compile(optimizer=make_optimizer(config.training, steps_per_epoch=1), loss="categorical_crossentropy")
+    model.compile(optimizer=make_optimizer(config.training, steps_per_epoch=1), loss="categorical_crossentropy",
+                  steps_per_execution=steps_per_execution)
     return model
 
 
@@ -76,6 +79,7 @@ def run(*, config_path: Path, n_clips: int, epochs: int, seed: int = 0) -> dict:
 
     from common.config import load_config
     from common.data import ClipStore, feature_stats, mixup, spec_augment, train_dataset
+    from common.training import steps_per_execution
 
     config = load_config(config_path)
     data = config.data
@@ -104,7 +108,9 @@ def run(*, config_path: Path, n_clips: int, epochs: int, seed: int = 0) -> dict:
             xb, yb, _ = mixup(xb, tf.constant(yb), None, seed_t + 1, alpha=data.mixup_alpha)
         return xb, yb
 
-    toolkit_model = _build(config, crop_frames=crop, n_classes=n_classes, mean=mean, std=std)
+    steps = measured // batch
+    toolkit_model = _build(config, crop_frames=crop, n_classes=n_classes, mean=mean, std=std,
+                           steps_per_execution=steps_per_execution(steps))
     dataset = train_dataset(store, positions, y[positions], crop_frames=crop, batch_size=batch, seed=seed,
                             mixup_alpha=data.mixup_alpha, specaugment=specaugment, fill=mean)
     baseline_model = _build(config, crop_frames=crop, n_classes=n_classes, mean=mean, std=std)
@@ -116,7 +122,7 @@ def run(*, config_path: Path, n_clips: int, epochs: int, seed: int = 0) -> dict:
 
         def toolkit_epoch() -> float:
             start = time.perf_counter()
-            toolkit_model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+            toolkit_model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
             return time.perf_counter() - start
 
         def baseline_epoch() -> float:
@@ -138,6 +144,7 @@ def run(*, config_path: Path, n_clips: int, epochs: int, seed: int = 0) -> dict:
     return {**medians, "rounds": rounds, "augmentations": ["crop", *augmentations], "device": _device(),
             "experiment": config.name, "model": config.model.name, "clip_shape": list(shape), "crop_frames": crop,
             "batch_size": batch, "n_clips": measured, "epochs_timed": epochs,
+            "steps_per_execution": toolkit_model.steps_per_execution,
             "input_threads": _input_threads(), "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=Path("experiments/configs/demo.yaml"),
                         help="experiment whose features, model, crop and batch size are used")
     parser.add_argument("--clips", type=int, default=1024, help="number of synthetic clips (default 1024)")
-    parser.add_argument("--epochs", type=int, default=3,
+    parser.add_argument("--epochs", type=int, default=5,
                         help="timed rounds (one epoch of each side) after one warm-up epoch")
     args = parser.parse_args(argv)
     record = run(config_path=args.config, n_clips=args.clips, epochs=args.epochs)

@@ -259,3 +259,38 @@ def test_a_fold_depends_on_nothing_that_ran_before_or_beside_it(env, tmp_path):
         pool.submit(train_beside_a_random_drawer).result()
     assert_same_outcome(*(fold_outcome(tmp_path / run / "tiny_threads" / "fold_0") for run in ("first", "second")),
                         atol=0)
+
+
+class RecordStepsPerExecution(keras.callbacks.Callback):
+    """Keeps the ``steps_per_execution`` the fold's model trains with, and the steps of an epoch."""
+
+    def on_train_begin(self, logs=None):
+        self.value = self.model.steps_per_execution
+        self.steps = self.params["steps"]
+
+
+def test_several_steps_per_call_train_the_same_fold_as_one(env, tmp_path, monkeypatch):
+    """Keras runs several steps per call of its train function, a divisor of the epoch so that no call
+    reaches into the next epoch's batches: the same batches, history and weights as one step per call.
+    With a limit of 3 on an epoch of 4 steps the fold runs 2 per call; 3 would have shifted epoch 2."""
+    from common import training
+    from common.config import load_config
+
+    config = load_config(write_tiny_config(tmp_path, "tiny_steps", epochs=2, batch_size=5))
+    data = experiment.open_experiment_data(config, data=env["data"], subset=SUBSET, folds_path=env["folds"],
+                                           cache=env["cache"])
+    recorded = []
+    for limit in (1, 3):
+        monkeypatch.setattr(training, "MAX_STEPS_PER_EXECUTION", limit)
+        recorder = RecordStepsPerExecution()
+        experiment.train_experiment(config, data, runs=tmp_path / str(limit), folds=[0], callbacks=(recorder,))
+        recorded.append((recorder.value, recorder.steps))
+    assert recorded == [(1, 4), (2, 4)]
+    assert_same_outcome(*(fold_outcome(tmp_path / str(limit) / "tiny_steps" / "fold_0") for limit in (1, 3)),
+                        atol=SAME_RESULT_ATOL)
+
+
+def test_steps_per_execution_divides_the_epoch():
+    from common.training import steps_per_execution
+
+    assert [steps_per_execution(n, limit=32) for n in (1, 7, 12, 64, 96, 97, 100)] == [1, 7, 12, 32, 32, 1, 25]
