@@ -74,7 +74,6 @@ def _naive_batch(paths: list[Path], order: np.ndarray, y: np.ndarray, *, crop: i
 
 def run(*, config_path: Path, n_clips: int, epochs: int, seed: int = 0) -> dict:
     """Measure both loops; see the module docstring. Returns the JSON record."""
-    import keras
     import tensorflow as tf
 
     from common.config import load_config

@@ -85,7 +85,8 @@ def forward_function(model, batch_size: int | None = None) -> Callable[[np.ndarr
 
 #: Crops per inference call on a CPU. Full-size spectrogram batches spill out of the CPU's
 #: caches: ``bench.predict`` (CRNN, 96 x 1366, 2 cores) ran the batched path at 1.03 x the
-#: per-clip path with 4 crops per call and at 0.84 x with the training batch of 32.
+#: per-clip path with 4 crops per call and at 0.84 x with the training batch of 32. Every
+#: prediction uses it: validation after each epoch, out-of-fold, test split, submissions.
 CPU_INFERENCE_BATCH = 4
 
 

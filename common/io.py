@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +21,12 @@ def absolute_path(path: str | Path) -> Path:
     Done on the client before a path goes to a Dask worker, whose working directory is its own.
     """
     return Path(os.path.abspath(os.path.expanduser(path)))
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in blocks (a file of any size)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def sidecar_path(path: str | Path) -> Path:

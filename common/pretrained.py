@@ -26,7 +26,6 @@ Command line (the Makefile's ``weights`` target)::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ToolkitError
+from common.io import file_sha256
 
 #: The checkout this module belongs to (``common/`` is directly inside it).
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -78,14 +78,6 @@ def weights_present(*, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> bool:
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_musicnn_wheel(dest_dir: str | Path) -> Path:
     """Download the musicnn wheel (no dependencies) into ``dest_dir`` with pip.
 
@@ -122,7 +114,7 @@ def extract_musicnn_weights(wheel: str | Path, dest_dir: str | Path) -> list[Pat
         The files written.
     """
     wheel, dest_dir = Path(wheel), Path(dest_dir)
-    actual = _sha256(wheel)
+    actual = file_sha256(wheel)
     if actual != MUSICNN_WHEEL_SHA256:
         raise ToolkitError(f"{wheel}: sha256 {actual} differs from the published {MUSICNN_WHEEL_SHA256}")
     targets = [dest_dir / name for name in MUSICNN_CHECKPOINTS] + [dest_dir / "LICENSE.md"]

@@ -37,7 +37,7 @@ from common import metrics
 from common.config import ExperimentConfig, TrainingConfig
 from common.data import ClipStore, feature_stats, train_dataset
 from common.errors import ConfigError
-from common.inference import predict_clips
+from common.inference import inference_batch_size, predict_clips
 from common.io import atomic_output, write_text_atomic
 from common.runs import FOLD_SUMMARY
 from common.tasks import Task
@@ -415,7 +415,8 @@ def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipSt
                     min_lr=training.optimizer.learning_rate * 1e-3)
             checkpoint = FoldCheckpoint(run_dir=run_dir, task=task, val_features=val_features, y_val=y_val,
                                         crop_frames=crop_frames, eval=data.eval, chunk_hop_frames=hop,
-                                        batch_size=data.batch_size, patience=training.early_stopping_patience,
+                                        batch_size=inference_batch_size(data.batch_size),
+                                        patience=training.early_stopping_patience,
                                         state=state, plateau=plateau)
             model.fit(dataset, epochs=training.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
                       shuffle=False, callbacks=[checkpoint, *callbacks], verbose=verbose)
@@ -423,7 +424,7 @@ def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipSt
 
         best = keras.models.load_model(run_dir / "model.keras", compile=False)
         probs = predict_clips(best, val_features, crop_frames=crop_frames, eval=data.eval,
-                              chunk_hop_frames=hop, batch_size=data.batch_size)
+                              chunk_hop_frames=hop, batch_size=inference_batch_size(data.batch_size))
     write_oof(run_dir / "oof.csv", ids=val_features.ids, fold=fold, task=task, y=y_val, probs=probs)
     scores = metrics.score(task.name, task.score_targets(y_val), probs, task.class_names)
     summary = {

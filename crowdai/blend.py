@@ -49,6 +49,7 @@ import pandas as pd
 
 from common import metrics
 from common.errors import ConfigError, OutputExistsError, ToolkitError
+from common.io import file_sha256
 from common.runs import fold_dirs
 from crowdai import calibration
 from crowdai.ensemble import combine
@@ -166,7 +167,7 @@ def load_out_of_fold(runs: str | Path, names: Sequence[str]) -> OutOfFold:
                                f"e.g. {differ.index[differ.to_numpy()][0]!r}")
     folds = [table.loc[ids, "fold"].to_numpy(np.int64) for table in tables]
     sources = [{"name": name, "oof": str(Path(runs) / name / "oof.csv"),
-                "oof_sha256": hashlib.sha256((Path(runs) / name / "oof.csv").read_bytes()).hexdigest(),
+                "oof_sha256": file_sha256(Path(runs) / name / "oof.csv"),
                 "rows": int(len(table)), "git_commits": _git_commits(Path(runs) / name)}
                for name, table in zip(names, tables)]
     return OutOfFold(experiments=list(names), class_names=class_names, ids=ids.to_numpy(),

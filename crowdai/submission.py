@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import OutputExistsError, ToolkitError
-from common.io import sidecar_path, write_text_atomic
+from common.io import file_sha256, sidecar_path, write_text_atomic
 from common.metadata import TOP_GENRES
 
 #: Header of a submission, exactly and in this order.
@@ -159,7 +158,7 @@ def write_submission_and_sidecar(csv_path: str | Path, ids: Sequence[str], probs
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "test_dir": str(test_dir),
         "rows": len(ids),
-        "sha256": hashlib.sha256(csv_path.read_bytes()).hexdigest(),
+        "sha256": file_sha256(csv_path),
         **record,
         "fallback_counts": {kind: kinds.count(kind) for kind in sorted(set(kinds))},
         "fallbacks": fallbacks,

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import shlex
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ToolkitError
+from common.io import file_sha256
 
 #: The challenge on AIcrowd (the 2018 crowdAI challenge's slug; the client also takes its URL).
 DEFAULT_CHALLENGE = "www-2018-challenge-learning-to-recognize-musical-genre"
@@ -115,7 +115,7 @@ def describe(path: str | Path, *, challenge: str) -> SubmissionFacts:
     from crowdai.submission import count_rows
 
     path = Path(path)
-    return SubmissionFacts(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+    return SubmissionFacts(path=path, sha256=file_sha256(path),
                            rows=count_rows(path), challenge=challenge)
 
 

@@ -152,7 +152,7 @@ def summarise_experiment(config: ExperimentConfig, exp_data: ExperimentData, *, 
                          fold_numbers: list[int]) -> dict:
     """Write ``oof.csv``, ``classes.json`` and ``summary.json`` of a fully trained experiment."""
     from common import metrics
-    from common.inference import load_fold_models, predict_clips
+    from common.inference import inference_batch_size, load_fold_models, predict_clips
     from common.io import write_text_atomic
 
     task = exp_data.task
@@ -169,7 +169,8 @@ def summarise_experiment(config: ExperimentConfig, exp_data: ExperimentData, *, 
         test_positions = np.arange(len(exp_data.store) - exp_data.n_test, len(exp_data.store))
         probs = predict_clips(load_fold_models(exp_dir), exp_data.store.subset(test_positions),
                               crop_frames=data.crop_frames(config.features), eval=data.eval,
-                              chunk_hop_frames=data.chunk_hop_frames(config.features), batch_size=data.batch_size)
+                              chunk_hop_frames=data.chunk_hop_frames(config.features),
+                              batch_size=inference_batch_size(data.batch_size))
         y_test = exp_data.y[test_positions]
         test = metrics.score(task.name, task.score_targets(y_test), probs, task.class_names)
     summary = {
