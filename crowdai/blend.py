@@ -382,18 +382,25 @@ class FittedBlend:
         """``(C,)`` in ``class_names`` order."""
         return np.array([self.document["train_prior"][c] for c in self.document["class_names"]])
 
+    @property
+    def used_experiments(self) -> list[str]:
+        """The experiments the chosen stage reads: its one for ``raw``/``calibrated``, else all."""
+        stage = Stage.parse(self.chosen, self.experiments)
+        return self.experiments if stage.experiment is None else [self.experiments[stage.experiment]]
+
     def weights(self) -> dict[str, float] | None:
         """Experiment → weight of a pool stage (None for the other stages)."""
         params = self.document["stages"][self.chosen]["params"]
         return dict(zip(self.experiments, params["weights"])) if "weights" in params else None
 
     def apply(self, probs: dict[str, np.ndarray]) -> np.ndarray:
-        """The chosen stage on test probabilities (experiment name → ``(n, C)``), before the floor."""
-        missing = [name for name in self.experiments if name not in probs]
+        """The chosen stage on test probabilities (experiment name → ``(n, C)``; those of
+        :attr:`used_experiments` are enough), before the floor."""
+        missing = [name for name in self.used_experiments if name not in probs]
         if missing:
             raise ToolkitError(f"{self.path}: no predictions of experiments {missing}")
         stage = Stage.parse(self.chosen, self.experiments)
-        return stage.apply(self.document["stages"][self.chosen]["params"], [probs[n] for n in self.experiments])
+        return stage.apply(self.document["stages"][self.chosen]["params"], [probs.get(n) for n in self.experiments])
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready record for a submission's sidecar."""

@@ -107,6 +107,12 @@ class Combination:
     blend: Any = None
 
     @property
+    def used_names(self) -> list[str]:
+        """Experiments whose test predictions the combination reads: a blend stage of one
+        experiment (``raw``/``calibrated``) needs no features or predictions of the others."""
+        return self.blend.used_experiments if self.blend is not None else self.names
+
+    @property
     def floor(self) -> float:
         """The blend's fitted probability floor, else :data:`~crowdai.submission.PROBABILITY_FLOOR`."""
         return self.blend.floor if self.blend is not None else PROBABILITY_FLOOR
@@ -420,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in (csv_path, sidecar_path(csv_path)):
             if path.exists():
                 raise OutputExistsError(path)
-        ensembles = [load_ensemble(args.runs, name, require_top_genres=True) for name in names]
+        ensembles = [load_ensemble(args.runs, name, require_top_genres=True) for name in combination.used_names]
         predictions = predict_test_folder(ensembles, test_dir=args.test_dir, cache_root=args.cache,
                                           n_jobs=args.jobs, batch_size=args.batch_size,
                                           progress=not args.no_progress, weights_dir=args.weights)

@@ -63,8 +63,9 @@ def test_blend_of_different_features_submits_and_validates(trained, tmp_path, ca
     sidecar = json.loads(output.with_suffix(".json").read_text())
     assert sidecar["blend"]["sha256"] == hashlib.sha256(blend_file.read_bytes()).hexdigest()
     assert sidecar["blend"]["path"] == str(blend_file) and sidecar["mean"] == f"blend:{document['chosen']}"
-    assert len(sidecar["feature_caches"]) == 2  # one per feature setting
-    assert [e["name"] for e in sidecar["experiments"]] == ["tiny", "musicnn_head"]
+    used = ["tiny", "musicnn_head"] if ":" not in document["chosen"] else [document["chosen"].split(":")[1]]
+    assert [e["name"] for e in sidecar["experiments"]] == used
+    assert len(sidecar["feature_caches"]) == len(used)  # one per feature setting
     assert sidecar["floor"] == pytest.approx(document["floor"])
     prior = sidecar["prior"]
     assert sum(prior["test"].values()) == pytest.approx(1.0, abs=1e-4) and prior["train"] == pytest.approx(
@@ -80,3 +81,25 @@ def test_blend_of_different_features_submits_and_validates(trained, tmp_path, ca
                         str(trained["weights"]), "--no-progress"]) == 0
     assert json.loads(plain.with_suffix(".json").read_text())["prior"] is None
     assert not np.allclose(read_submission(plain).to_numpy(), values)
+
+
+def test_a_blend_stage_of_one_experiment_predicts_only_that_one(trained, tmp_path, capsys):
+    """A blend whose chosen stage calibrates one experiment computes neither the features nor the
+    predictions of the others: one feature cache, one ensemble in the sidecar."""
+    runs = trained["runs"]
+    if not (runs / "blends" / "tiny+musicnn_head" / "blend.json").exists():
+        assert blend.main(["--exp", "tiny,musicnn_head", "--runs", str(runs)]) == 0
+    document = json.loads((runs / "blends" / "tiny+musicnn_head" / "blend.json").read_text())
+    document["chosen"] = "calibrated:musicnn_head"
+    one = tmp_path / "one" / "blend.json"
+    one.parent.mkdir()
+    one.write_text(json.dumps(document))
+    output = tmp_path / "one.csv"
+    assert submit.main(["--blend", str(one), "--runs", str(runs), "--test-dir", str(trained["test_dir"]),
+                        "--cache", str(trained["cache"]), "--output", str(output), "--weights",
+                        str(trained["weights"]), "--no-progress"]) == 0
+    assert "musicnn_head(2 folds)" in capsys.readouterr().out
+    sidecar = json.loads(output.with_suffix(".json").read_text())
+    assert [e["name"] for e in sidecar["experiments"]] == ["musicnn_head"]
+    assert len(sidecar["feature_caches"]) == 1 and "musicnn" in sidecar["feature_caches"][0]
+    assert validate.main([str(output), "--test-dir", str(trained["test_dir"])]) == 0
