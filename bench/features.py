@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mp3-dir", type=Path, default=Path(tempfile.gettempdir()) / "fma-bench-mp3",
                         help="where the encoded mp3s are kept between runs")
     parser.add_argument("--shard-size", type=int, default=4, help="clips per shard for (a)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of (a), (b), (c); medians are reported")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of (a), (b), (c); medians are reported")
     args = parser.parse_args(argv)
     if args.clips < 1 or args.rounds < 1 or args.scale < 1:
         parser.error("--clips, --rounds and --scale must be at least 1")
