@@ -5,9 +5,9 @@ measures clips per second of
 
 (a) ``common.features.extract`` on all cores (default CRNN settings, worker pool
     started beforehand by a warm-up extraction, as it is after the first shard of a
-    long run). Its time includes the end of the run, where one core idles while
-    another finishes the last shard: with 96 clips in shards of 4 that costs a few
-    percent, which a real run of thousands of clips in shards of 256 does not pay,
+    long run), :data:`SHORT_RUNS` whole runs back to back, pooled. Each run's time
+    includes its start and its end, where one core may idle while another finishes the
+    last shard,
 (b) the original way, one process on one core (BLAS limited to one thread, as the
     toolkit's workers are): ``librosa.load(path, sr=12000)``,
     ``librosa.feature.melspectrogram(n_fft=512, hop_length=256, n_mels=96)``,
@@ -26,9 +26,10 @@ The sets: ``real``, 30-s segments of the recordings in ``--real-audio`` (default
 left out), cycled to ``--clips`` files; and ``synthetic``, generated chords and noise
 bursts. The headline numbers (top-level keys) are the real set's when present.
 
-Scaling: each round also runs (a) on ``--scale`` times the clips (symbolic links to the
-same files) of the headline set; ``scaling.agreement`` is its clips/s over (a)'s, which
-should be within 10 % of 1 (a run's rate does not depend on its length).
+Scaling: each round also runs (a) once on ``--scale`` times the clips (symbolic links to
+the same files) of the headline set; ``scaling.agreement`` is the median over the rounds of
+its clips/s over (a)'s in the same round, which should be within 10 % of 1 (a run's rate does not depend on its length: what each short
+run pays at its start and end would show here).
 
 Runs ``--rounds`` rounds, each measuring everything back to back; prints each round
 and the medians (rates, and the ratio a/b as the median of the rounds' ratios), and
@@ -51,6 +52,11 @@ from common import mp3
 from common.io import write_text_atomic
 
 SAMPLE_RATE = 44100
+
+#: Runs of (a) per round on ``--clips`` clips, pooled: one 2-s run swings by +-20 % on a
+#: shared machine (35 to 54 clips/s within one ``make bench``), while runs back to back on
+#: 96 and on 960 clips agree within 1 % (medians of 4 alternations).
+SHORT_RUNS = 3
 SECONDS = 30.0
 BIT_RATE = 192
 
@@ -183,18 +189,22 @@ def decode_only(path: Path) -> np.ndarray:
     return load_audio(path, sample_rate=SAMPLE_RATE)
 
 
-def toolkit_rate(paths: list[Path], *, cache_dir: Path, shard_size: int) -> float:
-    """Clips/s of :func:`common.features.extract` on all cores into a new ``cache_dir`` (removed after)."""
+def toolkit_rate(paths: list[Path], *, cache_dir: Path, shard_size: int, runs: int = 1) -> float:
+    """Clips/s of :func:`common.features.extract` on all cores: ``runs`` whole runs back to back,
+    each into a new cache under ``cache_dir`` (removed after), their clips over their seconds."""
     from common.features import extract
     from common.settings import FeatureSettings
 
     items = [(path.stem, path) for path in paths]
-    summary = extract(items, settings=FeatureSettings(), cache_dir=cache_dir, shard_size=shard_size,
-                      progress=False)
-    shutil.rmtree(cache_dir)
-    if summary.n_ok != len(paths):
-        raise SystemExit(f"bench.features: {len(paths) - summary.n_ok} of {len(paths)} clips failed")
-    return summary.n_ok / summary.seconds
+    seconds = 0.0
+    for run_number in range(runs):
+        summary = extract(items, settings=FeatureSettings(), cache_dir=cache_dir / str(run_number),
+                          shard_size=shard_size, progress=False)
+        shutil.rmtree(cache_dir / str(run_number))
+        if summary.n_ok != len(paths):
+            raise SystemExit(f"bench.features: {len(paths) - summary.n_ok} of {len(paths)} clips failed")
+        seconds += summary.seconds
+    return runs * len(paths) / seconds
 
 
 def warm_up(paths: list[Path], *, work: Path) -> None:
@@ -228,7 +238,7 @@ def _cpu_ms_per_clip(function, paths: list[Path]) -> float:
 def _one_round(paths: list[Path], *, cache_dir: Path, shard_size: int) -> dict[str, float]:
     from threadpoolctl import threadpool_limits
 
-    toolkit = toolkit_rate(paths, cache_dir=cache_dir, shard_size=shard_size)
+    toolkit = toolkit_rate(paths, cache_dir=cache_dir, shard_size=shard_size, runs=SHORT_RUNS)
     # one core for the single-process measurements, as the toolkit's workers have: an
     # idle BLAS thread spinning on the second core would count as CPU time
     with threadpool_limits(limits=1):
@@ -277,13 +287,16 @@ def run(*, n_clips: int, mp3_dir: Path, shard_size: int, rounds: int, real_audio
     results = {name: {**_medians(rows), "rounds": rows, "clips": n_clips} for name, rows in per_round.items()}
     base_rate = results[headline]["toolkit_clips_per_s"]
     scaled_rate = float(np.median(scaled_rates))
+    # paired within each round, like the headline ratio: the machine's speed drifts between rounds
+    agreements = [scaled / row["toolkit_clips_per_s"] for scaled, row in zip(scaled_rates, per_round[headline])]
     # Other processes on the machine take cores from (a) more than from (b): keep the
     # load beside the numbers so that a contended run can be recognised.
     return {**results[headline], "set": headline, "sets": results, "cores": cores,
             "scaling": {"set": headline, "clips": n_clips, "clips_per_s": base_rate, "scaled_clips": scale * n_clips,
                         "scaled_clips_per_s": round(scaled_rate, 2),
                         "scaled_rounds": [round(rate, 2) for rate in scaled_rates],
-                        "agreement": round(scaled_rate / base_rate, 3)},
+                        "agreement_rounds": [round(agreement, 3) for agreement in agreements],
+                        "agreement": round(float(np.median(agreements)), 3)},
             "load_average_1min": round(os.getloadavg()[0], 2),
             "mp3_decoder": "libmpg123 (mono mix, reduced-rate synthesis)" if mp3.available() else "soundfile"}
 

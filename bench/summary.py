@@ -60,7 +60,8 @@ def headlines(results: dict[str, dict], machine: dict) -> list[str]:
         if scaling:
             lines.append(f"- Feature scaling: {scaling['clips']} clips {scaling['clips_per_s']:.3g} clips/s, "
                          f"{scaling['scaled_clips']} clips {scaling['scaled_clips_per_s']:.3g} clips/s "
-                         f"(agreement {scaling['agreement']:.3g}; target within 10 %)")
+                         f"(agreement {scaling['agreement']:.3g}, the median of the rounds' paired ratios; "
+                         f"target within 10 %)")
     train = results.get("train", {})
     if "ratio" in train:
         lines.append(f"- Training ({train['model']}, {' + '.join(train.get('augmentations', ['crop']))} on both sides): "
