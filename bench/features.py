@@ -5,7 +5,8 @@ measures clips per second of
 
 (a) ``common.features.extract`` on all cores (default CRNN settings, worker pool
     started beforehand by a warm-up extraction, as it is after the first shard of a
-    long run), :data:`SHORT_RUNS` whole runs back to back, pooled. Each run's time
+    long run), :data:`SHORT_RUNS` whole runs back to back, pooled (on the headline set,
+    twice as many: that many before and after the scaling run). Each run's time
     includes its start and its end, where one core may idle while another finishes the
     last shard,
 (b) the original way, one process on one core (BLAS limited to one thread, as the
@@ -27,7 +28,7 @@ left out), cycled to ``--clips`` files; and ``synthetic``, generated chords and 
 bursts. The headline numbers (top-level keys) are the real set's when present.
 
 Scaling: each round also runs (a) once on ``--scale`` times the clips (symbolic links to
-the same files) of the headline set; ``scaling.agreement`` is the median over the rounds of
+the same files) of the headline set, between its short runs; ``scaling.agreement`` is the median over the rounds of
 its clips/s over (a)'s in the same round, which should be within 10 % of 1 (a run's rate does not depend on its length: what each short
 run pays at its start and end would show here).
 
@@ -235,10 +236,21 @@ def _cpu_ms_per_clip(function, paths: list[Path]) -> float:
     return 1000 * (time.process_time() - start) / len(paths)
 
 
-def _one_round(paths: list[Path], *, cache_dir: Path, shard_size: int) -> dict[str, float]:
+def _one_round(paths: list[Path], *, cache_dir: Path, shard_size: int,
+               scaled: list[Path] | None = None) -> tuple[dict[str, float], float | None]:
+    """One round on one set: its measurements, and the rate of the ``scaled`` run (None without one).
+
+    The ``scaled`` run goes between two pooled short runs, and (a) is their pool: drift of
+    the machine's speed within the round then weighs on both sides of the agreement alike.
+    """
     from threadpoolctl import threadpool_limits
 
-    toolkit = toolkit_rate(paths, cache_dir=cache_dir, shard_size=shard_size, runs=SHORT_RUNS)
+    toolkit = toolkit_rate(paths, cache_dir=cache_dir / "before", shard_size=shard_size, runs=SHORT_RUNS)
+    scaled_rate = None
+    if scaled is not None:
+        scaled_rate = toolkit_rate(scaled, cache_dir=cache_dir / "scaled", shard_size=shard_size)
+        after = toolkit_rate(paths, cache_dir=cache_dir / "after", shard_size=shard_size, runs=SHORT_RUNS)
+        toolkit = 2 / (1 / toolkit + 1 / after)  # the same clips each: all clips over all seconds
     # one core for the single-process measurements, as the toolkit's workers have: an
     # idle BLAS thread spinning on the second core would count as CPU time
     with threadpool_limits(limits=1):
@@ -250,7 +262,7 @@ def _one_round(paths: list[Path], *, cache_dir: Path, shard_size: int) -> dict[s
     return {"toolkit_clips_per_s": round(toolkit, 2), "baseline_clips_per_s": round(baseline, 2),
             "decode_only_clips_per_s": round(decode, 2), "ratio": round(toolkit / baseline, 2),
             "toolkit_cpu_ms_per_clip": round(toolkit_cpu, 2), "baseline_cpu_ms_per_clip": round(baseline_cpu, 2),
-            "cpu_ratio_per_core": round(baseline_cpu / toolkit_cpu, 2)}
+            "cpu_ratio_per_core": round(baseline_cpu / toolkit_cpu, 2)}, scaled_rate
 
 
 def _medians(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -280,8 +292,11 @@ def run(*, n_clips: int, mp3_dir: Path, shard_size: int, rounds: int, real_audio
         warm_up(sets[headline], work=work)
         for round_ in range(rounds):
             for name, paths in sets.items():
-                per_round[name].append(_one_round(paths, cache_dir=work / f"{name}{round_}", shard_size=shard_size))
-            scaled_rates.append(toolkit_rate(scaled, cache_dir=work / f"scaled{round_}", shard_size=shard_size))
+                row, scaled_rate = _one_round(paths, cache_dir=work / f"{name}{round_}", shard_size=shard_size,
+                                              scaled=scaled if name == headline else None)
+                per_round[name].append(row)
+                if scaled_rate is not None:
+                    scaled_rates.append(scaled_rate)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results = {name: {**_medians(rows), "rounds": rows, "clips": n_clips} for name, rows in per_round.items()}
