@@ -438,6 +438,35 @@ def test_a_clip_that_kills_its_worker_costs_that_clip_only_and_heals_on_the_next
     assert _files(cache_dir) == _files(clean_cache)
 
 
+def test_on_a_dask_cluster_a_clip_that_kills_its_worker_costs_that_clip_only(
+        clean_cache, audio_folder, tmp_path, monkeypatch):
+    """Dask's path: the scheduler gives the shard of a killing clip to a restarted worker, which skips the
+    clip after its second death (fewer than Dask's ``allowed-failures``, so the run never sees a
+    ``KilledWorker``); a local run without the crash heals it."""
+    distributed = pytest.importorskip("distributed")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_KILLER_HOOK)
+    # the workers the nanny (re)starts are new interpreters: they load the hook from these
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), str(REPO)]))
+    monkeypatch.setenv("FMA_TEST_KILLER", "song05")
+    cache_dir = cache_dir_for(tmp_path / "cache", "songs", SETTINGS)
+    items = folder_items(audio_folder)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        summary = extract(items, settings=SETTINGS, cache_dir=cache_dir, shard_size=4,
+                          scheduler=cluster.scheduler_address, progress=False)
+    assert (summary.n_ok, summary.n_failed) == (23, 6)
+    cache = FeatureCache.open(cache_dir)
+    assert cache.failures.set_index("id").loc["song05", ["reason", "kind"]].tolist() == ["worker_died", "transient"]
+    assert not [*cache_dir.glob("*.progress"), *cache_dir.glob("*.crashed")]
+    others = [item_id for item_id in FeatureCache.open(clean_cache).ids if item_id != "song05"]
+    np.testing.assert_array_equal(cache.get(others), FeatureCache.open(clean_cache).get(others))
+    healed = extract(items, settings=SETTINGS, cache_dir=cache_dir, shard_size=4, n_jobs=1, progress=False)
+    assert (healed.n_ok, healed.n_failed) == (24, 5)
+    assert _files(cache_dir) == _files(clean_cache)
+
+
 def test_with_one_job_a_killing_clip_stops_two_runs_then_is_skipped_and_an_interruption_costs_nothing(
         clean_cache, audio_folder, config_file, tmp_path):
     run, env, root = _cli_with_a_killing_clip(tmp_path, config_file=config_file, audio_folder=audio_folder, jobs=1)
