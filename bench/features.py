@@ -28,9 +28,10 @@ left out), cycled to ``--clips`` files; and ``synthetic``, generated chords and 
 bursts. The headline numbers (top-level keys) are the real set's when present.
 
 Scaling: each round also runs (a) once on ``--scale`` times the clips (symbolic links to
-the same files) of the headline set, between its short runs; ``scaling.agreement`` is the median over the rounds of
-its clips/s over (a)'s in the same round, which should be within 10 % of 1 (a run's rate does not depend on its length: what each short
-run pays at its start and end would show here).
+the same files) of the headline set, between its short runs; ``scaling.agreement`` is the
+median over the rounds of its clips/s over (a)'s in the same round, which should be
+within 10 % of 1 (a run's rate does not depend on its length: what each short run pays at
+its start and end would show here).
 
 Runs ``--rounds`` rounds, each measuring everything back to back; prints each round
 and the medians (rates, and the ratio a/b as the median of the rounds' ratios), and
@@ -53,13 +54,13 @@ from common import mp3
 from common.io import write_text_atomic
 
 SAMPLE_RATE = 44100
+SECONDS = 30.0
+BIT_RATE = 192
 
 #: Runs of (a) per round on ``--clips`` clips, pooled: one 2-s run swings by +-20 % on a
 #: shared machine (35 to 54 clips/s within one ``make bench``), while runs back to back on
 #: 96 and on 960 clips agree within 1 % (medians of 4 alternations).
 SHORT_RUNS = 3
-SECONDS = 30.0
-BIT_RATE = 192
 
 #: Where the real recordings are in a checkout of the project (absent in a fresh clone).
 DEFAULT_REAL_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
