@@ -154,7 +154,7 @@ demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, tra
 	$(MAKE) tag FILE=$(REAL_SONG) OUT=$(OUT)/demo
 	$(MAKE) upload TEST_DIR=$(DEMO_TEST) DRY_RUN=1 SUBMISSION="$$(ls submissions/*_demo+demo_crnn.csv | tail -n 1)"
 
-test: setup ## Run the test suite (small sizes; about 6 minutes on 2 cores)
+test: setup ## Run the test suite (small sizes; 3 to 6 minutes on 2 cores)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-package: setup ## Package a tiny trained experiment, install it offline from WHEELHOUSE into a fresh virtualenv, run it (minutes)
