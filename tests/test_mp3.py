@@ -50,17 +50,48 @@ def _encode(path: Path, *, sr: int, channels: int, seconds: float = 6.0, seed: i
     return path
 
 
+def _id3v2_tag(payload_bytes: int = 0) -> bytes:
+    """An ID3v2.3 tag with a title and, if ``payload_bytes``, a cover picture of that many bytes."""
+    def frame(name: bytes, body: bytes) -> bytes:
+        return name + len(body).to_bytes(4, "big") + b"\x00\x00" + body
+
+    frames = frame(b"TIT2", b"\x00A title")
+    if payload_bytes:
+        picture = np.random.default_rng(2).integers(0, 256, payload_bytes, dtype=np.uint8).tobytes()
+        frames += frame(b"APIC", b"\x00image/jpeg\x00\x03\x00" + picture)
+    size = len(frames) + 256  # with padding
+    syncsafe = bytes((size >> shift) & 0x7F for shift in (21, 14, 7, 0))
+    return b"ID3\x03\x00\x00" + syncsafe + frames + bytes(256)
+
+
+def _encode_lame_tagged(path: Path, *, seconds: float = 4.0) -> Path:
+    """A libsndfile mp3: a Xing/LAME header frame (gapless length), and an ID3v1 tag at the end."""
+    t = np.arange(int(44100 * seconds)) / 44100
+    y = 0.3 * np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 660 * t)], axis=1)
+    with sf.SoundFile(path, "w", 44100, 2, format="MP3", subtype="MPEG_LAYER_III") as file:
+        file.title = "A title"
+        file.write(y)
+    return path
+
+
 @pytest.fixture(scope="module")
 def mp3s(tmp_path_factory) -> dict[str, Path]:
-    """Encoded test files: 44.1-kHz stereo, 22.05-kHz mono, and a truncated copy of the first."""
+    """Encoded test files: 44.1-kHz stereo, 22.05-kHz mono, a truncated copy of the first, and
+    tagged files as real ones come (ID3v2 in front, a Xing/LAME header, ID3v1 at the end)."""
     folder = tmp_path_factory.mktemp("mp3")
     files = {
         "stereo_44k": _encode(folder / "stereo_44k.mp3", sr=44100, channels=2),
         "mono_22k": _encode(folder / "mono_22k.mp3", sr=22050, channels=1, seed=1),
+        "lame_tagged": _encode_lame_tagged(folder / "lame_tagged.mp3"),
     }
     data = files["stereo_44k"].read_bytes()
     files["truncated"] = folder / "truncated.mp3"
     files["truncated"].write_bytes(data[: int(0.4 * len(data))])  # cut mid-frame
+    files["id3v2_tagged"] = folder / "id3v2_tagged.mp3"
+    files["id3v2_tagged"].write_bytes(_id3v2_tag() + files["lame_tagged"].read_bytes())
+    # a cover picture larger than one feed block: the first frame arrives in a later block
+    files["cover_art"] = folder / "cover_art.mp3"
+    files["cover_art"].write_bytes(_id3v2_tag(payload_bytes=mp3.FEED_BYTES + 12345) + data)
     return files
 
 
@@ -78,15 +109,34 @@ def _outcome(decode, path: Path):
         return type(error), error.reason
 
 
-@pytest.mark.parametrize("name", ["stereo_44k", "mono_22k", "truncated"])
+@pytest.mark.parametrize("name", ["stereo_44k", "mono_22k", "truncated", "lame_tagged", "id3v2_tagged"])
 def test_decode_mono_matches_soundfile(mp3s, name, monkeypatch):
+    """Same length too: the LAME header's encoder delay and padding are cut by both (gapless)."""
     y, rate = mp3.decode_mono(mp3s[name])
     expected, expected_rate = _soundfile_decode(mp3s[name], monkeypatch)
     assert rate == expected_rate == (22050 if name == "mono_22k" else 44100)
+    if name.endswith("tagged"):
+        assert y.shape == (4 * 44100,)  # exactly the 4 s written
     assert y.dtype == np.float32 and y.ndim == 1
     assert y.shape == expected.shape  # the truncated file keeps exactly the frames soundfile keeps
     assert np.abs(y - expected).max() < SAMPLE_TOLERANCE
     assert np.abs(expected).max() > 0.1  # real signal, not two arrays of zeros
+
+
+def test_cover_art_larger_than_a_feed_block_is_skipped(mp3s):
+    y, rate = mp3.decode_mono(mp3s["cover_art"])
+    expected, expected_rate = mp3.decode_mono(mp3s["stereo_44k"])
+    assert rate == expected_rate and np.array_equal(y, expected)
+
+
+@pytest.mark.parametrize("name", ["stereo_44k", "lame_tagged", "truncated"])
+def test_feed_block_size_does_not_change_the_samples(mp3s, name, monkeypatch):
+    """Blocks that split frames and tags anywhere (1,000 bytes) decode to the same samples."""
+    expected, _ = mp3.decode_mono(mp3s[name], min_rate=13200)
+    monkeypatch.setattr(mp3, "FEED_BYTES", 1000)
+    assert mp3s[name].stat().st_size > 20 * mp3.FEED_BYTES
+    y, _ = mp3.decode_mono(mp3s[name], min_rate=13200)
+    assert np.array_equal(y, expected)
 
 
 def test_truncated_file_keeps_its_first_frames(mp3s):
