@@ -205,6 +205,39 @@ def mel_basis(*, sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: f
     return basis
 
 
+#: Groups of consecutive mel bands :func:`mel_spectrogram` multiplies separately, each
+#: with only the FFT bins its filters cover: a band's filter is zero outside a short run
+#: of bins, so 8 groups do 1/7 of the dense product's work at the default settings
+#: (0.16 against 0.54 ms per 30-s clip). Leaving out products with exact-zero weights
+#: does not change a sum; the default 12-kHz log-mel of real music came out the same bit
+#: for bit.
+MEL_BAND_GROUPS = 8
+
+
+@functools.lru_cache(maxsize=16)
+def _mel_band_groups(*, sample_rate: int, n_fft: int, n_mels: int, fmin: float,
+                     fmax: float | None) -> tuple[tuple[slice, slice, np.ndarray], ...]:
+    """:func:`mel_basis` cut into :data:`MEL_BAND_GROUPS` groups of consecutive bands.
+
+    Returns
+    -------
+    tuple of (bands, bins, weights)
+        ``weights`` (contiguous, float32) is ``basis[bands, bins]``; the basis is zero
+        in the rows ``bands`` outside the columns ``bins``.
+    """
+    basis = mel_basis(sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    nonzero = basis != 0
+    groups = []
+    for rows in np.array_split(np.arange(n_mels), min(MEL_BAND_GROUPS, n_mels)):
+        columns = np.flatnonzero(nonzero[rows].any(axis=0))
+        bands = slice(int(rows[0]), int(rows[-1]) + 1)
+        bins = slice(int(columns[0]), int(columns[-1]) + 1) if columns.size else slice(0, 0)
+        weights = np.ascontiguousarray(basis[bands, bins])
+        weights.setflags(write=False)
+        groups.append((bands, bins, weights))
+    return tuple(groups)
+
+
 @functools.lru_cache(maxsize=16)
 def _window(n_fft: int) -> np.ndarray:
     # periodic Hann (scipy.signal.get_window("hann", n_fft), librosa's window) without
@@ -226,7 +259,8 @@ STFT_BLOCK_FRAMES = 256
 def mel_spectrogram(y: np.ndarray, *, settings: FeatureSettings, power: float = 2.0) -> np.ndarray:
     """Mel spectrogram with librosa's conventions (centred frames, zero padding, Hann window).
 
-    Computed in blocks of :data:`STFT_BLOCK_FRAMES` frames (window, FFT, power, mel product).
+    Computed in blocks of :data:`STFT_BLOCK_FRAMES` frames (window, FFT, power, mel product),
+    the mel product per group of bands (:data:`MEL_BAND_GROUPS`).
 
     Parameters
     ----------
@@ -242,10 +276,10 @@ def mel_spectrogram(y: np.ndarray, *, settings: FeatureSettings, power: float = 
     n_fft, hop = settings.n_fft, settings.hop_length
     padded = np.pad(np.asarray(y, dtype=np.float32), n_fft // 2)
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
-    basis = mel_basis(sample_rate=settings.sample_rate, n_fft=n_fft, n_mels=settings.n_mels,
-                      fmin=settings.fmin, fmax=settings.fmax)
+    groups = _mel_band_groups(sample_rate=settings.sample_rate, n_fft=n_fft, n_mels=settings.n_mels,
+                              fmin=settings.fmin, fmax=settings.fmax)
     window = _window(n_fft)
-    mel = np.empty((basis.shape[0], frames.shape[0]), dtype=np.float32)
+    mel = np.empty((settings.n_mels, frames.shape[0]), dtype=np.float32)
     for start in range(0, frames.shape[0], STFT_BLOCK_FRAMES):
         block = slice(start, start + STFT_BLOCK_FRAMES)
         spectrum = scipy.fft.rfft(frames[block] * window, axis=-1, workers=1)
@@ -254,7 +288,8 @@ def mel_spectrogram(y: np.ndarray, *, settings: FeatureSettings, power: float = 
         magnitude = parts[:, 0::2] + parts[:, 1::2]
         if power != 2.0:
             magnitude **= power / 2.0
-        np.matmul(basis, magnitude.T, out=mel[:, block])
+        for bands, bins, weights in groups:
+            np.matmul(weights, magnitude[:, bins].T, out=mel[bands, block])
     return mel
 
 

@@ -129,6 +129,23 @@ def test_mel_spectrogram_blocks_change_no_bit(monkeypatch, power):
     np.testing.assert_allclose(audio.mel_spectrogram(y, settings=settings, power=power), whole, rtol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:Empty filters detected")
+@pytest.mark.parametrize("sample_rate, n_fft, n_mels", [(12000, 512, 96), (8000, 128, 64), (22050, 1024, 128)],
+                         ids=["default", "empty_filters", "wide"])
+def test_mel_band_groups_hold_every_nonzero_weight(sample_rate, n_fft, n_mels):
+    """The grouped mel product leaves out only exact-zero weights of the filter bank."""
+    options = dict(sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=None)
+    basis = audio.mel_basis(**options)
+    groups = audio._mel_band_groups(**options)
+    rebuilt = np.zeros_like(basis)
+    for bands, bins, weights in groups:
+        rebuilt[bands, bins] = weights
+    assert np.array_equal(rebuilt, basis)
+    assert [bands.start for bands, _, _ in groups] == sorted({bands.start for bands, _, _ in groups})
+    assert sum(bands.stop - bands.start for bands, _, _ in groups) == n_mels
+    assert sum(weights.size for _, _, weights in groups) < 0.4 * basis.size  # the point of grouping
+
+
 @pytest.mark.parametrize("log_scale", ["db", "log1p"])
 def test_logmel_matches_librosa(log_scale):
     settings = FeatureSettings(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16, clip_seconds=2.0,
