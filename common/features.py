@@ -42,10 +42,8 @@ import argparse
 import collections
 import ctypes
 import dataclasses
-import functools
 import json
 import os
-import platform
 import sys
 import time
 import uuid
@@ -306,6 +304,14 @@ def _rows_to_retry(record: list[dict[str, str]], *, retry_failed: bool) -> list[
             and (retry_failed or entry.get("kind", PERMANENT) == TRANSIENT)]
 
 
+def _is_glibc() -> bool:
+    """Whether this process runs on glibc (a system call, unlike ``platform.libc_ver``'s file scan)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):  # no such name outside glibc
+        return False
+
+
 #: glibc's ``mallopt`` parameters (``malloc.h``).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 #: Arrays up to this size come from the heap (glibc's largest allowed value) ...
@@ -314,9 +320,8 @@ HEAP_MMAP_THRESHOLD_BYTES = 32 << 20
 HEAP_TRIM_THRESHOLD_BYTES = 64 << 20
 
 
-@functools.cache
 def _keep_freed_memory_for_the_next_clip() -> bool:
-    """Fix glibc's malloc thresholds in this process (once); False where the C library is not glibc.
+    """Fix glibc's malloc thresholds in this process; False where the C library is not glibc.
 
     By default glibc sets its mmap threshold to the largest block freed so far and returns
     the top of the heap to the kernel when more than twice that is free. Per clip, the
@@ -324,9 +329,11 @@ def _keep_freed_memory_for_the_next_clip() -> bool:
     (resampled signal, STFT blocks, mel) were trimmed after every clip and came back as
     ~1,300 page faults: 2.3 ms of system time per 30-s clip, 11 % of
     :func:`_extract_shard`'s time (one process, 240 real-music clips). With fixed
-    thresholds a worker keeps at most :data:`HEAP_TRIM_THRESHOLD_BYTES` of freed memory.
+    thresholds a worker keeps at most :data:`HEAP_TRIM_THRESHOLD_BYTES` of freed memory
+    (in a Dask worker this replaces the nanny's ``MALLOC_TRIM_THRESHOLD_``: Dask then counts
+    up to that much more "unmanaged" memory per worker).
     """
-    if platform.libc_ver()[0] != "glibc":
+    if not _is_glibc():
         return False
     libc = ctypes.CDLL(None)
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD_BYTES)
@@ -334,7 +341,9 @@ def _keep_freed_memory_for_the_next_clip() -> bool:
 
 
 def _run_task(task: tuple) -> tuple[int, int, list[dict[str, str]]]:
-    """Run ``_extract_shard(*task)`` (looked up at call time); ``(shard, items computed, record)``."""
+    """Fix the allocator's thresholds (every task: cheap, and nothing module-level has to reach a
+    worker when this module runs as ``__main__``), then run ``_extract_shard(*task)`` (looked up at
+    call time); ``(shard, items computed, record)``."""
     _keep_freed_memory_for_the_next_clip()
     record = _extract_shard(*task)
     return task[1], (len(record) if task[5] is None else len(task[5])), record
