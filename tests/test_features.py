@@ -485,11 +485,14 @@ def test_with_one_job_a_killing_clip_stops_two_runs_then_is_skipped_and_an_inter
 
 
 #: One clip's allocations in miniature: the decode buffer (16 MB, 2.6 MB written, shrunk in
-#: place) and 8 MB of heap-sized arrays, all freed; minor page faults of the last 5 of 8 clips.
+#: place) and 8 MB of heap-sized arrays, all freed; minor page faults of the last 5 of 8 clips,
+#: in 4-KiB pages (transparent huge pages off for the process, whatever the system's setting).
 _CLIP_ALLOCATIONS = """
-import resource, sys
+import ctypes, resource, sys
 import numpy as np
 from common.features import _keep_freed_memory_for_the_next_clip
+PR_SET_THP_DISABLE = 41
+ctypes.CDLL(None).prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)
 if sys.argv[1] == "fixed":
     assert _keep_freed_memory_for_the_next_clip()
 def clip():
@@ -512,7 +515,7 @@ def test_extraction_workers_reuse_freed_memory_instead_of_page_faulting():
     """glibc's adaptive thresholds return each clip's memory to the kernel; fixed ones keep it."""
     def faults_per_clip(mode: str) -> int:
         result = subprocess.run([sys.executable, "-c", _CLIP_ALLOCATIONS, mode], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parents[1], check=True)
+                                cwd=REPO, check=True)
         return int(result.stdout)
 
     assert faults_per_clip("adaptive") > 1000  # 4-KiB pages of the 8 MB, faulted in again
