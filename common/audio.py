@@ -22,8 +22,10 @@ the default 12-kHz log-mel then differs from ``librosa.load`` + ``melspectrogram
 0.0006 dB on average (max 0.2 dB, dB floored 80 dB below the clip's peak); the tolerance
 tested is 0.01 dB mean and 0.1 dB at the 99th percentile, which is why feature digests
 did not change. soxr's cheaper qualities miss it by far: ``"MQ"`` (3 dB max error) is
-hardly faster from 22.05 kHz, ``"LQ"``/``"QQ"`` err by 1 dB on average (aliasing). Without
-libmpg123, or for a file it refuses, soundfile decodes as above.
+hardly faster from 22.05 kHz, ``"LQ"``/``"QQ"`` err by 1 dB on average (aliasing); so does
+libmpg123's own resampling inside synthesis (``MPG123_FORCE_RATE``, 0.75-1.3 dB on average,
+6-8 dB in the top bands), which is why it is not used. Without libmpg123, or for a file it
+refuses, soundfile decodes as above.
 
 The log-mel path is a plain numpy/scipy STFT in float32 with a cached mel filter
 bank; it equals ``librosa.feature.melspectrogram`` (``center=True``, zero padding,
