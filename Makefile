@@ -38,6 +38,7 @@ TAG_ARGS  ?=
 TEST      ?=
 CHALLENGE ?=
 DRY_RUN   ?=
+SMOKE     ?=
 WHEELHOUSE ?= .whl
 
 # Quieter TensorFlow start-up (errors still show).
@@ -57,12 +58,12 @@ SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
 FOLD_ARG = $(if $(FOLD),--fold $(FOLD),)
 
 .PHONY: help setup download demo-data features plots folds train compare blend submit validate upload package score tag \
-        weights demo test test-package bench bench-features bench-train bench-predict bench-tag bench-metadata bench-blend clean
+        weights demo test test-package gpu-check bench bench-features bench-train bench-predict bench-tag bench-metadata bench-blend clean
 
 # `make help` lists the targets in the order a newcomer runs them; a target missing here
 # is listed after these, in file order.
 HELP_ORDER := help setup download demo-data demo features plots folds train compare blend submit validate \
-              upload package score tag weights test test-package bench-features bench-train bench-predict bench-tag bench-metadata bench-blend bench clean
+              upload package score tag weights test test-package gpu-check bench-features bench-train bench-predict bench-tag bench-metadata bench-blend bench clean
 
 help: ## List the targets in the order a newcomer runs them, and what they do
 	@awk -v order="$(HELP_ORDER)" 'BEGIN {FS = ":.*## "} \
@@ -159,6 +160,9 @@ test: setup ## Run the test suite (small sizes; 3 to 6 minutes on 2 cores)
 
 test-package: setup ## Package a tiny trained experiment, install it offline from WHEELHOUSE into a fresh virtualenv, run it (minutes)
 	FMA_WHEELHOUSE=$(WHEELHOUSE) $(PY) -m pytest -m package $(PYTEST_ARGS)
+
+gpu-check: setup ## First command on a GPU machine (after make setup EXTRAS=dev,gpu): GPU tests, training and prediction speed, 2-epoch demo -> bench/gpu.json (SMOKE=1: tiny shapes on CPU -> bench/gpu-smoke.json)
+	$(PY) -m bench.gpu $(if $(SMOKE),--smoke --out bench/gpu-smoke.json,--out bench/gpu.json)
 
 bench-features: setup ## Feature extraction clips/s on real (../shared/audio) and synthetic mp3s: toolkit vs single-process librosa vs decode only; 10x-clips scaling
 	$(PY) -m bench.features --out bench/features.json

@@ -127,3 +127,31 @@ def test_summary_headlines_every_target_of_the_throughput_issue():
                      "1.4 x the naive", "0.11 % of a training step", "1.2 x the per-clip path",
                      "fma_medium (25,000 clips) 3.5 h"):
         assert expected in text
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_writes_every_section_of_the_full_check(tmp_path, demo_data_dir):
+    """`make gpu-check SMOKE=1`: the GPU check's own code on a CPU, so it cannot rot while no GPU is around."""
+    from bench import gpu
+
+    out = tmp_path / "gpu.json"
+    assert gpu.main(["--smoke", "--demo-data", str(demo_data_dir), "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert tuple(record) == gpu.SECTIONS and record["smoke"] is True and record["backend"] == "tensorflow"
+    assert record["tests"]["returncode"] == 0 and record["tests"]["failed"] == 0
+    assert record["tests"]["passed"] + record["tests"]["skipped"] >= 1
+    rows = record["training"]["rows"]
+    expected = {(w.name, p, j) for w in gpu.SMOKE_WORKLOADS for p in ("float32", "mixed_float16") for j in (False, True)}
+    assert {(r["workload"], r["precision"], r["jit_compile"]) for r in rows} == expected
+    for row in rows:
+        assert row["samples_per_s"] > 0 and np.isfinite(row["final_loss"]) and row["training_gflops_per_sample"] > 0
+        assert row["peak_memory_bytes"] is None  # no GPU here
+    assert [p["workload"] for p in record["training"]["pipeline"]] == [w.name for w in gpu.SMOKE_WORKLOADS]
+    assert all(p["share_of_step"] > 0 for p in record["training"]["pipeline"])
+    prediction = record["prediction"]
+    assert prediction["batched_clips_per_s"] > 0 and prediction["max_abs_difference"] < 1e-5
+    demo = record["demo"]
+    assert demo["ok"] and demo["epochs"] == 2 and (demo["device"], demo["precision"]) == ("cpu", "float32")
+    for seconds in record["predicted"]["by_workload"].values():
+        assert set(seconds) == {*gpu.SUBSET_CLIPS, "achieved_fraction_of_h100_peak"}
+        assert all(seconds[name]["measured"] > 0 for name in gpu.SUBSET_CLIPS)
