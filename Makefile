@@ -1,6 +1,8 @@
 # FMA genre toolkit. `make help` lists the targets; the logic lives in Python.
 # Variables can be set on the command line: make train EXP=crnn SUBSET=medium
 # `make tag FILE=song.mp3` without EXP tags with the pretrained musicnn (zero-shot).
+# Paths may hold spaces, parentheses, quotes and any Unicode: recipes pass each path
+# variable to the shell as one word ($(call quote,...)); VENV, a make target, may not.
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
@@ -21,6 +23,8 @@ FOLDS     ?= $(DATA)/folds-$(SUBSET)-k$(K).csv
 FOLD      ?=
 JOBS      ?= -1
 SCHEDULER ?=
+# SOURCE=test: `make features` caches the crowdAI test folder TEST_DIR instead of DATA/fma_SUBSET.
+SOURCE    ?=
 TEST_DIR  ?= $(DATA)/crowdai_fma_test
 SUBMISSION ?= $(lastword $(sort $(wildcard submissions/*.csv)))
 LABELS    ?=
@@ -44,8 +48,12 @@ WHEELHOUSE ?= .whl
 # Quieter TensorFlow start-up (errors still show).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
+# What `make demo` writes (and `make clean` removes): its data, runs, feature caches and
+# plots/tags, never CACHE (the real feature cache), RUNS or submissions/.
 DEMO_DATA := data/demo
 DEMO_RUNS := runs/demo
+DEMO_CACHE := cache/demo
+DEMO_OUT   = $(OUT)/demo
 DEMO_TEST := $(DEMO_DATA)/crowdai_fma_test
 # The demo tags the largest demo song (never one of the broken files) with the trained
 # ensemble, and a real recording with musicnn where ../shared/audio exists. The song is
@@ -53,9 +61,21 @@ DEMO_TEST := $(DEMO_DATA)/crowdai_fma_test
 DEMO_SONG = "$$(ls -S $(DEMO_DATA)/fma_small/*/*.mp3 | head -n 1)"
 REAL_SONG = $(or $(wildcard ../shared/audio/Kevin_MacLeod_-_Vibe_Ace.ogg),$(DEMO_SONG))
 
+# One shell word for a value, whatever it holds ('...', its own single quotes escaped); nothing when empty.
+quote = $(if $(1),'$(subst ','\'',$(1))')
+
 TAG_EXP = $(if $(filter command line environment override,$(origin EXP)),$(EXP),musicnn)
-SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
+SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(call quote,$(SCHEDULER)),)
 FOLD_ARG = $(if $(FOLD),--fold $(FOLD),)
+# crowdai.submit is given only what it uses: a fitted blend, the zero-shot musicnn (nothing trained,
+# cached or combined: it refuses --runs, --cache, --mean), or the fold ensembles of EXP.
+SUBMIT_TRAINED = --runs $(call quote,$(RUNS)) --cache $(call quote,$(CACHE))
+SUBMIT_SOURCE = $(if $(BLEND),--blend $(call quote,$(BLEND)) $(SUBMIT_TRAINED),$(if $(filter musicnn,$(EXP)),--exp musicnn,\
+  --exp $(EXP) --mean $(MEAN) $(if $(BLEND_WEIGHTS),--blend-weights $(BLEND_WEIGHTS),) $(SUBMIT_TRAINED)))
+# The variables recipes read, shown by `make help`.
+HELP_VARIABLES := DATA SUBSET EXP CONFIG CACHE RUNS K FOLDS FOLD JOBS SCHEDULER SOURCE TEST_DIR TEST FILE OUT \
+                  WEIGHTS MEAN BLEND BLEND_WEIGHTS NAME BLEND_ARGS SUBMIT_ARGS TAG_ARGS SUBMISSION LABELS CHALLENGE \
+                  DRY_RUN SMOKE PYTEST_ARGS WHEELHOUSE EXTRAS VENV PYTHON_SYSTEM
 
 .PHONY: help setup download demo-data features plots folds train compare blend submit validate upload package score tag \
         weights demo test test-package gpu-check bench bench-features bench-train bench-predict bench-tag bench-metadata bench-blend clean
@@ -71,7 +91,7 @@ help: ## List the targets in the order a newcomer runs them, and what they do
 	  function show(t) {printf "  \033[36m%-15s\033[0m %s\n", t, text[t]; shown[t] = 1} \
 	  END {k = split(order, wanted, " "); for (i = 1; i <= k; i++) if (wanted[i] in text) show(wanted[i]); \
 	       for (i = 1; i <= n; i++) if (!(name[i] in shown)) show(name[i])}' $(MAKEFILE_LIST)
-	@echo "Variables (current value): DATA=$(DATA) SUBSET=$(SUBSET) EXP=$(EXP) CACHE=$(CACHE) RUNS=$(RUNS) K=$(K) FOLD=$(FOLD) JOBS=$(JOBS) SCHEDULER=$(SCHEDULER) TEST_DIR=$(TEST_DIR) TEST=$(TEST) FILE=$(FILE) OUT=$(OUT)"
+	@echo Variables '(current value):' $(foreach v,$(HELP_VARIABLES),$(call quote,$(v)=$($(v))))
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -82,84 +102,87 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## Create .venv and install the toolkit (fast when nothing changed; GPU machines: EXTRAS=dev,gpu)
 
 download: setup ## Fetch fma_metadata + fma_SUBSET (+ crowdAI test set with TEST=1), SHA-1 checked, resumable; unpack into DATA
-	$(PY) -m common.download --subset $(SUBSET) --data $(DATA) $(if $(TEST),--test,)
+	$(PY) -m common.download --subset $(SUBSET) --data $(call quote,$(DATA)) $(if $(TEST),--test,)
 
 demo-data: setup ## Generate the mini-FMA (metadata, mp3s, crowdAI-style test folder) under data/demo
-	$(PY) -m common.demo_data --out $(DEMO_DATA)
+	$(PY) -m common.demo_data --out $(call quote,$(DEMO_DATA))
 
 features: setup ## Log-mel cache for DATA/fma_SUBSET (or TEST_DIR with SOURCE=test) with EXP's feature settings
-	$(PY) -m common.features --config $(CONFIG) --cache $(CACHE) --jobs $(JOBS) --weights $(WEIGHTS) $(SCHEDULER_ARG) \
-	  $(if $(filter test,$(SOURCE)),--audio-dir $(TEST_DIR),--data $(DATA) --subset $(SUBSET))
+	$(PY) -m common.features --config $(call quote,$(CONFIG)) --cache $(call quote,$(CACHE)) --jobs $(JOBS) \
+	  --weights $(call quote,$(WEIGHTS)) $(SCHEDULER_ARG) \
+	  $(if $(filter test,$(SOURCE)),--audio-dir $(call quote,$(TEST_DIR)),--data $(call quote,$(DATA)) --subset $(SUBSET))
 
 plots: setup ## Genre histogram of SUBSET and the log-mel image of one track, as PNGs in OUT
-	$(PY) -m common.plots --data $(DATA) --subset $(SUBSET) --config $(CONFIG) --out $(OUT)
+	$(PY) -m common.plots --data $(call quote,$(DATA)) --subset $(SUBSET) --config $(call quote,$(CONFIG)) \
+	  --out $(call quote,$(OUT))
 
 folds: setup ## Write the K-fold file (stratified by genre, grouped by artist) once
-	$(PY) -m experiments.folds --data $(DATA) --subset $(SUBSET) --k $(K) --out $(FOLDS)
+	$(PY) -m experiments.folds --data $(call quote,$(DATA)) --subset $(SUBSET) --k $(K) --out $(call quote,$(FOLDS))
 
 train: setup ## Train every fold (or FOLD) of experiment EXP; finished folds are kept, interrupted ones resume
-	$(PY) -m experiments.runner --config $(CONFIG) --data $(DATA) --subset $(SUBSET) --folds $(FOLDS) \
-	  --cache $(CACHE) --runs $(RUNS) $(FOLD_ARG) $(SCHEDULER_ARG)
+	$(PY) -m experiments.runner --config $(call quote,$(CONFIG)) --data $(call quote,$(DATA)) --subset $(SUBSET) \
+	  --folds $(call quote,$(FOLDS)) --cache $(call quote,$(CACHE)) --runs $(call quote,$(RUNS)) $(FOLD_ARG) $(SCHEDULER_ARG)
 
 compare: setup ## Table of all experiments in RUNS (CSV, Markdown, learning curves, confusion matrix)
-	$(PY) -m experiments.compare --runs $(RUNS) --out $(RUNS)/compare
+	$(PY) -m experiments.compare --runs $(call quote,$(RUNS)) --out $(call quote,$(RUNS)/compare)
 
 blend: setup ## Fit temperatures, pool weights (and stacking) on the out-of-fold predictions of EXP=a,b [NAME=, BLEND_ARGS=--stacking]
-	$(PY) -m crowdai.blend --exp $(EXP) --runs $(RUNS) $(if $(NAME),--name $(NAME),) $(BLEND_ARGS)
+	$(PY) -m crowdai.blend --exp $(EXP) --runs $(call quote,$(RUNS)) $(if $(NAME),--name $(call quote,$(NAME)),) $(BLEND_ARGS)
 
 submit: setup $(if $(filter musicnn,$(EXP)),weights,) ## crowdAI CSV for TEST_DIR: fitted BLEND=name, or EXP=a,b [MEAN, BLEND_WEIGHTS=0.7,0.3]; SUBMIT_ARGS=--adapt-prior; EXP=musicnn: zero-shot, no training
-	$(PY) -m crowdai.submit $(if $(BLEND),--blend $(BLEND),--exp $(EXP) --mean $(MEAN) \
-	  $(if $(BLEND_WEIGHTS),--blend-weights $(BLEND_WEIGHTS),)) --runs $(RUNS) --test-dir $(TEST_DIR) \
-	  --cache $(CACHE) --out submissions --weights $(WEIGHTS) $(SUBMIT_ARGS)
+	$(PY) -m crowdai.submit $(SUBMIT_SOURCE) --test-dir $(call quote,$(TEST_DIR)) --out submissions \
+	  --weights $(call quote,$(WEIGHTS)) $(SUBMIT_ARGS)
 
 validate: setup ## Check SUBMISSION (default: newest) against TEST_DIR before upload
-	$(PY) -m crowdai.validate $(SUBMISSION) --test-dir $(TEST_DIR)
+	$(PY) -m crowdai.validate $(call quote,$(SUBMISSION)) --test-dir $(call quote,$(TEST_DIR))
 
 upload: setup ## Validate SUBMISSION (default: newest) against TEST_DIR, then send it with aicrowd-cli (DRY_RUN=1: only print)
-	$(PY) -m crowdai.upload $(SUBMISSION) --test-dir $(TEST_DIR) $(if $(CHALLENGE),--challenge $(CHALLENGE),) $(if $(DRY_RUN),--dry-run,)
+	$(PY) -m crowdai.upload $(call quote,$(SUBMISSION)) --test-dir $(call quote,$(TEST_DIR)) \
+	  $(if $(CHALLENGE),--challenge $(call quote,$(CHALLENGE)),) $(if $(DRY_RUN),--dry-run,)
 
 package: setup ## Round-2 folder OUT (default out/round2-EXP) from EXP's fold models (BLEND: fitted blend name or JSON)
-	$(PY) -m crowdai.package --exp $(EXP) --runs $(RUNS) --mean $(MEAN) --weights $(WEIGHTS) --jobs $(JOBS) \
-	  --out $(if $(filter command line,$(origin OUT)),$(OUT),$(OUT)/round2-$(subst $(comma),+,$(EXP))) \
-	  $(if $(BLEND),--blend $(BLEND),) $(if $(BLEND_WEIGHTS),--blend-weights $(BLEND_WEIGHTS),)
+	$(PY) -m crowdai.package --exp $(EXP) --runs $(call quote,$(RUNS)) --mean $(MEAN) --weights $(call quote,$(WEIGHTS)) \
+	  --jobs $(JOBS) --out $(call quote,$(if $(filter command line,$(origin OUT)),$(OUT),$(OUT)/round2-$(subst $(comma),+,$(EXP)))) \
+	  $(if $(BLEND),--blend $(call quote,$(BLEND)),) $(if $(BLEND_WEIGHTS),--blend-weights $(BLEND_WEIGHTS),)
 
 score: setup ## Leaderboard metrics of SUBMISSION against LABELS
-	$(PY) -m crowdai.score $(SUBMISSION) --labels $(LABELS)
+	$(PY) -m crowdai.score $(call quote,$(SUBMISSION)) --labels $(call quote,$(LABELS))
 
 weights: setup ## Fetch musicnn's published checkpoints (PyPI wheel, sha256-checked) into WEIGHTS
-	$(PY) -m common.pretrained --dest $(WEIGHTS)
+	$(PY) -m common.pretrained --dest $(call quote,$(WEIGHTS))
 
 tag: setup $(if $(filter musicnn,$(TAG_EXP)),weights,) ## Genre tags over time for FILE: EXP's fold ensemble, or musicnn zero-shot without EXP
-	$(PY) -m crowdai.tag $(FILE) --exp $(TAG_EXP) --runs $(RUNS) --out $(OUT) --weights $(WEIGHTS) $(TAG_ARGS)
+	$(PY) -m crowdai.tag $(call quote,$(FILE)) --exp $(TAG_EXP) --runs $(call quote,$(RUNS)) --out $(call quote,$(OUT)) \
+	  --weights $(call quote,$(WEIGHTS)) $(TAG_ARGS)
 
 demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, train (2 experiments), compare, blend, submit, validate, score (vs zero-shot), tag, upload (dry run)
 	$(MAKE) demo-data
-	$(MAKE) features DATA=$(DEMO_DATA) SUBSET=small EXP=demo
+	$(MAKE) features DATA=$(DEMO_DATA) SUBSET=small EXP=demo CACHE=$(DEMO_CACHE)
 	$(MAKE) folds DATA=$(DEMO_DATA) SUBSET=small
-	$(MAKE) train DATA=$(DEMO_DATA) SUBSET=small EXP=demo RUNS=$(DEMO_RUNS)
-	$(MAKE) features DATA=$(DEMO_DATA) SUBSET=small EXP=demo_crnn
-	$(MAKE) train DATA=$(DEMO_DATA) SUBSET=small EXP=demo_crnn RUNS=$(DEMO_RUNS)
+	$(MAKE) train DATA=$(DEMO_DATA) SUBSET=small EXP=demo RUNS=$(DEMO_RUNS) CACHE=$(DEMO_CACHE)
+	$(MAKE) features DATA=$(DEMO_DATA) SUBSET=small EXP=demo_crnn CACHE=$(DEMO_CACHE)
+	$(MAKE) train DATA=$(DEMO_DATA) SUBSET=small EXP=demo_crnn RUNS=$(DEMO_RUNS) CACHE=$(DEMO_CACHE)
 	$(MAKE) compare RUNS=$(DEMO_RUNS)
-	$(MAKE) plots DATA=$(DEMO_DATA) SUBSET=small EXP=demo OUT=$(OUT)/demo
-	$(MAKE) submit EXP=demo RUNS=$(DEMO_RUNS) TEST_DIR=$(DEMO_TEST)
+	$(MAKE) plots DATA=$(DEMO_DATA) SUBSET=small EXP=demo OUT=$(call quote,$(DEMO_OUT))
+	$(MAKE) submit EXP=demo RUNS=$(DEMO_RUNS) TEST_DIR=$(DEMO_TEST) CACHE=$(DEMO_CACHE)
 	$(MAKE) validate TEST_DIR=$(DEMO_TEST)
 	$(MAKE) score LABELS=$(DEMO_DATA)/crowdai_fma_test_labels.csv
 	$(MAKE) blend EXP=demo,demo_crnn NAME=demo RUNS=$(DEMO_RUNS) BLEND_ARGS="--stacking --overwrite"
-	$(MAKE) submit BLEND=demo RUNS=$(DEMO_RUNS) TEST_DIR=$(DEMO_TEST)
+	$(MAKE) submit BLEND=demo RUNS=$(DEMO_RUNS) TEST_DIR=$(DEMO_TEST) CACHE=$(DEMO_CACHE)
 	$(MAKE) validate TEST_DIR=$(DEMO_TEST)
 	$(MAKE) score LABELS=$(DEMO_DATA)/crowdai_fma_test_labels.csv
 	$(MAKE) submit EXP=musicnn TEST_DIR=$(DEMO_TEST)
 	$(PY) -m crowdai.score $$(ls submissions/*_demo.csv | tail -n 1) $$(ls submissions/*_demo+demo_crnn.csv | tail -n 1) \
 	  $$(ls submissions/*_musicnn.csv | tail -n 1) --labels $(DEMO_DATA)/crowdai_fma_test_labels.csv
-	$(MAKE) tag EXP=demo RUNS=$(DEMO_RUNS) FILE=$(DEMO_SONG) OUT=$(OUT)/demo
-	$(MAKE) tag FILE=$(REAL_SONG) OUT=$(OUT)/demo
+	$(MAKE) tag EXP=demo RUNS=$(DEMO_RUNS) FILE=$(DEMO_SONG) OUT=$(call quote,$(DEMO_OUT))
+	$(MAKE) tag FILE=$(REAL_SONG) OUT=$(call quote,$(DEMO_OUT))
 	$(MAKE) upload TEST_DIR=$(DEMO_TEST) DRY_RUN=1 SUBMISSION="$$(ls submissions/*_demo+demo_crnn.csv | tail -n 1)"
 
 test: setup ## Run the test suite (small sizes; 3 to 6 minutes on 2 cores)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-package: setup ## Package a tiny trained experiment, install it offline from WHEELHOUSE into a fresh virtualenv, run it (minutes)
-	FMA_WHEELHOUSE=$(WHEELHOUSE) $(PY) -m pytest -m package $(PYTEST_ARGS)
+	FMA_WHEELHOUSE=$(call quote,$(WHEELHOUSE)) $(PY) -m pytest -m package $(PYTEST_ARGS)
 
 gpu-check: setup ## First command on a GPU machine (after make setup EXTRAS=dev,gpu): GPU tests, training and prediction speed, 2-epoch demo -> bench/gpu.json (SMOKE=1: tiny shapes on CPU -> bench/gpu-smoke.json)
 	$(PY) -m bench.gpu $(if $(SMOKE),--smoke --out bench/gpu-smoke.json,--out bench/gpu.json)
@@ -174,17 +197,19 @@ bench-train: setup ## Training samples/s: toolkit pipeline vs naive per-file loo
 bench-predict: setup ## Submission clips/s for a K-fold ensemble, feature vs model time, batched vs per-clip, predicted hours
 	$(PY) -m bench.predict --out bench/predict.json
 
-bench-tag: setup weights ## Seconds of audio tagged per second: our musicnn vs the original
-	$(PY) -m bench.tag --out bench/tag.json --weights $(WEIGHTS)
+bench-tag: setup weights ## Seconds of audio tagged per second: our musicnn vs the original (fetches WEIGHTS; needs recordings in ../shared/audio)
+	$(PY) -m bench.tag --out bench/tag.json --weights $(call quote,$(WEIGHTS))
 
 bench-blend: setup ## Cross-fitted OOF log loss of the demo runs: best single, each calibrated, the chosen blend (after make demo)
-	$(PY) -m bench.blend --runs $(DEMO_RUNS) --exp demo,demo_crnn --out bench/blend.json
+	$(PY) -m bench.blend --runs $(call quote,$(DEMO_RUNS)) --exp demo,demo_crnn --out bench/blend.json
 
 bench-metadata: setup ## Seconds and peak memory of loading a generated full-size (106,574-row) tracks.csv
 	$(PY) -m bench.metadata --out bench/metadata.json
 
-bench: bench-features bench-train bench-predict bench-metadata bench-blend ## All benchmarks, summarised in bench/summary.json and bench/summary.md
+bench: bench-features bench-train bench-predict bench-metadata bench-blend bench-tag ## All benchmarks (each bench-* target; bench-blend after make demo, bench-tag fetches WEIGHTS), summarised in bench/summary.json and bench/summary.md
 	$(PY) -m bench.summary --dir bench
 
-clean: ## Remove generated demo data, caches and runs (never submissions/)
-	rm -rf $(DEMO_DATA) $(CACHE) $(DEMO_RUNS) $(OUT)
+clean: ## Remove what make demo made: demo data, runs, feature caches and OUT/demo (never CACHE, RUNS or submissions/)
+	@removed=; for path in $(foreach path,$(DEMO_DATA) $(DEMO_RUNS) $(DEMO_CACHE) $(DEMO_OUT),$(call quote,$(path))); do \
+	  if [ -e "$$path" ]; then rm -rf -- "$$path" && removed="$$removed $$path"; fi; \
+	done; echo "clean: removed$${removed:- nothing}"

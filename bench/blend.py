@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
+from common.cli import command
 from common.errors import ToolkitError
 from common.io import write_text_atomic
 
@@ -52,6 +52,7 @@ def measure(runs: Path, names: list[str]) -> dict:
     }
 
 
+@command("python -m bench.blend")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.blend", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/demo"), help="runs folder (default: runs/demo)")
@@ -61,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         record = measure(args.runs, [n.strip() for n in args.exp.split(",") if n.strip()])
     except ToolkitError as error:
-        print(f"bench.blend: error: {error} (train the demo experiments first: make demo)", file=sys.stderr)
-        return 1
+        raise ToolkitError(f"{error} (train the demo experiments first: make demo)") from error
     write_text_atomic(args.out, json.dumps(record, indent=2) + "\n", overwrite=True)
     calibrated = ", ".join(f"{n} {v:.4f}" for n, v in record["calibrated_log_loss"].items())
     print(f"blend bench: best single {record['best_single']} {record['best_single_log_loss']:.4f}; "

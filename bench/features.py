@@ -51,6 +51,8 @@ from pathlib import Path
 import numpy as np
 
 from common import mp3
+from common.cli import command
+from common.errors import ToolkitError
 from common.io import write_text_atomic
 
 SAMPLE_RATE = 44100
@@ -204,7 +206,7 @@ def toolkit_rate(paths: list[Path], *, cache_dir: Path, shard_size: int, runs: i
                           shard_size=shard_size, progress=False)
         shutil.rmtree(cache_dir / str(run_number))
         if summary.n_ok != len(paths):
-            raise SystemExit(f"bench.features: {len(paths) - summary.n_ok} of {len(paths)} clips failed")
+            raise ToolkitError(f"{len(paths) - summary.n_ok} of {len(paths)} clips failed")
         seconds += summary.seconds
     return runs * len(paths) / seconds
 
@@ -317,6 +319,7 @@ def run(*, n_clips: int, mp3_dir: Path, shard_size: int, rounds: int, real_audio
             "mp3_decoder": "libmpg123 (mono mix, reduced-rate synthesis)" if mp3.available() else "soundfile"}
 
 
+@command("python -m bench.features")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.features", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench/features.json"), help="JSON result file")

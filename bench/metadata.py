@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import command
 from common.io import write_text_atomic
 
 #: Tracks of the real fma_large / fma_full metadata.
@@ -81,6 +82,7 @@ def run(*, path: Path, rounds: int) -> dict:
             "rounds": per_round, "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
+@command("python -m bench.metadata")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.metadata", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench/metadata.json"), help="JSON result file")

@@ -2,12 +2,11 @@
 
     python -m bench.predict --out bench/predict.json [--clips 48 --folds 1,3 --config experiments/configs/crnn.yaml]
 
-Builds a test folder of ``--clips`` generated 30-s 44.1-kHz stereo mp3s (FMA's format;
-harmonic tones over coloured noise, encoded with lameenc) and a runs folder holding K
-*untrained* fold models of the real architecture of ``--config`` (default the reference
-CRNN, 96 x 1366 log-mels; weights are random, which costs the same as trained ones).
-For each K it runs :func:`crowdai.submit.predict_test_folder` with a fresh feature cache
-and records wall time, feature seconds and model seconds.
+The product's run-time model (:func:`crowdai.timing.time_test_folder`, which
+``crowdai.package`` uses for its estimate) times ``--clips`` generated 30-s mp3s through
+K *untrained* fold models of the real architecture of ``--config`` (default the reference
+CRNN, 96 x 1366 log-mels) for each K, with a fresh feature cache: wall time, feature
+seconds and model seconds.
 
 Features are computed once and shared by every fold model, so the cost should grow as
 ``F + K * M`` (F: features, M: one fold model over the folder), not ``K * (F + M)``
@@ -32,70 +31,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from common.cli import command
 from common.io import write_text_atomic
-from common.runs import FOLD_SUMMARY, fold_dir
-
-
-def _device() -> str:
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        return f"{len(gpus)} x {tf.config.experimental.get_device_details(gpus[0]).get('device_name', 'GPU')}"
-    return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
-
-
-def write_test_folder(directory: Path, *, n_clips: int, seconds: float, seed: int = 0) -> list[Path]:
-    """``n_clips`` mp3s named ``bench-NNNN.mp3`` (44.1-kHz stereo, FMA's format)."""
-    from common.demo_data import CHANNELS, SAMPLE_RATE, encode_mp3
-
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    paths = []
-    for i in range(n_clips):
-        tone = sum(np.sin(2 * np.pi * rng.uniform(80, 1000) * k * t) / k for k in range(1, 5))
-        y = 0.2 * tone + 0.05 * rng.standard_normal(t.shape)
-        stereo = np.repeat((y / np.abs(y).max() * 0.5)[:, None], CHANNELS, axis=1)
-        path = directory / f"bench-{i:04d}.mp3"
-        path.write_bytes(encode_mp3(stereo.astype(np.float32)))
-        paths.append(path)
-    return paths
-
-
-def write_untrained_runs(runs: Path, *, config_path: Path, n_folds: int) -> str:
-    """``runs/<exp>/fold_<k>/`` with untrained models of the config's architecture; returns ``<exp>``."""
-    import keras
-    import yaml
-
-    from common import models
-    from common.config import load_config
-    from common.metadata import TOP_GENRE_IDS, TOP_GENRES
-    from common.tasks import Task
-
-    config = load_config(config_path)
-    task = Task(name="single", class_names=TOP_GENRES, genre_ids=tuple(TOP_GENRE_IDS[g] for g in TOP_GENRES))
-    crop = config.data.crop_frames(config.features)
-    exp_dir = runs / f"{config.name}_bench_k{n_folds}"
-    for fold in range(n_folds):
-        keras.utils.set_random_seed(fold)
-        model = models.build_model(config.model.name, input_shape=(*config.features.clip_shape[:-1], crop),
-                                   n_outputs=task.n_classes, activation=task.activation, **config.model.params)
-        fold_path = fold_dir(exp_dir, fold)
-        fold_path.mkdir(parents=True)
-        model.save(fold_path / "model.keras")
-        (fold_path / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        task.save(fold_path / "classes.json")
-        (fold_path / FOLD_SUMMARY).write_text(json.dumps({"note": "untrained benchmark model"}) + "\n")
-    return exp_dir.name
+from crowdai.timing import time_test_folder
 
 
 #: Clips of the sets the README predicts hours for.
@@ -153,48 +96,29 @@ def predicted_hours(*, feature_seconds_per_clip: float, model_seconds_per_clip_a
 
 
 def run(*, n_clips: int, seconds: float, folds: list[int], config_path: Path, jobs: int, rounds: int = 3) -> dict:
+    """:func:`crowdai.timing.time_test_folder`, each K's cached features also through both model paths."""
     from common.data import ClipStore
     from common.features import FeatureCache
-    from crowdai.ensemble import load_ensemble
-    from crowdai.submit import predict_test_folder
 
-    with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
-        root = Path(tmp)
-        test_dir = root / "bench_test"
-        write_test_folder(test_dir, n_clips=n_clips, seconds=seconds)
-        rows = []
-        for k in folds:
-            name = write_untrained_runs(root / "runs", config_path=config_path, n_folds=k)
-            ensemble = load_ensemble(root / "runs", name, require_top_genres=True)
-            # trace the batch shape once, untimed: as many clips as the run, so the same batch
-            ensemble.predict(np.zeros((n_clips, *ensemble.settings.clip_shape), np.float32))
-            start = time.perf_counter()
-            result = predict_test_folder([ensemble], test_dir=test_dir, cache_root=root / f"cache_k{k}",
-                                         n_jobs=jobs, progress=False)
-            total = time.perf_counter() - start
-            store = ClipStore(FeatureCache.open(result.cache_dirs[0]), result.ids)
-            paths = compare_paths(ensemble, store, rounds=rounds)
-            rows.append({"folds": k, "seconds": round(total, 3), "feature_seconds": round(result.feature_seconds, 3),
-                         "model_seconds": round(result.model_seconds, 3), "clips_per_s": round(n_clips / total, 2),
-                         **paths})
-            print(f"K={k}: {total:.1f} s (features {result.feature_seconds:.1f} s, models "
-                  f"{result.model_seconds:.1f} s), {n_clips / total:.1f} clips/s; models batched "
-                  f"{paths['batched_model_seconds']:.1f} s, per clip {paths['per_clip_model_seconds']:.1f} s "
-                  f"(speed-up {paths['batched_speedup']:.2f}, CPU time {paths['batched_cpu_speedup']:.2f})", flush=True)
-    k = np.array([r["folds"] for r in rows], dtype=float)
-    t = np.array([r["seconds"] for r in rows])
-    model_per_fold, features = np.polyfit(k, t, 1) if len(rows) > 1 else (t[0], 0.0)
-    feature_mean = float(np.mean([r["feature_seconds"] for r in rows]))
-    model_mean = float(np.mean([r["model_seconds"] / r["folds"] for r in rows]))
+    def compare(ensemble, predictions, row: dict) -> dict:
+        store = ClipStore(FeatureCache.open(predictions.cache_dirs[0]), predictions.ids)
+        paths = compare_paths(ensemble, store, rounds=rounds)
+        print(f"K={row['folds']}: {row['seconds']:.1f} s (features {row['feature_seconds']:.1f} s, models "
+              f"{row['model_seconds']:.1f} s), {row['clips_per_s']:.1f} clips/s; models batched "
+              f"{paths['batched_model_seconds']:.1f} s, per clip {paths['per_clip_model_seconds']:.1f} s "
+              f"(speed-up {paths['batched_speedup']:.2f}, CPU time {paths['batched_cpu_speedup']:.2f})", flush=True)
+        return paths
+
+    timing = time_test_folder(n_clips=n_clips, seconds=seconds, folds=folds, config_path=config_path, jobs=jobs,
+                              after_each=compare)
+    rows, means = timing["runs"], timing["measured_means"]
+    feature_mean, model_mean = means["feature_seconds"], means["model_seconds_per_fold"]
     # hours from the measured means (the fit's intercept and slope swing with a noisy machine)
     feature_per_clip, model_per_clip = feature_mean / n_clips, model_mean / n_clips
     return {
-        "device": _device(), "config": str(config_path), "models": "untrained, real architecture of the config",
-        "clips": n_clips, "clip_seconds": seconds, "jobs": jobs, "load_average": list(os.getloadavg()),
-        "runs": rows,
-        "fit": {"formula": "T(K) = F + K * M", "F_seconds": round(float(features), 3),
-                "M_seconds_per_fold": round(float(model_per_fold), 3)},
-        "measured_means": {"feature_seconds": round(feature_mean, 3), "model_seconds_per_fold": round(model_mean, 3)},
+        "device": timing["device"], "config": str(config_path), "models": "untrained, real architecture of the config",
+        "clips": n_clips, "clip_seconds": seconds, "jobs": jobs, "load_average": timing["load_average"],
+        "runs": rows, "fit": timing["fit"], "measured_means": means,
         "naive_K_times_features_plus_model": {str(r["folds"]): round(r["folds"] * (feature_mean + model_mean), 3)
                                               for r in rows},
         "batched_speedup": float(np.median([r["batched_speedup"] for r in rows])),
@@ -219,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("python -m bench.predict")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     folds = sorted({int(k) for k in args.folds.split(",")})

@@ -19,6 +19,8 @@ import os
 import platform
 from pathlib import Path
 
+from common.cli import command
+from common.errors import ToolkitError
 from common.io import write_text_atomic
 
 BENCHMARKS: tuple[str, ...] = ("features", "train", "pipeline", "predict", "tag", "metadata", "blend")
@@ -114,14 +116,14 @@ def to_markdown(results: dict[str, dict], machine: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@command("python -m bench.summary")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.summary", description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("bench"), help="folder of the benchmark JSON files")
     args = parser.parse_args(argv)
     results = collect(args.dir)
     if not results:
-        print(f"bench.summary: no benchmark results in {args.dir}; run make bench-features (or bench)")
-        return 1
+        raise ToolkitError(f"{args.dir}: no benchmark results; run make bench-features (or bench)")
     machine = machine_info()
     write_text_atomic(args.dir / "summary.json", json.dumps({"machine": machine, "results": results}, indent=2) + "\n",
                       overwrite=True)

@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from common.cli import command
+from common.errors import ToolkitError
 from common.io import write_text_atomic
 
 _ORIGINAL = r"""
@@ -125,14 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("python -m bench.tag")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import soundfile as sf
 
     files = sorted(args.audio.glob("*.ogg"))
     if not files:
-        print(f"bench.tag: error: no .ogg recordings in {args.audio}", file=sys.stderr)
-        return 2
+        raise ToolkitError(f"{args.audio}: no .ogg recordings")
     audio_seconds = sum(sf.info(path).duration for path in files)
     result: dict = {"files": len(files), "audio_seconds": round(audio_seconds, 2)}
     ours, fused = run_ours(files, weights_dir=args.weights, rounds=args.rounds)
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result["original"] = result["original_onednn"] = None
         print(f"original: skipped, no musicnn virtualenv at {args.original_python} "
-              "(tools/make_musicnn_golden.py says how to make one)")
+              "(tools/make_musicnn_golden.py says how to make one)", file=sys.stderr)
     write_text_atomic(args.out, json.dumps(result, indent=2) + "\n", overwrite=True)
     print(f"wrote {args.out}")
     return 0

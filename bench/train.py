@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import command
 from common.io import write_text_atomic
 
 
@@ -153,6 +154,7 @@ def _input_threads() -> int:
     return input_threads()
 
 
+@command("python -m bench.train")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench/train.json"), help="JSON output")

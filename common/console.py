@@ -13,9 +13,19 @@ device listing in :func:`filtered_stderr`: descriptor 2 goes to a temporary file
 afterwards every line is written back except those :func:`is_startup_noise` recognises:
 Abseil records below ``TF_CPP_MIN_LOG_LEVEL`` (default 2, set by ``import common``
 unless the user chose: INFO and WARNING hidden, ERROR shown), Abseil's pre-initialisation
-notice, and the cuInit error when no NVIDIA driver is installed. Every other line —
-Python warnings, tracebacks, real TensorFlow errors — is written back in order.
-``TF_CPP_MIN_LOG_LEVEL=0`` shows everything.
+notice, the cuInit error when no NVIDIA driver is installed, and oneDNN's notice that it
+runs float16 only with AVX-512. Every other line — Python warnings, tracebacks, real
+TensorFlow errors — is written back in order. ``TF_CPP_MIN_LOG_LEVEL=0`` shows everything.
+
+The oneDNN notice (``E0000 … util.cc:131] oneDNN supports DT_HALF only on platforms with
+AVX-512. Falling back to the default Eigen-based implementation if present.``) is logged
+once per process, at ERROR severity although it is a warning, by the first float16 op —
+in training, the first batch of the float16 feature cache, long after the import. With
+``TF_ENABLE_ONEDNN_OPTS=1`` (set by ``import common``) every command on a CPU without
+AVX-512 would print it. So the filter also wraps the first initialisation of TensorFlow's
+eager context (which every op needs, and which no longer allows thread or device settings
+afterwards, so it is not forced at import), and runs one float16 op on the CPU right
+after it, while the filter is on: the check is done, and said, there, and never again.
 """
 
 from __future__ import annotations
@@ -37,6 +47,8 @@ _PREINIT_NOTICE = "WARNING: All log messages before absl::InitializeLog() is cal
 _CONTINUATION = "To enable the following instructions:"
 #: Logged when the CUDA driver cannot be initialised; expected where no driver is installed.
 _CUINIT_FAILURE = "failed call to cuInit"
+#: Logged (as an ERROR) by the first float16 op on a CPU without AVX-512: oneDNN leaves float16 to Eigen.
+_ONEDNN_NO_HALF = "oneDNN supports DT_HALF only on platforms with AVX-512"
 
 
 def min_log_level() -> int:
@@ -69,6 +81,9 @@ def is_startup_noise(line: str, *, min_level: int, driver_installed: Callable[[]
     driver_installed : callable
         Asked (only for a failed cuInit) whether an NVIDIA driver is installed: without
         one, the failure is expected and hidden; with one, it is a real error and shown.
+
+    oneDNN's float16 notice is logged as an ERROR but is a warning (the op runs, on
+    TensorFlow's own kernels): hidden from ``min_level`` 2, as warnings are.
     """
     if min_level < 1:
         return False
@@ -77,7 +92,10 @@ def is_startup_noise(line: str, *, min_level: int, driver_installed: Callable[[]
     record = _ABSL_RECORD.match(line)
     if record is None:
         return False
-    if _SEVERITY[record["severity"]] < min_level:
+    severity = _SEVERITY[record["severity"]]
+    if record["message"].startswith(_ONEDNN_NO_HALF):
+        severity = _SEVERITY["W"]
+    if severity < min_level:
         return True
     return _CUINIT_FAILURE in record["message"] and record["severity"] == "E" and not driver_installed()
 
@@ -127,8 +145,31 @@ def quiet_startup() -> contextlib.AbstractContextManager:
     return filtered_stderr(lambda line: is_startup_noise(line, min_level=level, driver_installed=driver_installed))
 
 
+def quiet_first_context(tf) -> None:
+    """Run the first initialisation of TensorFlow's eager context, then one float16 op, in :func:`quiet_startup`.
+
+    Wraps ``Context.ensure_initialized`` of the ``tf`` module once; the first call puts the
+    original back before it runs, so later calls cost nothing. The float16 op (a cast, on the
+    CPU, outside any graph being traced) makes oneDNN check float16 support there, once per
+    process (see the module docstring).
+    """
+    from tensorflow.python.eager import context
+
+    original = context.Context.ensure_initialized
+
+    def ensure_initialized(self) -> None:
+        context.Context.ensure_initialized = original
+        with quiet_startup():
+            original(self)
+            with tf.init_scope(), tf.device("/CPU:0"):
+                tf.cast(tf.zeros((), tf.float16), tf.float32)
+
+    context.Context.ensure_initialized = ensure_initialized
+
+
 class _QuietLoader:
-    """Delegates to TensorFlow's own loader; runs the module and lists its devices in :func:`quiet_startup`."""
+    """Delegates to TensorFlow's own loader; runs the module and lists its devices in :func:`quiet_startup`,
+    and makes the eager context's first initialisation quiet too (:func:`quiet_first_context`)."""
 
     def __init__(self, loader) -> None:
         self._loader = loader
@@ -143,6 +184,7 @@ class _QuietLoader:
         with quiet_startup():
             try:
                 self._loader.exec_module(module)
+                quiet_first_context(module)
                 module.config.list_physical_devices()  # where cuInit runs (and fails without a driver)
             finally:
                 module.__loader__ = self._loader

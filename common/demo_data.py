@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,9 @@ import scipy.fft
 import soxr
 from joblib import Parallel, delayed
 
+from common.cli import command
 from common.errors import ToolkitError
+from common.io import make_folder
 from common.metadata import (SPLITS, TOP_GENRE_IDS, TOP_GENRES, TRACKS_COLUMNS, audio_path,
                              parse_id_list)
 
@@ -579,11 +580,12 @@ def generate_demo_dataset(out_dir: str | Path, *, n_tracks: int = 320, n_test: i
     Raises
     ------
     ToolkitError
-        Bad parameters, or ``out_dir`` holds other demo outputs and ``force`` is False.
+        Bad parameters, ``out_dir`` is a file, or it holds other demo outputs and ``force`` is False.
     """
     out_dir = Path(out_dir)
     params = _parameters(n_tracks, n_test, clip_seconds, seed)
     _check_parameters(params)
+    make_folder(out_dir)  # before rendering: a wrong --out fails at once
     manifest_path = out_dir / "demo.json"
     existing = _existing_outputs(out_dir)
     if existing and not force:
@@ -637,9 +639,10 @@ def generate_demo_dataset(out_dir: str | Path, *, n_tracks: int = 320, n_test: i
     return {**manifest, "reused": False}
 
 
+@command("fma-demo-data")
 def main(argv: list[str] | None = None) -> int:
     """``python -m common.demo_data --out data/demo [--tracks N --test N --seconds S --seed N --force]``."""
-    parser = argparse.ArgumentParser(prog="python -m common.demo_data", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="fma-demo-data", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("data/demo"), help="output folder (default: data/demo)")
     parser.add_argument("--tracks", type=int, default=320, help="tracks in fma_small (default: 320)")
     parser.add_argument("--test", type=int, default=48, help="files in crowdai_fma_test (default: 48)")
@@ -648,13 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=-1, help="parallel workers (default: all cores)")
     parser.add_argument("--force", action="store_true", help="replace an existing demo dataset")
     args = parser.parse_args(argv)
-    try:
-        manifest = generate_demo_dataset(args.out, n_tracks=args.tracks, n_test=args.test,
-                                         clip_seconds=args.seconds, seed=args.seed,
-                                         n_jobs=args.jobs, force=args.force)
-    except ToolkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    manifest = generate_demo_dataset(args.out, n_tracks=args.tracks, n_test=args.test,
+                                     clip_seconds=args.seconds, seed=args.seed,
+                                     n_jobs=args.jobs, force=args.force)
     if manifest["reused"]:
         print(f"demo data in {args.out} is up to date (same parameters); nothing to do")
     else:

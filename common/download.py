@@ -45,7 +45,9 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from common.cli import command
 from common.errors import ToolkitError
+from common.io import make_folder
 
 #: Where FMA's archives are hosted (links of https://github.com/mdeff/fma, README.md, "Data").
 FMA_BASE_URL = "https://os.unil.cloud.switch.ch/fma/"
@@ -250,7 +252,7 @@ def fetch(archive: Archive, *, archive_dir: str | Path, session=None, retries: i
     if final.exists():
         verify(final, archive, ours=False, progress=progress)
         return final
-    archive_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(archive_dir)
     session = session or requests.Session()
     for attempt in range(retries + 1):
         try:
@@ -384,8 +386,8 @@ def download(subset: str, *, data_dir: str | Path, test: bool = False, archive_d
     list of Path
         The unpacked folders.
     """
-    data_dir = Path(data_dir)
-    archive_dir = Path(archive_dir) if archive_dir is not None else data_dir
+    data_dir = make_folder(data_dir)  # before any download: a wrong DATA fails at once
+    archive_dir = make_folder(archive_dir) if archive_dir is not None else data_dir
     folders = []
     for archive in archives_for(subset, test=test, table=table):
         target = data_dir / archive.folder
@@ -404,7 +406,7 @@ def download(subset: str, *, data_dir: str | Path, test: bool = False, archive_d
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m common.download", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fma-download", description=__doc__.splitlines()[0])
     parser.add_argument("--subset", choices=SUBSETS, default="medium", help="FMA subset (default: %(default)s)")
     parser.add_argument("--data", type=Path, default=Path("data"), help="folder to unpack into (default: %(default)s)")
     parser.add_argument("--test", action="store_true", help="also the crowdAI round-1 test set (crowdai_fma_test/)")
@@ -414,17 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("fma-download", resume="run it again to resume")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        download(args.subset, data_dir=args.data, test=args.test, archive_dir=args.archives,
-                 delete_archives=args.delete_archives, progress=not args.no_progress)
-    except ToolkitError as error:
-        print(f"download: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("download: interrupted; run it again to resume", file=sys.stderr)
-        return 130
+    download(args.subset, data_dir=args.data, test=args.test, archive_dir=args.archives,
+             delete_archives=args.delete_archives, progress=not args.no_progress)
     return 0
 
 

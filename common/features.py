@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from common.audio import AUDIO_SUFFIXES, load_clip, logmel
+from common.cli import command
 from common.errors import AudioError, ConfigError, FeatureCacheError, ToolkitError
 from common.io import TEMPORARY_GLOB, absolute_path, atomic_output, write_bytes_atomic
 from common.pretrained import DEFAULT_WEIGHTS_DIR
@@ -634,7 +635,7 @@ def _settings_from_config(path: Path) -> FeatureSettings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m common.features", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="fma-features", description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, required=True, help="experiment YAML; its `features:` mapping")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="FMA data folder (with fma_metadata/, fma_<subset>/)")
@@ -653,38 +654,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("fma-features", resume="run it again: the finished shards are kept")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.data is not None and args.subset is None:
         parser.error("--data needs --subset")
-    try:
-        settings = _settings_from_config(args.config)
-        if args.data is not None:
-            from common.metadata import FmaDataset
+    settings = _settings_from_config(args.config)
+    if args.data is not None:
+        from common.metadata import FmaDataset
 
-            dataset = FmaDataset.open(args.data, args.subset)
-            audio_dir = dataset.require_audio_dir()  # before anything is cached: a wrong DATA caches nothing
-            print(f"audio: {audio_dir}", file=sys.stderr)
-            items = dataset.items()
-            source = dataset.feature_source
-        else:
-            items = folder_items(args.audio_dir)
-            source = args.audio_dir.resolve().name
-        cache_dir = cache_dir_for(args.cache, source, settings)
-        print(f"cache: {cache_dir}", file=sys.stderr)
-        summary = extract(items, settings=settings, cache_dir=cache_dir, n_jobs=args.jobs,
-                          shard_size=args.shard_size, scheduler=args.scheduler, progress=not args.no_progress,
-                          weights_dir=args.weights, retry_failed=args.retry_failed)
-    except ToolkitError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        dataset = FmaDataset.open(args.data, args.subset)
+        audio_dir = dataset.require_audio_dir()  # before anything is cached: a wrong DATA caches nothing
+        print(f"audio: {audio_dir}", file=sys.stderr)
+        items = dataset.items()
+        source = dataset.feature_source
+    else:
+        items = folder_items(args.audio_dir)
+        source = args.audio_dir.resolve().name
+    cache_dir = cache_dir_for(args.cache, source, settings)
+    print(f"cache: {cache_dir}", file=sys.stderr)
+    summary = extract(items, settings=settings, cache_dir=cache_dir, n_jobs=args.jobs,
+                      shard_size=args.shard_size, scheduler=args.scheduler, progress=not args.no_progress,
+                      weights_dir=args.weights, retry_failed=args.retry_failed)
     if summary.mostly_failed():
         reasons = "; ".join(f"{count} {reason} (e.g. {example})" for reason, count, example in summary.top_reasons)
-        print(f"error: {summary.n_failed} of {summary.n_ok + summary.n_failed} clips failed, more than half: "
-              f"check the audio folder and the decoder. Most common: {reasons}. See {cache_dir / 'failures.csv'}",
-              file=sys.stderr)
-        return 1
+        raise ToolkitError(f"{summary.n_failed} of {summary.n_ok + summary.n_failed} clips failed, more than half: "
+                           f"check the audio folder and the decoder. Most common: {reasons}. "
+                           f"See {cache_dir / 'failures.csv'}")
     return 0
 
 

@@ -23,6 +23,22 @@ def absolute_path(path: str | Path) -> Path:
     return Path(os.path.abspath(os.path.expanduser(path)))
 
 
+def make_folder(path: str | Path) -> Path:
+    """Create the folder ``path``, and its parents, unless it exists; ``path``.
+
+    Raises
+    ------
+    ToolkitError
+        ``path``, or a folder above it, exists and is a file.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ToolkitError(f"{path}: is not a folder (it, or a folder above it, is a file)") from None
+    return path
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes, read in blocks (a file of any size)."""
     with open(path, "rb") as handle:

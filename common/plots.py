@@ -10,7 +10,6 @@ the Agg canvas without touching pyplot's global backend state.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,9 @@ from matplotlib.figure import Figure
 
 from common.audio import load_clip, logmel
 from common.config import load_config
-from common.errors import AudioError, MetadataError, ToolkitError
+from common.cli import command
+from common.errors import AudioError, MetadataError
+from common.io import make_folder
 from common.metadata import SPLITS, TOP_GENRES, FmaDataset
 from common.settings import FeatureSettings
 
@@ -113,35 +114,32 @@ def _first_loadable(dataset: FmaDataset, settings: FeatureSettings,
                         + "; ".join(errors[:3]))
 
 
+@command("fma-plots")
 def main(argv: list[str] | None = None) -> int:
     """Write the genre histogram and one log-mel image; print their paths."""
-    parser = argparse.ArgumentParser(prog="python -m common.plots", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="fma-plots", description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data"), help="folder holding fma_metadata/ (default: data)")
     parser.add_argument("--subset", default="small", help="small, medium or large (default: small)")
     parser.add_argument("--config", type=Path, required=True, help="experiment YAML whose features: to use")
     parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out)")
     parser.add_argument("--track", type=int, default=None, help="track id for the log-mel (default: first that decodes)")
     args = parser.parse_args(argv)
-    try:
-        settings = load_config(args.config, check_model=False).features
-        dataset = FmaDataset.open(args.data, args.subset)
-        args.out.mkdir(parents=True, exist_ok=True)
-        hist_path = args.out / f"genre_histogram_{args.subset}.png"
-        track_id, clip = _first_loadable(dataset, settings, args.track)
-        mel_path = args.out / f"logmel_{track_id}.png"
-        replaced = {p for p in (hist_path, mel_path) if p.exists()}
-        plot_genre_histogram(
-            dataset.tracks, title=f"{args.data.name or args.data} fma_{args.subset}: top genres per split",
-            path=hist_path)
-        genre = dataset.top_genre_labels()[track_id]
-        plot_logmel(
-            logmel(clip, settings=settings), settings=settings,
-            title=f"track {track_id} ({'no top genre' if pd.isna(genre) else genre}): "
-                  f"{settings.n_mels} mels, {settings.sample_rate} Hz, hop {settings.hop_length}",
-            path=mel_path)
-    except ToolkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    settings = load_config(args.config, check_model=False).features
+    dataset = FmaDataset.open(args.data, args.subset)
+    make_folder(args.out)
+    hist_path = args.out / f"genre_histogram_{args.subset}.png"
+    track_id, clip = _first_loadable(dataset, settings, args.track)
+    mel_path = args.out / f"logmel_{track_id}.png"
+    replaced = {p for p in (hist_path, mel_path) if p.exists()}
+    plot_genre_histogram(
+        dataset.tracks, title=f"{args.data.name or args.data} fma_{args.subset}: top genres per split",
+        path=hist_path)
+    genre = dataset.top_genre_labels()[track_id]
+    plot_logmel(
+        logmel(clip, settings=settings), settings=settings,
+        title=f"track {track_id} ({'no top genre' if pd.isna(genre) else genre}): "
+              f"{settings.n_mels} mels, {settings.sample_rate} Hz, hop {settings.hop_length}",
+        path=mel_path)
     for path in (hist_path, mel_path):
         print(f"{'replaced' if path in replaced else 'wrote'} {path}")
     return 0

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import command
 from common.errors import ToolkitError
 from common.io import file_sha256
 
@@ -114,6 +115,8 @@ def extract_musicnn_weights(wheel: str | Path, dest_dir: str | Path) -> list[Pat
         The files written.
     """
     wheel, dest_dir = Path(wheel), Path(dest_dir)
+    if not wheel.is_file():
+        raise ToolkitError(f"{wheel}: no such wheel file")
     actual = file_sha256(wheel)
     if actual != MUSICNN_WHEEL_SHA256:
         raise ToolkitError(f"{wheel}: sha256 {actual} differs from the published {MUSICNN_WHEEL_SHA256}")
@@ -199,7 +202,7 @@ def load_musicnn_checkpoint(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m common.pretrained",
+        prog="fma-weights",
         description=f"Fetch the musicnn checkpoints from the PyPI wheel {MUSICNN_REQUIREMENT} (no dependencies).",
     )
     parser.add_argument("--dest", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights folder (default: %(default)s)")
@@ -207,14 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("fma-weights")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        already = weights_present(weights_dir=args.dest)
-        fetch_musicnn_weights(args.dest, wheel=args.wheel)
-    except ToolkitError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    already = weights_present(weights_dir=args.dest)
+    fetch_musicnn_weights(args.dest, wheel=args.wheel)
     print(f"weights: {', '.join(MUSICNN_CHECKPOINTS)} {'already in' if already else 'extracted to'} {args.dest}")
     return 0
 

@@ -39,7 +39,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from common import metrics
+from common.cli import command
 from common.errors import ConfigError, OutputExistsError, ToolkitError
 from common.io import file_sha256
 from common.runs import fold_dirs
@@ -538,7 +538,7 @@ def write_blend(out_dir: Path, document: dict[str, Any], cross_fitted: dict[str,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m crowdai.blend", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fma-blend", description=__doc__.splitlines()[0])
     parser.add_argument("--exp", required=True, help="experiment names, comma-separated: crnn,shortchunk")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs root (default: runs)")
     parser.add_argument("--name", default=None, help="blend name (default: exp1+exp2)")
@@ -552,27 +552,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("fma-blend")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     names = [name.strip() for name in args.exp.split(",") if name.strip()]
     name = args.name or "+".join(names)
     out_dir = (args.out or args.runs / "blends") / name
-    try:
-        if not names or len(set(names)) != len(names):
-            raise ConfigError(f"--exp {args.exp!r}: give distinct experiment names, comma-separated")
-        if not 0 <= args.tolerance < 1:
-            raise ConfigError(f"--tolerance {args.tolerance}: must be in [0, 1)")
-        if (out_dir / "blend.json").exists() and not args.overwrite:
-            raise ToolkitError(f"{out_dir / 'blend.json'} already exists; not overwriting it "
-                               f"(choose another --name, or pass --overwrite)")
-        oof = load_out_of_fold(args.runs, names)
-        document, cross_fitted = fit_blend(oof, stacking=args.stacking, tolerance=args.tolerance)
-        document = {"name": name, "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                    **document}
-        written = write_blend(out_dir, document, cross_fitted, oof, overwrite=args.overwrite)
-    except ToolkitError as error:
-        print(f"blend: error: {error}", file=sys.stderr)
-        return 2
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"--exp {args.exp!r}: give distinct experiment names, comma-separated")
+    if not 0 <= args.tolerance < 1:
+        raise ConfigError(f"--tolerance {args.tolerance}: must be in [0, 1)")
+    if (out_dir / "blend.json").exists() and not args.overwrite:
+        raise ToolkitError(f"{out_dir / 'blend.json'} already exists; not overwriting it "
+                           f"(choose another --name, or pass --overwrite)")
+    oof = load_out_of_fold(args.runs, names)
+    document, cross_fitted = fit_blend(oof, stacking=args.stacking, tolerance=args.tolerance)
+    document = {"name": name, "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                **document}
+    written = write_blend(out_dir, document, cross_fitted, oof, overwrite=args.overwrite)
     table = report_table(document)
     print(f"blend {name}: {document['common_tracks']} common tracks of {', '.join(names)}; cross-fitted "
           f"out-of-fold scores over folds {document['folds']}")

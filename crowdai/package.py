@@ -22,7 +22,7 @@ The folder written holds::
     package.json        what was packaged (experiments, CV scores, timing, blend)
     README.md           models, their CV scores, the expected run time for 3,000 clips
 
-The expected run time comes from :mod:`bench.predict`'s fit ``T(K) = F + K * M``,
+The expected run time comes from the fit ``T(K) = F + K * M`` of :mod:`crowdai.timing`,
 measured on this machine with untrained models of each experiment's architecture and
 feature settings over generated 30-s clips. Nothing in the folder needs the network.
 An existing ``--out`` is never touched: the folder is built beside it and moved in place.
@@ -34,13 +34,13 @@ import argparse
 import datetime
 import json
 import shutil
-import sys
 import tempfile
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.cli import command
 from common.errors import OutputExistsError, ToolkitError
 from common.io import _umask
 from common.runs import finished_fold_dirs
@@ -122,9 +122,9 @@ def estimate_run_time(ensembles: Sequence, *, n_clips: int, clip_seconds: float 
                       target_clips: int = ROUND2_CLIPS) -> dict[str, Any]:
     """Expected seconds for ``target_clips`` clips: features once per feature setting plus K fold models each.
 
-    Runs :func:`bench.predict.run` for each experiment (its saved config, untrained models,
-    K = 1 and the experiment's K (at least 2) over ``n_clips`` generated clips) and scales its
-    fit ``T(K) = F + K * M``.
+    Runs :func:`crowdai.timing.time_test_folder` for each experiment (its saved config,
+    untrained models, K = 1 and the experiment's K (at least 2) over ``n_clips`` generated
+    clips) and scales its fit ``T(K) = F + K * M``.
 
     Returns
     -------
@@ -133,14 +133,13 @@ def estimate_run_time(ensembles: Sequence, *, n_clips: int, clip_seconds: float 
         ``per_experiment`` (F, M, K), and
         ``features_seconds``, ``models_seconds``, ``total_seconds`` for ``target_clips``.
     """
-    from bench import predict as bench_predict
+    from crowdai.timing import time_test_folder
 
     per_experiment, feature_seconds, model_seconds, seen_settings, device, loads = {}, 0.0, 0.0, set(), None, []
     for ensemble in ensembles:
         config_path = ensemble.fold_dirs[0] / "config.yaml"
-        result = bench_predict.run(n_clips=n_clips, seconds=clip_seconds, folds=[1, max(len(ensemble.models), 2)],
-                                   config_path=config_path,
-                                   jobs=jobs)
+        result = time_test_folder(n_clips=n_clips, seconds=clip_seconds, folds=[1, max(len(ensemble.models), 2)],
+                                  config_path=config_path, jobs=jobs)
         fit, means = result["fit"], result["measured_means"]
         features, per_fold, method = fit["F_seconds"], fit["M_seconds_per_fold"], "fit"
         if features <= 0 or per_fold <= 0:  # timing noise as large as one of the terms: use the direct means
@@ -202,7 +201,7 @@ def readme(manifest: dict[str, Any]) -> str:
                         f"K = {t['folds']} ({t['method']})" for name, t in timing["per_experiment"].items())
         time_text = (
             f"Measured on {timing['device']} (load average {timing['load_average']}) when the package was built, with "
-            f"`bench.predict` (untrained models of the same architectures and feature settings, "
+            f"`crowdai.timing` (untrained models of the same architectures and feature settings, "
             f"{timing['clips']} generated {timing['clip_seconds']:g}-s clips, fit T(K) = F + K × M): {per}.\n\n"
             f"For {timing['target_clips']:,} clips: features {timing['features_seconds'] / 60:.1f} min + fold models "
             f"{timing['models_seconds'] / 60:.1f} min = **{timing['total_seconds'] / 60:.1f} min** "
@@ -357,7 +356,7 @@ def build_package(*, names: Sequence[str], runs: Path, out: Path, blend: Path | 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m crowdai.package", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fma-package", description=__doc__.splitlines()[0])
     parser.add_argument("--exp", required=True, help="experiment name(s), comma-separated: crnn,shortchunk")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs root (default: runs)")
     parser.add_argument("--out", type=Path, required=True, help="folder to write (must not exist)")
@@ -378,19 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("fma-package")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     names = [name.strip() for name in args.exp.split(",") if name.strip()]
-    try:
-        blend = resolve_blend(args.blend, runs=args.runs) if args.blend else None
-        manifest = build_package(names=names, runs=args.runs, out=args.out, blend=blend, mean=args.mean,
-                                 weights=args.blend_weights, gpu=args.gpu,
-                                 authors=[a.strip() for a in args.authors.split(",") if a.strip()],
-                                 musicnn_dir=args.weights, timing_clips=args.timing_clips,
-                                 timing_seconds=args.timing_seconds, jobs=args.jobs)
-    except ToolkitError as error:
-        print(f"package: error: {error}", file=sys.stderr)
-        return 2
+    blend = resolve_blend(args.blend, runs=args.runs) if args.blend else None
+    manifest = build_package(names=names, runs=args.runs, out=args.out, blend=blend, mean=args.mean,
+                             weights=args.blend_weights, gpu=args.gpu,
+                             authors=[a.strip() for a in args.authors.split(",") if a.strip()],
+                             musicnn_dir=args.weights, timing_clips=args.timing_clips,
+                             timing_seconds=args.timing_seconds, jobs=args.jobs)
     models = "+".join(f"{e['name']}({len(e['folds'])} folds)" for e in manifest["experiments"])
     timing = manifest["timing"]
     expected = (f"; expected {timing['total_seconds'] / 60:.1f} min for {timing['target_clips']:,} clips here"

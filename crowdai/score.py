@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from common.cli import command
 from common.errors import ToolkitError
 from common.io import write_text_atomic
 from common.metadata import TOP_GENRES
@@ -95,7 +95,7 @@ def score_submission(submission: pd.DataFrame, labels: pd.Series, *, path: Path)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m crowdai.score", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fma-score", description=__doc__.splitlines()[0])
     parser.add_argument("file", type=Path, nargs="+", help="submission CSV (several: compared side by side)")
     parser.add_argument("--labels", type=Path, required=True, help="CSV with columns file_id,genre")
     parser.add_argument("--json", type=Path, default=None, help="also save the scores and table here (new file)")
@@ -114,23 +114,20 @@ def compare_lines(scored: list[tuple[Path, dict]]) -> list[str]:
     return lines
 
 
+@command("fma-score")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.json is not None and len(args.file) > 1:
-            raise ToolkitError("--json takes one submission")
-        if args.json is not None and args.json.exists():
-            raise ToolkitError(f"{args.json} already exists; not overwriting it")
-        labels = read_labels(args.labels)
-        scored = [(path, *score_submission(read_submission(path), labels, path=path)) for path in args.file]
-        if args.json is not None:
-            _, scores, table = scored[0]
-            record = {"submission": str(args.file[0]), "labels": str(args.labels), **scores,
-                      "per_genre": table.reset_index().to_dict(orient="records")}
-            write_text_atomic(args.json, json.dumps(record, indent=2) + "\n")
-    except ToolkitError as error:
-        print(f"score: error: {error}", file=sys.stderr)
-        return 1
+    if args.json is not None and len(args.file) > 1:
+        raise ToolkitError("--json takes one submission")
+    if args.json is not None and args.json.exists():
+        raise ToolkitError(f"{args.json} already exists; not overwriting it")
+    labels = read_labels(args.labels)
+    scored = [(path, *score_submission(read_submission(path), labels, path=path)) for path in args.file]
+    if args.json is not None:
+        _, scores, table = scored[0]
+        record = {"submission": str(args.file[0]), "labels": str(args.labels), **scores,
+                  "per_genre": table.reset_index().to_dict(orient="records")}
+        write_text_atomic(args.json, json.dumps(record, indent=2) + "\n")
     if len(scored) > 1:
         print("\n".join(compare_lines([(path, scores) for path, scores, _ in scored])))
         return 0

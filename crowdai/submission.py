@@ -22,6 +22,7 @@ import csv
 import datetime
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -376,6 +377,70 @@ def probability_range(path: str | Path) -> ProbabilityRange:
         raise ToolkitError(f"{path}: no valid row to take the probability range of")
     return ProbabilityRange(min=float(values.min()), max=float(values.max()),
                             n_zero=int((values == 0).sum()), n_one=int((values == 1).sum()))
+
+
+class InvalidSubmissionError(ToolkitError):
+    """A submission file fails validation; the message counts its problems by kind."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What validation found in one submission file.
+
+    Attributes
+    ----------
+    path : Path
+    problems : list of Problem
+        Every problem (empty: valid).
+    report : list of str
+        The lines a command prints on stdout: ``OK: N rows (path)`` and the probability
+        range, or the problems (at most ``max_problems`` of :func:`judge_submission`, then
+        how many were not shown).
+    """
+
+    path: Path
+    problems: list[Problem]
+    report: list[str]
+
+    def require_valid(self, *, consequence: str = "") -> None:
+        """Raise :class:`InvalidSubmissionError` when there is a problem.
+
+        Its message: ``INVALID: N problems (kind n, ...) in PATH``, then ``; consequence``.
+        """
+        if not self.problems:
+            return
+        counts = ", ".join(f"{kind} {n}" for kind, n in Counter(p.kind for p in self.problems).items())
+        n = len(self.problems)
+        message = f"INVALID: {n} problem{'s' if n != 1 else ''} ({counts}) in {self.path}"
+        raise InvalidSubmissionError(f"{message}; {consequence}" if consequence else message)
+
+
+def judge_submission(path: str | Path, *, test_dir: str | Path, max_problems: int = 0) -> Verdict:
+    """Validate ``path`` against ``test_dir`` (:func:`validate_submission`) and word the report.
+
+    Parameters
+    ----------
+    path : path-like
+        Submission CSV.
+    test_dir : path-like
+        Folder of the test mp3s.
+    max_problems : int
+        Report at most this many problems (0: all); :meth:`Verdict.require_valid` counts them all.
+
+    Raises
+    ------
+    ToolkitError
+        The check cannot run (``test_dir`` is missing or holds no mp3).
+    """
+    path = Path(path)
+    problems = validate_submission(path, test_dir=test_dir)
+    if not problems:
+        return Verdict(path, [], [f"OK: {count_rows(path)} rows ({path})", str(probability_range(path))])
+    shown = problems[:max_problems] if max_problems > 0 else problems
+    report = [f"{path}: {problem}" for problem in shown]
+    if len(shown) < len(problems):
+        report.append(f"... {len(problems) - len(shown)} more problems not shown")
+    return Verdict(path, problems, report)
 
 
 def read_submission(path: str | Path) -> pd.DataFrame:

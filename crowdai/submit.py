@@ -47,7 +47,8 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import ConfigError, OutputExistsError, ToolkitError, UnreadableAudioError
+from common.cli import command
+from common.errors import ConfigError, OutputExistsError, UnreadableAudioError
 from common.pretrained import DEFAULT_WEIGHTS_DIR
 from crowdai.ensemble import MEANS, FoldEnsemble, combine, load_ensemble, parse_weights
 from common.io import sidecar_path
@@ -348,7 +349,7 @@ def write_outputs(predictions: TestPredictions, csv_path: str | Path, *, ensembl
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m crowdai.submit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fma-submit", description=__doc__.splitlines()[0])
     parser.add_argument("--exp", default=None,
                         help="experiment name(s), comma-separated: crnn,shortchunk (with --blend: optional, "
                              "must be the blend's)")
@@ -408,43 +409,38 @@ def postprocessing_report(record: dict[str, Any], *, value_range) -> str:
     return "\n".join(lines)
 
 
+@command("fma-submit")
 def main(argv: list[str] | None = None) -> int:
-    from crowdai.submission import probability_range, validate_submission
+    from crowdai.submission import judge_submission, probability_range
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if _zero_shot_requested(argv):
-        from crowdai.zero_shot_submit import main as zero_shot_main
+        from crowdai import zero_shot_submit
 
-        return zero_shot_main(argv)
+        return zero_shot_submit.run(argv)
     args = build_parser().parse_args(argv)
-    try:
-        check_weights_dir(args.weights)
-        combination = resolve_combination(exp=args.exp, blend=args.blend, blend_weights=args.blend_weights,
-                                          mean=args.mean, runs=args.runs)
-        names = combination.names
-        csv_path = args.output if args.output is not None else submission_path(args.out, names)
-        for path in (csv_path, sidecar_path(csv_path)):
-            if path.exists():
-                raise OutputExistsError(path)
-        ensembles = [load_ensemble(args.runs, name, require_top_genres=True) for name in combination.used_names]
-        predictions = predict_test_folder(ensembles, test_dir=args.test_dir, cache_root=args.cache,
-                                          n_jobs=args.jobs, batch_size=args.batch_size,
-                                          progress=not args.no_progress, weights_dir=args.weights)
-        predictions, record = finalise(predictions, combination=combination, ensembles=ensembles,
-                                       adapt=args.adapt_prior)
-        csv_path, json_path, sidecar = write_outputs(predictions, csv_path, ensembles=ensembles,
-                                                     test_dir=args.test_dir, mean=combination.mean,
-                                                     weights=combination.weights, extra=record)
-        problems = validate_submission(csv_path, test_dir=args.test_dir)
-        value_range = probability_range(csv_path) if not problems else None
-    except ToolkitError as error:
-        print(f"submit: error: {error}", file=sys.stderr)
-        return 2
-    if problems:
-        for problem in problems[:20]:
-            print(f"{csv_path}: {problem}", file=sys.stderr)
-        print(f"submit: INVALID: {len(problems)} problems in {csv_path}; do not upload it", file=sys.stderr)
-        return 1
+    check_weights_dir(args.weights)
+    combination = resolve_combination(exp=args.exp, blend=args.blend, blend_weights=args.blend_weights,
+                                      mean=args.mean, runs=args.runs)
+    names = combination.names
+    csv_path = args.output if args.output is not None else submission_path(args.out, names)
+    for path in (csv_path, sidecar_path(csv_path)):
+        if path.exists():
+            raise OutputExistsError(path)
+    ensembles = [load_ensemble(args.runs, name, require_top_genres=True) for name in combination.used_names]
+    predictions = predict_test_folder(ensembles, test_dir=args.test_dir, cache_root=args.cache,
+                                      n_jobs=args.jobs, batch_size=args.batch_size,
+                                      progress=not args.no_progress, weights_dir=args.weights)
+    predictions, record = finalise(predictions, combination=combination, ensembles=ensembles,
+                                   adapt=args.adapt_prior)
+    csv_path, json_path, sidecar = write_outputs(predictions, csv_path, ensembles=ensembles,
+                                                 test_dir=args.test_dir, mean=combination.mean,
+                                                 weights=combination.weights, extra=record)
+    verdict = judge_submission(csv_path, test_dir=args.test_dir, max_problems=20)
+    if verdict.problems:
+        print("\n".join(verdict.report))
+        verdict.require_valid(consequence="do not upload it")
+    value_range = probability_range(csv_path)
     print(postprocessing_report(record, value_range=value_range))
     counts = ", ".join(f"{n} {kind}" for kind, n in sidecar["fallback_counts"].items()) or "none"
     models = "+".join(f"{e.name}({len(e.models)} folds)" for e in ensembles)

@@ -21,10 +21,9 @@ Any other ``--exp`` names a trained experiment in ``--runs``: its fold ensemble
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from common.errors import ToolkitError
+from common.cli import command
 from common.pretrained import DEFAULT_WEIGHTS_DIR
 from common.tagging import save_taggram, segment_table, tags_document, write_json
 
@@ -32,7 +31,7 @@ ZERO_SHOT_EXP = "musicnn"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m crowdai.tag", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fma-tag", description=__doc__.splitlines()[0])
     parser.add_argument("file", type=Path, help="audio file (mp3, ogg, wav, flac)")
     parser.add_argument("--exp", default=ZERO_SHOT_EXP,
                         help=f"experiment whose fold ensemble tags the song; {ZERO_SHOT_EXP!r}: zero-shot musicnn")
@@ -73,31 +72,28 @@ def _tag_with_experiment(args: argparse.Namespace, *, json_path: Path, png_path:
                  overwrite=True)
 
 
+@command("fma-tag")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        json_path = args.out / f"{args.file.stem}_tags.json"
-        png_path = args.out / f"{args.file.stem}_taggram.png"
-        existed = {path for path in (json_path, png_path) if path.exists()}
-        if args.exp != ZERO_SHOT_EXP:
-            _tag_with_experiment(args, json_path=json_path, png_path=png_path)
-            _report_written((json_path, png_path), existed=existed)
-            return 0
-        from common.zero_shot import UNTAGGED_GENRES, zero_shot_song
+    json_path = args.out / f"{args.file.stem}_tags.json"
+    png_path = args.out / f"{args.file.stem}_taggram.png"
+    existed = {path for path in (json_path, png_path) if path.exists()}
+    if args.exp != ZERO_SHOT_EXP:
+        _tag_with_experiment(args, json_path=json_path, png_path=png_path)
+        _report_written((json_path, png_path), existed=existed)
+        return 0
+    from common.zero_shot import UNTAGGED_GENRES, zero_shot_song
 
-        bounds, views = zero_shot_song(args.file, window=args.window, hop=args.hop, weights_dir=args.weights)
-        model = "musicnn MSD_musicnn + MTT_musicnn zero-shot with speech detector (common.zero_shot)"
-        print(f"{args.file}: {model}; segment  genres  |  MSD tags  |  MTT tags  |  speech")
-        print(segment_table({name: view for name, view in views.items() if name != "speech_evidence"}, bounds,
-                            top=args.top))
-        document = tags_document(views, bounds, source=args.file, model=model, window=args.window, hop=args.hop,
-                                 notes={"genres_without_tags": dict(UNTAGGED_GENRES)})
-        write_json(document, json_path, overwrite=True)
-        save_taggram(views["genres"], bounds, png_path, title=f"{args.file.name}: zero-shot genres (musicnn)",
-                     overwrite=True)
-    except ToolkitError as error:
-        print(f"tag: error: {error}", file=sys.stderr)
-        return 2
+    bounds, views = zero_shot_song(args.file, window=args.window, hop=args.hop, weights_dir=args.weights)
+    model = "musicnn MSD_musicnn + MTT_musicnn zero-shot with speech detector (common.zero_shot)"
+    print(f"{args.file}: {model}; segment  genres  |  MSD tags  |  MTT tags  |  speech")
+    print(segment_table({name: view for name, view in views.items() if name != "speech_evidence"}, bounds,
+                        top=args.top))
+    document = tags_document(views, bounds, source=args.file, model=model, window=args.window, hop=args.hop,
+                             notes={"genres_without_tags": dict(UNTAGGED_GENRES)})
+    write_json(document, json_path, overwrite=True)
+    save_taggram(views["genres"], bounds, png_path, title=f"{args.file.name}: zero-shot genres (musicnn)",
+                 overwrite=True)
     _report_written((json_path, png_path), existed=existed)
     return 0
 

@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from common.cli import command
 from common.errors import ToolkitError
 from common.io import file_sha256
 
@@ -260,7 +261,7 @@ def print_dry_run(facts: SubmissionFacts, *, description: str, client: str | Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m crowdai.upload", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fma-upload", description=__doc__.splitlines()[0])
     parser.add_argument("file", type=Path, help="submission CSV (its sidecar JSON is the same name with .json)")
     parser.add_argument("--test-dir", type=Path, required=True, help="folder of the test mp3s (for validation)")
     parser.add_argument("--challenge", default=DEFAULT_CHALLENGE, help="AIcrowd challenge slug or URL "
@@ -273,31 +274,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("fma-upload")
 def main(argv: list[str] | None = None) -> int:
-    from crowdai.validate import report_validation
+    from crowdai.submission import judge_submission
 
     args = build_parser().parse_args(argv)
-    code = report_validation(args.file, test_dir=args.test_dir)
-    if code != 0:
-        print(f"upload: {args.file} not sent: it does not pass validation", file=sys.stderr)
-        return code
+    verdict = judge_submission(args.file, test_dir=args.test_dir)
+    print("\n".join(verdict.report))
+    verdict.require_valid(consequence="not sent")
     facts = describe(args.file, challenge=args.challenge)
     description = args.description if args.description is not None else f"{args.file.name} (fma-genre-toolkit)"
     if args.dry_run:
         print_dry_run(facts, description=description, client=args.client, env=os.environ)
         return 0
     started = datetime.datetime.now(datetime.UTC)
-    try:
-        client = find_client(args.client)
-        runs = send(facts, description=description, client=client, env=os.environ, timeout=args.timeout)
-        json_path = record_upload(args.file, upload_record(facts, runs, description=description, started=started))
-    except ToolkitError as error:
-        print(f"upload: error: {error}", file=sys.stderr)
-        return 2
+    client = find_client(args.client)
+    runs = send(facts, description=description, client=client, env=os.environ, timeout=args.timeout)
+    json_path = record_upload(args.file, upload_record(facts, runs, description=description, started=started))
     last = runs[-1]
     if not last.ok:
-        print(f"upload: FAILED: {last.error()} (recorded in {json_path})", file=sys.stderr)
-        return 1
+        raise ToolkitError(f"FAILED: {last.error()} (recorded in {json_path})")
     response = last.stdout.strip()
     print(f"upload: {facts.path} ({facts.rows} rows, sha256 {facts.sha256[:12]}) sent to {facts.challenge}"
           f"{': ' + response if response else ''} (recorded in {json_path})")

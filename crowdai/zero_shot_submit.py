@@ -14,10 +14,12 @@ least ``smoothing / 16``.
 
 A file that does not decode, or decodes to silence, gets the prior (the taggers have
 nothing to say about it); one shorter than a 3-s patch is padded with silence. The
-sidecar JSON lists them. ``--runs``, ``--cache`` and ``--mean`` of ``crowdai.submit`` are
-accepted (``make submit`` passes them for every ``EXP``) and unused: nothing is trained
-or cached. Writes ``OUT/<UTC timestamp>_musicnn.csv`` (or exactly ``--output``) and its
-sidecar ``.json``, never overwriting, and validates the CSV before reporting success.
+sidecar JSON lists them. The options of ``crowdai.submit`` for trained experiments
+(:data:`TRAINED_ONLY_OPTIONS`: ``--runs``, ``--cache``, ``--mean``, ``--jobs``, ...) are
+refused with a usage error: nothing is trained, cached or combined here, and an option
+that would be ignored is not accepted (``make submit EXP=musicnn`` passes none of them).
+Writes ``OUT/<UTC timestamp>_musicnn.csv`` (or exactly ``--output``) and its sidecar
+``.json``, never overwriting, and validates the CSV before reporting success.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import OutputExistsError, ToolkitError, UnreadableAudioError
+from common.errors import OutputExistsError, UnreadableAudioError
 from common.pretrained import DEFAULT_WEIGHTS_DIR
 
 #: The ``--exp`` name of the zero-shot submission (as in ``crowdai.tag``).
@@ -39,6 +41,10 @@ ZERO_SHOT_EXP = "musicnn"
 
 #: Default weight of the uniform prior in the submitted distribution.
 DEFAULT_SMOOTHING = 0.1
+
+#: Options of ``crowdai.submit`` that only trained experiments use; refused with ``--exp musicnn``.
+TRAINED_ONLY_OPTIONS = ("--runs", "--cache", "--mean", "--blend-weights", "--blend", "--adapt-prior", "--jobs",
+                        "--batch-size")
 
 #: Fallback kinds.
 FALLBACK_PRIOR = "prior"
@@ -151,9 +157,16 @@ def write_zero_shot_outputs(predictions: ZeroShotPredictions, csv_path: str | Pa
     })
 
 
+class _TrainedOnly(argparse.Action):
+    """An option of trained submissions: a usage error that says why, whatever its value."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string}: not used by --exp {ZERO_SHOT_EXP} (zero-shot: nothing is trained, cached "
+                     f"or combined); leave it out")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m crowdai.submit --exp musicnn",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fma-submit", description=__doc__.splitlines()[0])
     parser.add_argument("--exp", required=True, choices=[ZERO_SHOT_EXP], help="musicnn: zero-shot, no training")
     parser.add_argument("--test-dir", type=Path, required=True, help="folder of the test mp3s")
     target = parser.add_mutually_exclusive_group()
@@ -166,35 +179,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--smoothing", type=float, default=DEFAULT_SMOOTHING,
                         help="weight of the uniform prior, in (0, 1) (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for unused in ("--runs", "--cache", "--mean", "--jobs"):
-        parser.add_argument(unused, default=None, help=argparse.SUPPRESS)  # crowdai.submit's, unused here
+    for option in TRAINED_ONLY_OPTIONS:
+        parser.add_argument(option, nargs="?", action=_TrainedOnly, help=argparse.SUPPRESS)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from crowdai.submission import validate_submission
+def run(argv: list[str]) -> int:
+    """``fma-submit --exp musicnn ...``: what :func:`crowdai.submit.main`, which holds the command-line
+    contract (:mod:`common.cli`), runs for the zero-shot submission."""
     from common.io import sidecar_path
-    from crowdai.submission import submission_path
+    from crowdai.submission import judge_submission, submission_path
 
     args = build_parser().parse_args(argv)
-    try:
-        csv_path = args.output if args.output is not None else submission_path(args.out, [ZERO_SHOT_EXP])
-        for path in (csv_path, sidecar_path(csv_path)):
-            if path.exists():
-                raise OutputExistsError(path)
-        predictions = predict_zero_shot(args.test_dir, weights_dir=args.weights, smoothing=args.smoothing,
-                                        progress=not args.no_progress)
-        csv_path, json_path, sidecar = write_zero_shot_outputs(
-            predictions, csv_path, test_dir=args.test_dir, weights_dir=args.weights, smoothing=args.smoothing)
-        problems = validate_submission(csv_path, test_dir=args.test_dir)
-    except ToolkitError as error:
-        print(f"submit: error: {error}", file=sys.stderr)
-        return 2
-    if problems:
-        for problem in problems[:20]:
-            print(f"{csv_path}: {problem}", file=sys.stderr)
-        print(f"submit: INVALID: {len(problems)} problems in {csv_path}; do not upload it", file=sys.stderr)
-        return 1
+    csv_path = args.output if args.output is not None else submission_path(args.out, [ZERO_SHOT_EXP])
+    for path in (csv_path, sidecar_path(csv_path)):
+        if path.exists():
+            raise OutputExistsError(path)
+    predictions = predict_zero_shot(args.test_dir, weights_dir=args.weights, smoothing=args.smoothing,
+                                    progress=not args.no_progress)
+    csv_path, json_path, sidecar = write_zero_shot_outputs(
+        predictions, csv_path, test_dir=args.test_dir, weights_dir=args.weights, smoothing=args.smoothing)
+    verdict = judge_submission(csv_path, test_dir=args.test_dir, max_problems=20)
+    if verdict.problems:
+        print("\n".join(verdict.report))
+        verdict.require_valid(consequence="do not upload it")
     counts = ", ".join(f"{n} {kind}" for kind, n in sidecar["fallback_counts"].items()) or "none"
     print(f"submission: {sidecar['rows']} rows valid, zero-shot musicnn (no training), prior weight "
           f"{args.smoothing}, fallbacks: {counts}; {predictions.seconds:.1f} s -> {csv_path} "

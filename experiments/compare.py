@@ -35,7 +35,9 @@ import sklearn.metrics
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from common.cli import command
 from common.errors import ToolkitError
+from common.io import make_folder
 from common.runs import FOLD_SUMMARY, finished_fold_dirs, fold_dirs
 
 #: Metrics of the table, in column order.
@@ -277,41 +279,38 @@ def plot_confusion(oof_path: Path, *, out: Path, title: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fma-compare", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="folder holding one folder per experiment (or per group of experiments)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: RUNS/compare)")
     return parser
 
 
+@command("fma-compare")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = args.out or args.runs / "compare"
-    try:
-        table, notes = collect(args.runs, exclude=(out, args.runs / "compare"))
-        for note in notes:
-            print(f"compare: {note}")
-        if table.empty:
-            raise ToolkitError(f"{args.runs}: no experiment with a finished fold")
-        out.mkdir(parents=True, exist_ok=True)
-        shown = display_table(table)
-        print(shown.to_string(index=False))
-        table.to_csv(out / "compare.csv", index=False)
-        (out / "compare.md").write_text(to_markdown(shown))
-        written = [out / "compare.csv", out / "compare.md", plot_learning_curves(args.runs, table,
-                                                                                out=out / "learning_curves.png")]
-        candidates = [r for r in table.itertuples(index=False)
-                      if r.task == "single" and (args.runs / r.experiment / "oof.csv").is_file()]
-        # Complete experiments first: a partial CV mean is not comparable.
-        best = min(candidates, key=lambda r: r.status != "complete", default=None)
-        if best is None:
-            print("compare: no single-label experiment with oof.csv; no confusion matrix")
-        else:
-            written.append(plot_confusion(
-                args.runs / best.experiment / "oof.csv", out=out / f"confusion_{best.experiment.replace('/', '_')}.png",
-                title=f"{best.experiment}: out-of-fold confusion (CV log loss {best.cv_log_loss_mean:.4f})"))
-    except ToolkitError as error:
-        print(f"compare: error: {error}", file=sys.stderr)
-        return 1
+    table, notes = collect(args.runs, exclude=(out, args.runs / "compare"))
+    for note in notes:
+        print(f"compare: {note}", file=sys.stderr)
+    if table.empty:
+        raise ToolkitError(f"{args.runs}: no experiment with a finished fold")
+    make_folder(out)
+    shown = display_table(table)
+    print(shown.to_string(index=False))
+    table.to_csv(out / "compare.csv", index=False)
+    (out / "compare.md").write_text(to_markdown(shown))
+    written = [out / "compare.csv", out / "compare.md", plot_learning_curves(args.runs, table,
+                                                                            out=out / "learning_curves.png")]
+    candidates = [r for r in table.itertuples(index=False)
+                  if r.task == "single" and (args.runs / r.experiment / "oof.csv").is_file()]
+    # Complete experiments first: a partial CV mean is not comparable.
+    best = min(candidates, key=lambda r: r.status != "complete", default=None)
+    if best is None:
+        print("compare: no single-label experiment with oof.csv; no confusion matrix", file=sys.stderr)
+    else:
+        written.append(plot_confusion(
+            args.runs / best.experiment / "oof.csv", out=out / f"confusion_{best.experiment.replace('/', '_')}.png",
+            title=f"{best.experiment}: out-of-fold confusion (CV log loss {best.cv_log_loss_mean:.4f})"))
     print("compare: wrote " + ", ".join(str(p) for p in written))
     return 0
 

@@ -12,16 +12,15 @@ rewrites it.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from common.errors import ToolkitError
+from common.cli import command
 from common.folds import make_folds, read_folds, write_folds
 from common.metadata import SUBSETS, FmaDataset
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.folds", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fma-folds", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("data"), help="FMA data directory (holds fma_metadata/)")
     parser.add_argument("--subset", choices=SUBSETS, default="medium")
     parser.add_argument("--k", type=int, default=5, help="number of folds")
@@ -32,21 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("fma-folds")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = args.out or args.data / f"folds-{args.subset}-k{args.k}.csv"
-    try:
-        tracks = FmaDataset.open(args.data, args.subset).tracks
-        if out.exists() and not args.force:
-            folds = read_folds(out, tracks=tracks)
-            print(f"folds: {out} exists and matches the metadata ({len(folds)} tracks); "
-                  "leaving it (--force to rewrite)")
-            return 0
-        folds = make_folds(tracks, k=args.k, seed=args.seed)
-        write_folds(out, folds, subset=args.subset, k=args.k, seed=args.seed, overwrite=args.force)
-    except ToolkitError as error:
-        print(f"folds: error: {error}", file=sys.stderr)
-        return 1
+    tracks = FmaDataset.open(args.data, args.subset).tracks
+    if out.exists() and not args.force:
+        folds = read_folds(out, tracks=tracks)
+        print(f"folds: {out} exists and matches the metadata ({len(folds)} tracks); "
+              "leaving it (--force to rewrite)")
+        return 0
+    folds = make_folds(tracks, k=args.k, seed=args.seed)
+    write_folds(out, folds, subset=args.subset, k=args.k, seed=args.seed, overwrite=args.force)
     sizes = folds["fold"].value_counts().sort_index().tolist()
     print(f"folds: wrote {out} ({len(folds)} tracks, {folds['artist_id'].nunique()} artists, "
           f"k={args.k}, seed={args.seed}, tracks per fold {sizes})")

@@ -16,17 +16,16 @@ This module is the command line only: the work is done by :mod:`experiments.expe
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from common.cli import command
 from common.config import load_config
-from common.errors import ToolkitError
 from experiments.distributed import summarise_on_dask, train_folds_on_dask
 from experiments.experiment import check_folds, open_experiment_data, train_experiment
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.runner", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="fma-train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, required=True, help="experiments/configs/<exp>.yaml")
     parser.add_argument("--data", type=Path, required=True, help="FMA data folder (fma_metadata/, fma_<subset>/)")
     parser.add_argument("--subset", default="medium", help="FMA subset (default: medium)")
@@ -41,24 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("fma-train", resume="run it again: finished folds are kept, the interrupted one resumes")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        config = load_config(args.config)
-        # the client of --scheduler training reads no feature row: folds and summary run on workers
-        exp_data = open_experiment_data(config, data=args.data, subset=args.subset, folds_path=args.folds,
-                                         cache=args.cache, in_memory=False if args.scheduler else None)
-        folds = None if args.fold is None else [args.fold]
-        if args.scheduler:
-            where = {"scheduler": args.scheduler, "data": args.data, "subset": args.subset,
-                     "folds_path": args.folds, "cache": args.cache, "runs": args.runs}
-            train_folds_on_dask(config, **where, folds=check_folds(exp_data, folds), verbose=args.verbose)
-            summary = summarise_on_dask(config, **where, fold_numbers=check_folds(exp_data, None))
-        else:
-            summary = train_experiment(config, exp_data, runs=args.runs, folds=folds, verbose=args.verbose)
-    except ToolkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    config = load_config(args.config)
+    # the client of --scheduler training reads no feature row: folds and summary run on workers
+    exp_data = open_experiment_data(config, data=args.data, subset=args.subset, folds_path=args.folds,
+                                     cache=args.cache, in_memory=False if args.scheduler else None)
+    folds = None if args.fold is None else [args.fold]
+    if args.scheduler:
+        where = {"scheduler": args.scheduler, "data": args.data, "subset": args.subset,
+                 "folds_path": args.folds, "cache": args.cache, "runs": args.runs}
+        train_folds_on_dask(config, **where, folds=check_folds(exp_data, folds), verbose=args.verbose)
+        summary = summarise_on_dask(config, **where, fold_numbers=check_folds(exp_data, None))
+    else:
+        summary = train_experiment(config, exp_data, runs=args.runs, folds=folds, verbose=args.verbose)
     exp_dir = args.runs / config.name
     if summary is None:
         print(f"{config.name}: fold {args.fold} done; other folds remain (runs in {exp_dir})")

@@ -172,7 +172,7 @@ def test_cli_fits_on_common_tracks_writes_report_and_never_overwrites(complement
     probs = fitted.apply({"a": complementary.probs[0], "b": complementary.probs[1]})
     assert probs.shape == (n, len(names)) and np.allclose(probs.sum(axis=1), 1.0)
     before = (out / "blend.json").read_bytes()
-    assert blend.main(["--exp", "a,b", "--runs", str(runs)]) == 2
+    assert blend.main(["--exp", "a,b", "--runs", str(runs)]) == 1
     assert "--overwrite" in capsys.readouterr().err and (out / "blend.json").read_bytes() == before
     assert blend.main(["--exp", "a,b", "--runs", str(runs), "--overwrite"]) == 0
     assert json.loads((out / "blend.json").read_text())["stages"].keys() == document["stages"].keys() - {"stacking"}
@@ -182,11 +182,11 @@ def test_cli_refuses_bad_experiments(complementary, tmp_path, capsys):
     runs = tmp_path / "runs"
     write_oof(runs, "a", complementary.probs[0], complementary.y, complementary.folds,
               class_names=complementary.class_names)
-    assert blend.main(["--exp", "a,missing", "--runs", str(runs)]) == 2
+    assert blend.main(["--exp", "a,missing", "--runs", str(runs)]) == 1
     assert "missing/oof.csv: missing" in capsys.readouterr().err
     other = tuple(reversed(complementary.class_names))
     write_oof(runs, "reordered", complementary.probs[0], complementary.y, complementary.folds, class_names=other)
-    assert blend.main(["--exp", "a,reordered", "--runs", str(runs)]) == 2
+    assert blend.main(["--exp", "a,reordered", "--runs", str(runs)]) == 1
     assert "differ" in capsys.readouterr().err
     assert not (runs / "blends").exists()
     with pytest.raises(blend.ToolkitError, match="no such blend"):

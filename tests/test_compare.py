@@ -66,8 +66,9 @@ def runs(tmp_path):
 def test_compare_ranks_by_log_loss_and_writes_reports(runs, capsys):
     out = runs / "compare"
     assert compare.main(["--runs", str(runs), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "skipped" in printed and "just_started" in printed
+    printed, notes = capsys.readouterr()
+    assert "skipped" in notes and "just_started" in notes  # notes on stderr, the table on stdout
+    assert "skipped" not in printed and "better" in printed
     table = pd.read_csv(out / "compare.csv")
     assert tuple(table.columns) == compare.TABLE_COLUMNS
     assert table["experiment"].tolist() == ["training", "better", "worse"]
@@ -86,7 +87,7 @@ def test_compare_ranks_by_log_loss_and_writes_reports(runs, capsys):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
     # Running again (report folder inside RUNS) is not mistaken for an experiment.
     assert compare.main(["--runs", str(runs), "--out", str(out)]) == 0
-    assert "skipped" in capsys.readouterr().out
+    assert "skipped" in capsys.readouterr().err  # a note: stderr
     assert pd.read_csv(out / "compare.csv")["experiment"].tolist() == ["training", "better", "worse"]
 
 

@@ -207,5 +207,5 @@ def test_cli(tiny_dir, tmp_path, capsys):
     argv = ["--out", str(tiny_dir), "--tracks", "32", "--test", "6", "--seconds", "3", "--seed", "5"]
     assert demo_data.main(argv) == 0
     assert "nothing to do" in capsys.readouterr().out
-    assert demo_data.main([*argv[:-1], "7"]) == 2
+    assert demo_data.main([*argv[:-1], "7"]) == 1
     assert "--force" in capsys.readouterr().err

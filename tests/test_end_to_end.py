@@ -106,7 +106,7 @@ def test_two_experiments_share_features_and_never_overwrite(trained, tmp_path, c
     pd.testing.assert_frame_equal(read_submission(output), read_submission(single), atol=1e-7)
     capsys.readouterr()
     before = output.read_bytes()
-    assert submit.main(args) == 2
+    assert submit.main(args) == 1
     assert "already exists" in capsys.readouterr().err
     assert output.read_bytes() == before
 

@@ -17,6 +17,11 @@ names ``common.mp3``) would otherwise "depend" on a package ``__init__`` that im
 a cycle that can never fail. A child that takes a *name* from its package's
 ``__init__`` (``from common.models import build_model`` inside ``common/models/musicnn.py``)
 does depend on it, and is an edge.
+
+The layers, from the bottom: ``common`` (the library) imports no other package;
+``experiments`` and ``crowdai`` import ``common`` only (not each other); ``bench`` may
+import all three. So nothing of the product imports ``bench`` or ``tests``, and no two
+top-level packages import each other.
 """
 
 from __future__ import annotations
@@ -189,15 +194,56 @@ def test_lazy_imports_are_edges(graph):
     assert "librosa" in graph["common.audio"][1]
 
 
-def test_common_imports_neither_experiments_nor_crowdai(graph):
-    offending = sorted(
-        f"{module} -> {target}"
-        for module, (internal, _) in graph.items()
-        if module.split(".")[0] == "common"
-        for target in internal
-        if target.split(".")[0] in ("experiments", "crowdai")
-    )
-    assert not offending, "common/ must not import experiments/ or crowdai/:\n" + "\n".join(offending)
+#: Which top-level packages each may import: imports point from the tools down to the library.
+ALLOWED_PACKAGE_IMPORTS = {
+    "common": set(),
+    "experiments": {"common"},
+    "crowdai": {"common"},
+    "bench": {"common", "experiments", "crowdai"},
+}
+#: What the product (every package but ``bench``) must never import, even lazily.
+NOT_PRODUCT = ("bench", "tests")
+
+
+def package_edges(graph) -> set[tuple[str, str, str, str]]:
+    """``(package, imported package, module, imported module)`` of every import across top-level packages.
+
+    ``tests`` is not one of :data:`PACKAGES`, so an import of it counts among the external names.
+    """
+    edges = set()
+    for module, (internal, external) in graph.items():
+        package = module.split(".")[0]
+        for target in internal | {name for name in external if name in NOT_PRODUCT}:
+            if target.split(".")[0] != package:
+                edges.add((package, target.split(".")[0], module, target))
+    return edges
+
+
+def test_package_edges_see_lazy_imports_of_bench_and_tests():
+    graph = {"crowdai.x": ({"bench.predict", "common.io"}, {"tests", "numpy"}), "bench.y": ({"crowdai.x"}, set())}
+    assert package_edges(graph) == {("crowdai", "bench", "crowdai.x", "bench.predict"),
+                                    ("crowdai", "common", "crowdai.x", "common.io"),
+                                    ("crowdai", "tests", "crowdai.x", "tests"),
+                                    ("bench", "crowdai", "bench.y", "crowdai.x")}
+
+
+def test_the_product_imports_neither_bench_nor_tests(graph):
+    offending = sorted(f"{module} -> {target}" for package, imported, module, target in package_edges(graph)
+                       if package != "bench" and imported in NOT_PRODUCT)
+    assert not offending, "common/, experiments/ and crowdai/ must not import bench/ or tests/:\n" + "\n".join(offending)
+
+
+def test_packages_import_only_the_layers_below_them(graph):
+    offending = sorted(f"{module} -> {target} ({package} may import {sorted(ALLOWED_PACKAGE_IMPORTS[package]) or 'none'})"
+                       for package, imported, module, target in package_edges(graph)
+                       if imported not in ALLOWED_PACKAGE_IMPORTS[package])
+    assert not offending, "imports across top-level packages against the layering:\n" + "\n".join(offending)
+
+
+def test_no_two_packages_import_each_other(graph):
+    pairs = {(package, imported) for package, imported, _, _ in package_edges(graph)}
+    mutual = sorted(f"{a} <-> {b}" for a, b in pairs if (b, a) in pairs and a < b)
+    assert not mutual, "top-level packages that import each other:\n" + "\n".join(mutual)
 
 
 def test_no_import_cycles(graph):

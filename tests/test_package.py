@@ -85,7 +85,7 @@ def test_package_holds_models_code_environment_and_readme(packaged, trained):
 def test_existing_output_and_bad_input_are_refused(packaged, trained, tmp_path, capsys):
     before = sorted(p.name for p in packaged.iterdir())
     args = ["--exp", "tiny", "--runs", str(trained["runs"]), "--timing-clips", "0"]
-    assert package.main([*args, "--out", str(packaged)]) == 2
+    assert package.main([*args, "--out", str(packaged)]) == 1
     assert "already exists" in capsys.readouterr().err
     assert sorted(p.name for p in packaged.iterdir()) == before
     with pytest.raises(OutputExistsError):
@@ -93,7 +93,7 @@ def test_existing_output_and_bad_input_are_refused(packaged, trained, tmp_path, 
     for extra, message in ((["--exp", "nope"], "no such experiment"), (["--blend", str(tmp_path / "b.json")],
                                                                         "blend file not found"),
                            (["--blend-weights", "1,2"], "2 weights for 1")):
-        assert package.main([*args, "--out", str(tmp_path / "p"), *extra]) == 2
+        assert package.main([*args, "--out", str(tmp_path / "p"), *extra]) == 1
         assert message in capsys.readouterr().err
     assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".p.*"))  # no partial folder left
 
@@ -111,7 +111,7 @@ def test_musicnn_weights_are_packaged_when_an_experiment_uses_them(trained, tmp_
         config_path.write_text(yaml.safe_dump(config))
     weights = tmp_path / "musicnn"
     args = ["--exp", "tuned", "--runs", str(runs), "--timing-clips", "0", "--weights", str(weights)]
-    assert package.main([*args, "--out", str(tmp_path / "no_weights")]) == 2
+    assert package.main([*args, "--out", str(tmp_path / "no_weights")]) == 1
     assert "make weights" in capsys.readouterr().err
     for name in MUSICNN_CHECKPOINTS:
         for suffix in (".index", ".data-00000-of-00001"):

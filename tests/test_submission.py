@@ -116,8 +116,9 @@ def test_validate_cli(good, test_dir, capsys):
     assert f"OK: {N_FILES} rows" in capsys.readouterr().out
     broken = rewrite(good, set_cell(2, "Spoken", "2"))
     assert validate_cli.main([str(broken), "--test-dir", str(test_dir)]) == 1
-    out = capsys.readouterr().out
-    assert "row 2 (line 3)" in out and "outside [0, 1]" in out and "INVALID: 1 problem (out_of_range 1)" in out
+    out, err = capsys.readouterr()
+    assert "row 2 (line 3)" in out and "outside [0, 1]" in out  # the report is the result: stdout
+    assert err == f"fma-validate: error: INVALID: 1 problem (out_of_range 1) in {broken}\n"
 
 
 def test_validate_reports_the_probability_range_and_the_floor(good, tmp_path, test_dir, ids, capsys):

@@ -116,19 +116,19 @@ def test_submission_refuses_experiments_that_are_not_the_16_top_genres(tmp_path,
     test_dir.mkdir()
     code = submit.main(["--exp", "tree", "--runs", str(tmp_path), "--test-dir", str(test_dir),
                         "--out", str(tmp_path / "subs"), "--no-progress"])
-    assert code == 2 and "16 top genres" in capsys.readouterr().err
-    assert submit.main(["--exp", "a,a", "--runs", str(tmp_path), "--test-dir", str(test_dir)]) == 2
+    assert code == 1 and "16 top genres" in capsys.readouterr().err
+    assert submit.main(["--exp", "a,a", "--runs", str(tmp_path), "--test-dir", str(test_dir)]) == 1
     assert "distinct" in capsys.readouterr().err
     assert submit.main(["--exp", "tree", "--blend-weights", "1,2", "--runs", str(tmp_path), "--test-dir",
-                        str(test_dir)]) == 2
+                        str(test_dir)]) == 1
     assert "--blend-weights '1,2': 2 weights for 1" in capsys.readouterr().err
     # the old spelling of hand-typed weights is now the musicnn weights folder: say so, do not ignore it
     assert submit.main(["--exp", "tree", "--weights", "0.7,0.3", "--runs", str(tmp_path), "--test-dir",
-                        str(test_dir)]) == 2
+                        str(test_dir)]) == 1
     assert "--blend-weights" in capsys.readouterr().err
-    assert submit.main(["--runs", str(tmp_path), "--test-dir", str(test_dir)]) == 2
+    assert submit.main(["--runs", str(tmp_path), "--test-dir", str(test_dir)]) == 1
     assert "give --exp" in capsys.readouterr().err
-    assert submit.main(["--blend", "nothing", "--runs", str(tmp_path), "--test-dir", str(test_dir)]) == 2
+    assert submit.main(["--blend", "nothing", "--runs", str(tmp_path), "--test-dir", str(test_dir)]) == 1
     assert "no such blend" in capsys.readouterr().err
     assert not (tmp_path / "subs").exists()
 

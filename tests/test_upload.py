@@ -131,7 +131,7 @@ def test_upload_with_the_clients_own_login(submission, test_dir, client, tmp_pat
 
 
 def test_missing_key_names_the_variable_and_sends_nothing(submission, test_dir, client, capsys):
-    assert upload.main([str(submission), "--test-dir", str(test_dir)]) == 2
+    assert upload.main([str(submission), "--test-dir", str(test_dir)]) == 1
     err = capsys.readouterr().err
     assert "AICROWD_API_KEY" in err and "aicrowd login" in err
     assert [call["argv"][:2] for call in client()] == [["config", "get"]]  # only the login check ran
@@ -163,7 +163,8 @@ def test_an_invalid_file_is_never_sent(submission, test_dir, client, monkeypatch
     for extra in ([], ["--dry-run"]):
         assert upload.main([str(broken), "--test-dir", str(test_dir), *extra]) == 1
         captured = capsys.readouterr()
-        assert "INVALID: 1 problem (missing_id 1)" in captured.out and "not sent" in captured.err
+        assert "no row for" in captured.out
+        assert captured.err == f"fma-upload: error: INVALID: 1 problem (missing_id 1) in {broken}; not sent\n"
     assert upload.main([str(submission.with_name("absent.csv")), "--test-dir", str(test_dir)]) == 1
     assert client() == [] and not broken.with_suffix(".json").exists()
 
@@ -183,6 +184,6 @@ def test_missing_client_says_how_to_install(submission, test_dir, monkeypatch, c
     monkeypatch.setenv("PATH", str(tmp_path))  # no aicrowd anywhere
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     monkeypatch.setenv("AICROWD_API_KEY", "k-123")
-    assert upload.main([str(submission), "--test-dir", str(test_dir)]) == 2
+    assert upload.main([str(submission), "--test-dir", str(test_dir)]) == 1
     assert "fma-genre-toolkit[upload]" in capsys.readouterr().err
     assert uploads(submission) == []

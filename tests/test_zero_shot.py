@@ -213,8 +213,7 @@ def test_zero_shot_submission_is_valid_scored_and_never_overwrites(demo_data_dir
 
     test_dir = demo_data_dir / "crowdai_fma_test"
     out = tmp_path / "zero_shot.csv"
-    argv = ["--exp", "musicnn", "--runs", str(tmp_path / "no_runs"), "--test-dir", str(test_dir),
-            "--cache", str(tmp_path / "cache"), "--output", str(out), "--mean", "arithmetic",
+    argv = ["--exp", "musicnn", "--test-dir", str(test_dir), "--output", str(out),
             "--weights", str(musicnn_weights_dir), "--smoothing", "0.2", "--no-progress"]
     assert submit_main(argv) == 0
     assert "rows valid, zero-shot musicnn (no training)" in capsys.readouterr().out
@@ -225,7 +224,6 @@ def test_zero_shot_submission_is_valid_scored_and_never_overwrites(demo_data_dir
     reasons = {record["reason"] for record in sidecar["fallbacks"]}
     assert {"unreadable", "silent"} <= reasons  # the demo's zero-byte and silent test files get the prior
     assert set(sidecar["genres_without_tags"]) == {"Spoken", "Old-Time / Historic"}
-    assert not (tmp_path / "cache").exists()  # nothing cached: no features of any experiment
     assert score_main([str(out), "--labels", str(demo_data_dir / "crowdai_fma_test_labels.csv")]) == 0
     log_loss = float(capsys.readouterr().out.splitlines()[0].split()[-1])
     assert np.isfinite(log_loss) and log_loss < -np.log(0.2 / 16)
@@ -237,6 +235,23 @@ def test_zero_shot_submission_is_valid_scored_and_never_overwrites(demo_data_dir
     assert losses[str(out)] == pytest.approx(log_loss, abs=1e-4) and losses[str(uniform)] == pytest.approx(np.log(16), abs=1e-4)
     assert lines[2].startswith(f"better: {min(losses, key=losses.get)} (log loss")
     before = out.read_bytes()
-    assert submit_main(argv) == 2
+    assert submit_main(argv) == 1
     assert "already exists" in capsys.readouterr().err
     assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("option", ["--runs", "--cache", "--mean", "--jobs", "--blend", "--adapt-prior"])
+def test_zero_shot_submission_refuses_the_options_of_trained_experiments(option, tmp_path, capsys):
+    from crowdai.submit import main as submit_main
+    from crowdai.zero_shot_submit import TRAINED_ONLY_OPTIONS
+
+    value = [] if option == "--adapt-prior" else ["x"]
+    with pytest.raises(SystemExit) as exit_info:  # refused before anything is read or written
+        submit_main(["--exp", "musicnn", "--test-dir", str(tmp_path), "--output", str(tmp_path / "s.csv"),
+                     option, *value])
+    assert exit_info.value.code == 2 and option in TRAINED_ONLY_OPTIONS
+    err = capsys.readouterr().err
+    assert err.startswith("usage: fma-submit [-h] --exp {musicnn}")
+    assert err.splitlines()[-1] == (f"fma-submit: error: {option}: not used by --exp musicnn "
+                                    f"(zero-shot: nothing is trained, cached or combined); leave it out")
+    assert not list(tmp_path.iterdir())
