@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from common.cli import command
 from common.io import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,22 +71,31 @@ SECTIONS = ("machine", "backend", "smoke", "tests", "training", "prediction", "d
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
-    """One model measured in ``training``: its registry name, parameters, input and batch."""
+    """One model measured in ``training``: its registry name, parameters, input and batch.
+
+    ``xla=False``: TensorFlow cannot compile the model with XLA (a cuDNN GRU), so it is
+    measured without XLA only; Keras would drop ``jit_compile`` with a warning.
+    """
 
     name: str
     model: str
     input_shape: tuple[int, ...]
     batch_size: int
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    xla: bool = True
 
 
+_SMOKE_CRNN = {"filters": [8, 8], "pool_sizes": [[2, 2], [2, 2]], "time_padding": 0, "gru_units": [8]}
+#: The reference CRNN with the reference GRUs (XLA can compile them), with cuDNN GRUs
+#: (``gru_reset_after: true``, what ``auto`` picks on a GPU), and shortchunk.
 FULL_WORKLOADS = (
-    Workload("crnn 96x1366", "crnn", (96, 1366), 32),
+    Workload("crnn 96x1366", "crnn", (96, 1366), 32, {"gru_reset_after": False}),
+    Workload("crnn cudnn 96x1366", "crnn", (96, 1366), 32, {"gru_reset_after": True}, xla=False),
     Workload("shortchunk 96x173", "shortchunk", (96, 173), 16),
 )
 SMOKE_WORKLOADS = (
-    Workload("crnn 16x64", "crnn", (16, 64), 4, {"filters": [8, 8], "pool_sizes": [[2, 2], [2, 2]],
-                                                 "time_padding": 0, "gru_units": [8]}),
+    Workload("crnn 16x64", "crnn", (16, 64), 4, {**_SMOKE_CRNN, "gru_reset_after": False}),
+    Workload("crnn cudnn 16x64", "crnn", (16, 64), 4, {**_SMOKE_CRNN, "gru_reset_after": True}, xla=False),
     Workload("shortchunk 16x32", "shortchunk", (16, 32), 4, {"channels": [8], "dense_units": 8}),
 )
 
@@ -224,12 +234,22 @@ def measure_training(workload: Workload, *, precision: str, jit_compile: bool, p
     per_sample = flops.training_flops(model)
     rate = samples / seconds
     return {"workload": workload.name, "precision": precision, "jit_compile": jit_compile,
+            "xla": bool(model.jit_compile), "cudnn_grus": _cudnn_grus(model),
             "samples_per_s": round(rate, 2), "step_ms": round(1000 * seconds / (samples / workload.batch_size), 3),
             "warmup_s": round(warmup, 2), "peak_memory_bytes": _peak_memory(),
             "peak_memory_scope": "this measurement" if keras.backend.backend() == "tensorflow" else "process",
             "training_gflops_per_sample": round(per_sample / 1e9, 4),
             "achieved_tflops": round(rate * per_sample / 1e12, 3),
             "final_loss": float(history.history["loss"][-1]), "batch_size": workload.batch_size}
+
+
+def _cudnn_grus(model) -> int | None:
+    """GRUs of ``model`` that TensorFlow runs with cuDNN on a GPU (None under another backend)."""
+    import keras
+
+    from common.models import cudnn_gru_report
+
+    return sum(cudnn_gru_report(model).values()) if keras.backend.backend() == "tensorflow" else None
 
 
 def measure_pipeline_share(workload: Workload, *, step_ms: float, plan: Plan) -> dict:
@@ -254,12 +274,22 @@ def measure_pipeline_share(workload: Workload, *, step_ms: float, plan: Plan) ->
             "share_of_step": round(batch_ms / step_ms, 4)}
 
 
-def training_section(plan: Plan, *, precisions: tuple[str, ...], jit_modes: tuple[bool, ...]) -> dict:
-    """Every workload in every precision and XLA mode; the pipeline share at the mixed-precision XLA step."""
+def jit_modes(workload: Workload) -> tuple[bool, ...]:
+    """XLA off and on under TensorFlow (off only for a workload XLA cannot compile); on under
+    other backends, which compile every step."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return (True,)
+    return (False, True) if workload.xla else (False,)
+
+
+def training_section(plan: Plan, *, precisions: tuple[str, ...]) -> dict:
+    """Every workload in every precision and XLA mode; the input pipeline's share of each workload's fastest step."""
     import keras
 
     rows = [measure_training(w, precision=p, jit_compile=j, plan=plan)
-            for w in plan.workloads for p in precisions for j in jit_modes]
+            for w in plan.workloads for p in precisions for j in jit_modes(w)]
     pipeline = None
     if keras.backend.backend() == "tensorflow":
         fastest = {w.name: min(r["step_ms"] for r in rows if r["workload"] == w.name) for w in plan.workloads}
@@ -341,7 +371,7 @@ def predicted_epoch_seconds(training: dict) -> dict:
             continue
         peak = H100_PEAK_TFLOPS["mixed"] * 1e12
         per_sample_s = row["training_gflops_per_sample"] * 1e9 / (ASSUMED_FRACTION * peak)
-        key = f"{row['workload']} {row['precision']} xla={row['jit_compile']}"
+        key = f"{row['workload']} {row['precision']} xla={row['xla']}"
         result[key] = {name: {"from_flops": round(TRAIN_SHARE * n * per_sample_s, 1),
                               "measured": round(TRAIN_SHARE * n / row["samples_per_s"], 1)}
                        for name, n in SUBSET_CLIPS.items()}
@@ -363,8 +393,7 @@ def run(*, smoke: bool, precisions: tuple[str, ...] | None = None, demo_data: Pa
     record: dict[str, Any] = {"machine": machine(), "backend": backend, "smoke": smoke}
     record["tests"] = (run_gpu_tests() if tensorflow and not skip_tests
                        else {"skipped": "--skip-tests"} if tensorflow else skipped)
-    record["training"] = training_section(plan, precisions=precisions,
-                                          jit_modes=(False, True) if tensorflow else (True,))
+    record["training"] = training_section(plan, precisions=precisions)
     record["prediction"] = prediction_section(plan) if tensorflow else skipped
     record["demo"] = demo_section(plan, demo_data=demo_data) if tensorflow else skipped
     record["predicted"] = predicted_epoch_seconds(record["training"])
@@ -383,7 +412,7 @@ def format_table(record: dict) -> str:
              f"{'workload':<20} {'precision':<15} {'XLA':<5} {'samples/s':>10} {'step ms':>9} "
              f"{'peak GiB':>9} {'TFLOP/s':>8}"]
     for row in record["training"]["rows"]:
-        lines.append(f"{row['workload']:<20} {row['precision']:<15} {str(row['jit_compile']):<5} "
+        lines.append(f"{row['workload']:<20} {row['precision']:<15} {str(row['xla']):<5} "
                      f"{row['samples_per_s']:>10.1f} {row['step_ms']:>9.2f} {_gib(row['peak_memory_bytes']):>9} "
                      f"{row['achieved_tflops']:>8.2f}")
     for row in record["training"]["pipeline"] or []:
@@ -419,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("python -m bench.gpu")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     precisions = tuple(args.precisions.split(",")) if args.precisions else None

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import command
 from common.io import write_text_atomic
 
 
@@ -72,7 +73,7 @@ def run(*, config_path: Path, n_clips: int | None, steps: int | None, warmup: in
         jit = {"auto": "auto", "true": True, "false": False}[jit_compile]
         config = dataclasses.replace(config, training=dataclasses.replace(config.training, jit_compile=jit))
     runtime = select_runtime(config.training)
-    on_gpu = runtime.device != "cpu"
+    on_gpu = runtime.on_gpu
     n_clips = n_clips or (2048 if on_gpu else 64)
     steps = steps or (50 if on_gpu else 2)
     warmup = warmup or (3 if on_gpu else 1)
@@ -126,6 +127,7 @@ def run(*, config_path: Path, n_clips: int | None, steps: int | None, warmup: in
             "clips_in_store": n_clips, "steps_timed": steps}
 
 
+@command("python -m bench.pipeline")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench/pipeline.json"), help="JSON output")

@@ -55,7 +55,14 @@ class TaskConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """A model of the registry in :mod:`common.models` and its keyword parameters."""
+    """A model of the registry in :mod:`common.models` and its keyword parameters.
+
+    ``params`` are the model body's keyword arguments. A value that depends on the machine
+    is ``auto`` in the file and explicit in the resolved config (:func:`config_from_dict`):
+    ``crnn``'s ``gru_reset_after`` (default ``auto``) becomes ``true`` (cuDNN GRUs) where
+    TensorFlow sees a GPU and ``training.jit_compile`` is not ``true``, ``false`` (the
+    reference's GRUs) otherwise; see :mod:`common.models.crnn`.
+    """
 
     name: str = "crnn"
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -150,7 +157,9 @@ class TrainingConfig:
     strategy : {"auto", "default", "mirrored"}
         ``auto``: ``MirroredStrategy`` with more than one GPU, the default strategy otherwise.
     jit_compile : {"auto", True, False}
-        ``auto``: Keras' own choice (XLA) on GPUs, off on CPU.
+        ``auto``: Keras' own choice (XLA) on GPUs, off on CPU. Keras compiles no model with
+        a cuDNN GRU (``crnn`` with ``gru_reset_after: true`` on a GPU) with XLA; ``true``
+        with such a model is a ConfigError.
     """
 
     epochs: int = 50
@@ -276,6 +285,17 @@ def _check_model(name: str, features: FeatureSettings) -> None:
                           f"{features.kind!r} gives {features.layout}")
 
 
+def _resolve_model_params(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with the machine-dependent ``model.params`` (``auto``) resolved for the GPUs TensorFlow sees."""
+    import tensorflow as tf  # deferred, as in _check_model
+
+    from common import models
+
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    params = models.resolve_params(cfg.model.name, cfg.model.params, gpu=gpu, jit_compile=cfg.training.jit_compile)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, params=params))
+
+
 def config_from_dict(values: dict[str, Any] | None, *, name: str, check_model: bool = True) -> ExperimentConfig:
     """Resolve an experiment config from plain data.
 
@@ -286,12 +306,15 @@ def config_from_dict(values: dict[str, Any] | None, *, name: str, check_model: b
     name : str
         Experiment name (the config file's stem).
     check_model : bool
-        Check ``model.name`` against the model registry (imports Keras).
+        Check ``model.name`` against the model registry and resolve the machine-dependent
+        ``model.params`` (``auto``, see :class:`ModelConfig`) for the GPUs TensorFlow sees here
+        (imports Keras and TensorFlow); ``False`` leaves ``model.params`` as given.
 
     Raises
     ------
     ConfigError
-        Unknown section or key, wrong type, unknown task or model name, value out of range.
+        Unknown section or key, wrong type, unknown task or model name, value out of range,
+        a model parameter that conflicts with ``training.jit_compile``.
     """
     values = dict(values or {})
     if not isinstance(name, str) or not name:
@@ -307,6 +330,7 @@ def config_from_dict(values: dict[str, Any] | None, *, name: str, check_model: b
     _check_ranges(cfg)
     if check_model:
         _check_model(cfg.model.name, cfg.features)
+        cfg = _resolve_model_params(cfg)
     return cfg
 
 

@@ -60,6 +60,14 @@ def forward_function(model, batch_size: int | None = None) -> Callable[[np.ndarr
     batch, and one trace instead of one per model. Cached for the last 8 (model,
     batch size) pairs.
 
+    Prediction runs on one device, outside any distribution strategy: the default
+    device of the calling thread (the first GPU, or the CPU). A model trained under
+    ``MirroredStrategy`` (:func:`common.training.select_runtime`) predicts as the plain
+    model holding its weights; its variables are read on that device. The toolkit calls
+    this (and :func:`predict_clips`) outside ``strategy.scope()``: from Keras callbacks
+    (validation), on reloaded ``model.keras`` files (out-of-fold, test split, fold
+    ensembles of submissions and tagging).
+
     Returns
     -------
     callable
@@ -140,7 +148,8 @@ def predict_clips(models, features, *, crop_frames: int, eval: str = "center",
     features are read once for a whole fold ensemble, and all models run in one traced
     function of one input shape (:func:`forward_function` of the tuple of models): no
     retracing, full batches on a GPU. The batch is ``batch_size`` crops, or the next power of two above the
-    number of crops when there are fewer (a few clips do not pay for a whole batch).
+    number of crops when there are fewer (a few clips do not pay for a whole batch). It runs on one
+    device, whatever strategy the models trained under (see :func:`forward_function`).
 
     Parameters
     ----------

@@ -11,6 +11,12 @@ the last completed epoch, exactly: ``state.json`` also keeps the dropout seed st
 the ``ReduceLROnPlateau`` counters, and every epoch's batches are a function of the seed
 and the epoch number (:func:`common.data.train_dataset`), so the resumed fold ends with
 the history and weights of an uninterrupted one.
+
+Under ``strategy: mirrored`` (:func:`select_runtime`) ``data.batch_size`` is the global
+batch: each replica trains on its share (:func:`check_global_batch`), Keras averages the
+loss over the global batch, and the batch norms use the whole batch's statistics, so that a
+step is the single-replica step (:func:`_set_replica_behaviour`). Prediction (validation,
+out-of-fold) runs outside the strategy, on one device (:mod:`common.inference`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import random
 import shutil
@@ -57,7 +64,8 @@ class Runtime:
     jit_compile : bool or "auto"
         Passed to ``model.compile``.
     device : str
-        e.g. ``"cpu"`` or ``"2 x GPU"``.
+        ``"cpu"``, ``"N x GPU"``, or ``"N x CPU (mirrored)"`` (a CPU split into ``N``
+        logical devices with ``tf.config.set_logical_device_configuration``).
     """
 
     strategy: Any
@@ -65,13 +73,28 @@ class Runtime:
     jit_compile: bool | str
     device: str
 
+    @property
+    def replicas(self) -> int:
+        """Replicas that share each global batch (``strategy.num_replicas_in_sync``)."""
+        return int(self.strategy.num_replicas_in_sync)
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the model trains on GPUs (``device`` is ``"N x GPU"``)."""
+        return self.device.endswith("GPU")
+
 
 def select_runtime(training: TrainingConfig) -> Runtime:
     """Resolve ``precision``, ``strategy`` and ``jit_compile`` of the config for this machine.
 
     ``auto`` picks ``mixed_float16``, XLA (Keras' ``"auto"``) and, with more than one
     GPU, ``MirroredStrategy`` when GPUs are visible; float32, no XLA and the default
-    strategy on CPU.
+    strategy on CPU. ``mirrored`` mirrors over every logical GPU (every visible GPU
+    unless TensorFlow was told to split them), or, without GPUs, over every logical CPU
+    device; the devices are named here rather than left to ``MirroredStrategy()``, whose
+    choice without GPUs has changed between TensorFlow versions (only ``/cpu:0`` in
+    older ones, every logical CPU in 2.21). A process makes one ``MirroredStrategy`` per
+    device list (:func:`_mirrored_strategy`) and every fold trains under it.
     """
     gpus = tf.config.list_physical_devices("GPU")
     precision = training.precision
@@ -80,12 +103,31 @@ def select_runtime(training: TrainingConfig) -> Runtime:
     strategy_name = training.strategy
     if strategy_name == "auto":
         strategy_name = "mirrored" if len(gpus) > 1 else "default"
-    strategy = tf.distribute.MirroredStrategy() if strategy_name == "mirrored" else tf.distribute.get_strategy()
+    if strategy_name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        strategy = _mirrored_strategy(tuple(device.name for device in devices))
+    else:
+        strategy = tf.distribute.get_strategy()
     jit = training.jit_compile
     if jit == "auto":
         jit = "auto" if gpus else False
-    device = f"{len(gpus)} x GPU" if gpus else "cpu"
+    if gpus:
+        device = f"{len(gpus)} x GPU"
+    else:
+        device = f"{strategy.num_replicas_in_sync} x CPU (mirrored)" if strategy_name == "mirrored" else "cpu"
     return Runtime(strategy=strategy, precision=precision, jit_compile=jit, device=device)
+
+
+@functools.cache
+def _mirrored_strategy(devices: tuple[str, ...]) -> tf.distribute.MirroredStrategy:
+    """The process's ``MirroredStrategy`` over ``devices``.
+
+    Each new strategy numbers its all-reduces (collective group and instance keys) from
+    the same start, and TensorFlow's collective executor, one per process, keys them by
+    those numbers alone: the folds of one process under two strategies over the same
+    devices would mix up their all-reduces ("Shape mismatch in the collective instance 100").
+    """
+    return tf.distribute.MirroredStrategy(devices=list(devices))
 
 
 _thread_seed_stream = threading.local()
@@ -138,38 +180,97 @@ def keras_seeds(seed: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def fold_globals(runtime: Runtime, *, seed: int) -> Iterator[None]:
-    """Keras' global settings while a fold trains: ``runtime``'s dtype policy (restored after), op
-    determinism on CPU and :func:`keras_seeds`."""
+    """Keras' global settings while a fold trains, each restored after: ``runtime``'s dtype policy,
+    op determinism on CPUs (mirrored ones too) and :func:`keras_seeds`.
+
+    Op determinism stays off when the config asks for XLA (``jit_compile: true``): Keras
+    refuses to compile with XLA under it, with only a warning, so a CPU fold would train
+    without the XLA it asked for.
+    """
+    from tensorflow.python.framework import config as tf_config  # is/disable_op_determinism: not in tf.config
+
     previous_policy = keras.mixed_precision.dtype_policy()
+    previous_determinism = tf_config.is_op_determinism_enabled()
     keras.mixed_precision.set_dtype_policy(runtime.precision)
-    if runtime.device == "cpu":
-        tf.config.experimental.enable_op_determinism()
+    if not runtime.on_gpu and runtime.jit_compile is not True:
+        tf_config.enable_op_determinism()
     try:
         with keras_seeds(seed):
             yield
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
+        (tf_config.enable_op_determinism if previous_determinism else tf_config.disable_op_determinism)()
 
 
 #: Most training steps one call of Keras' compiled train function runs
-#: (``steps_per_execution``). Each call costs Keras Python work (callbacks, logs,
-#: dispatch) that a small model on a CPU feels: in ``bench.train`` (5 rounds, 2 cores) the
-#: demo model went from 0.96 times the naive per-file loop with one step per call to
-#: 1.08 with 8 and 1.11 with 32.
+#: (``steps_per_execution``) with one replica. Each call costs Keras Python work (callbacks,
+#: logs, dispatch) that a small model on a CPU feels: in ``bench.train`` (5 rounds, 2 cores) the
+#: demo model went from 0.96 times the naive per-file loop with one step per call to 1.08 with
+#: 8 and 1.11 with 32. Under several replicas a call runs one step: Keras 3.15's several-steps
+#: loop (``multi_step_on_iterator``) dies on a distributed iterator in the first epoch
+#: (``INVALID_ARGUMENT: You must feed a value for placeholder tensor '...while/cond/Placeholder'``).
+#: What that costs, measured on 2 cores: the per-call work is 1.2-1.9 ms a step (a one-layer
+#: model: 1.5-2.2 ms a step with one step per call, 0.3 with 32), lost in the noise of the demo
+#: model's 240-330 ms steps (48 x 481 crops, batch 32); a mirrored step's own dispatch over
+#: 2 logical CPUs is 12-14 ms for that one-layer model. Not measured on GPUs, where a step is
+#: shorter and the share of the per-call work larger.
 MAX_STEPS_PER_EXECUTION = 32
 
 
-def steps_per_execution(steps_per_epoch: int, *, limit: int | None = None) -> int:
+def steps_per_execution(steps_per_epoch: int, *, limit: int | None = None, replicas: int = 1) -> int:
     """Steps per call of the compiled train function: the largest divisor of ``steps_per_epoch``
-    up to ``limit`` (default :data:`MAX_STEPS_PER_EXECUTION`).
+    up to ``limit`` (default :data:`MAX_STEPS_PER_EXECUTION`); 1 with several ``replicas``.
 
     It must divide the epoch: with ``steps_per_epoch`` given, Keras keeps one iterator
     over all epochs, and a call that runs past the end of an epoch would train on the
     next epoch's batches (and shift every epoch after it). Batches, their order and the
-    weights are the same as one step per call.
+    weights are the same as one step per call. Several replicas get one step per call
+    (see :data:`MAX_STEPS_PER_EXECUTION` for why and what it costs).
     """
+    if replicas > 1:
+        return 1
     limit = MAX_STEPS_PER_EXECUTION if limit is None else limit
     return max(d for d in range(1, min(limit, steps_per_epoch) + 1) if steps_per_epoch % d == 0)
+
+
+def check_global_batch(batch_size: int, *, replicas: int) -> None:
+    """``data.batch_size`` is the global batch: each of the ``replicas`` trains on ``batch_size / replicas`` clips.
+
+    Raises
+    ------
+    ConfigError
+        ``batch_size`` is not a multiple of ``replicas``.
+    """
+    if batch_size % replicas:
+        raise ConfigError(f"data.batch_size: {batch_size} is the global batch, split across {replicas} replicas "
+                          f"(one per device); make it a multiple of {replicas}")
+
+
+def _set_replica_behaviour(model: keras.Model, *, replicas: int, steps_per_epoch: int) -> None:
+    """What a built or reloaded model does differently under several replicas, set for ``replicas``.
+
+    One step per call of the train function (:func:`steps_per_execution`), and batch
+    norms that normalise with the statistics of the whole global batch (``synchronized``,
+    an all-reduce of each batch norm's sums in every step) instead of each replica's
+    share: so that a step of a mirrored fold is the single-replica step (same loss and
+    update, within float32 rounding), whatever the number of replicas; the all-reduces
+    are not measured on GPUs. The two ways a mirrored step still differs from one
+    replica's: each replica draws the dropout masks of its share from the same seed state
+    (every replica's share gets the same masks), and in an epoch's last, partial batch
+    each replica's mean loss weighs equally whatever its number of clips.
+    """
+    model.steps_per_execution = steps_per_execution(steps_per_epoch, replicas=replicas)
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = replicas > 1
+
+
+def _all_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    """The layers of ``model`` and, depth first, of the models nested in it."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
 
 
 def make_optimizer(training: TrainingConfig, *, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -340,6 +441,147 @@ def _resume(run_dir: Path) -> dict | None:
     return state
 
 
+@dataclasses.dataclass(frozen=True)
+class _FoldInputs:
+    """What a fold derives from its config and its training rows before any model exists.
+
+    Attributes
+    ----------
+    crop_frames, chunk_hop_frames : int
+        Model input length and evaluation hop along the last axis.
+    steps_per_epoch : int
+        ``ceil(n_train / data.batch_size)``.
+    val_features : ClipStore
+        The validation clips.
+    mean, std : np.ndarray, shape (n_mels,) or (dim,), or float (waveform)
+        Training statistics the model standardises its input with.
+    """
+
+    crop_frames: int
+    chunk_hop_frames: int
+    steps_per_epoch: int
+    val_features: ClipStore
+    mean: np.ndarray | float
+    std: np.ndarray | float
+
+
+def _fold_inputs(config: ExperimentConfig, *, store: ClipStore, train_positions: np.ndarray,
+                 val_positions: np.ndarray) -> _FoldInputs:
+    """Crop and hop lengths, steps per epoch, validation clips and training statistics of a fold."""
+    mean, std = feature_stats(store, train_positions, layout=config.features.layout)
+    if config.features.layout == "waveform":
+        mean, std = float(mean[0]), float(std[0])
+    return _FoldInputs(crop_frames=config.data.crop_frames(config.features),
+                       chunk_hop_frames=config.data.chunk_hop_frames(config.features),
+                       steps_per_epoch=int(np.ceil(len(train_positions) / config.data.batch_size)),
+                       val_features=store.subset(val_positions), mean=mean, std=std)
+
+
+def _build_or_resume_model(config: ExperimentConfig, *, task: Task, run_dir: Path, runtime: Runtime,
+                           inputs: _FoldInputs) -> tuple[keras.Model, dict]:
+    """The fold's compiled model and training state, under ``runtime``'s strategy.
+
+    A fold with a checkpoint resumes from it: ``checkpoint/last.keras`` (weights and
+    optimizer state) and ``state.json``, whose dropout seed states are put back into the
+    model (``model.save`` does not keep them). Otherwise a new model is built and
+    compiled, and the state starts at epoch 0. Either way the model then follows
+    ``runtime``'s replica count (:func:`_set_replica_behaviour`). Call inside
+    :func:`fold_globals`: the initial weights come from its seeds.
+
+    Returns
+    -------
+    model : keras.Model
+    state : dict
+        ``epoch``, ``best_val_loss``, ``best_epoch``, ``wait``, ``seconds`` (per epoch) and,
+        after an epoch, ``seed_states`` and ``plateau`` (see :class:`FoldCheckpoint`).
+    """
+    import common.models as models  # also registers the custom layers of a saved checkpoint
+
+    state = _resume(run_dir)
+    with runtime.strategy.scope():
+        if state is None:
+            model = models.build_model(config.model.name, input_shape=(*config.features.clip_shape[:-1], inputs.crop_frames),
+                                       n_outputs=task.n_classes, activation=task.activation,
+                                       feature_mean=inputs.mean, feature_std=inputs.std, **config.model.params)
+            model.compile(optimizer=make_optimizer(config.training, steps_per_epoch=inputs.steps_per_epoch),
+                          loss=task.loss, jit_compile=runtime.jit_compile)
+            state = _fresh_state()
+        else:
+            model = keras.models.load_model(run_dir / CHECKPOINT_DIR / "last.keras")
+            if "seed_states" in state:
+                for variable, value in zip(_seed_states(model), state["seed_states"], strict=True):
+                    variable.assign(np.asarray(value, dtype=variable.dtype))
+    _set_replica_behaviour(model, replicas=runtime.replicas, steps_per_epoch=inputs.steps_per_epoch)
+    return model, state
+
+
+def _is_finished(training: TrainingConfig, state: dict) -> bool:
+    """Whether the state has reached the last epoch, or early stopping."""
+    return state["epoch"] >= training.epochs or bool(
+        training.early_stopping_patience and state["wait"] >= training.early_stopping_patience)
+
+
+def _fit(model: keras.Model, *, config: ExperimentConfig, task: Task, fold: int, store: ClipStore,
+         train_positions: np.ndarray, y_train: np.ndarray, y_val: np.ndarray, inputs: _FoldInputs, state: dict,
+         run_dir: Path, callbacks: tuple, verbose: int) -> None:
+    """Train the remaining epochs, from ``state["epoch"]``; :class:`FoldCheckpoint` updates ``state`` and the run files.
+
+    The batches of the remaining epochs (:func:`common.data.train_dataset`) are those an
+    uninterrupted run sees there; ``callbacks`` run after the checkpointing one.
+    """
+    training, data = config.training, config.data
+    dataset = train_dataset(store, train_positions, y_train, crop_frames=inputs.crop_frames,
+                            batch_size=data.batch_size, seed=training.seed + 1000 * fold,
+                            mixup_alpha=data.mixup_alpha, specaugment=data.specaugment, fill=inputs.mean,
+                            balance=data.balance, first_epoch=state["epoch"],
+                            n_epochs=training.epochs - state["epoch"])
+    plateau = None
+    if training.schedule == "reduce_on_plateau":
+        plateau = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=max(1, training.early_stopping_patience // 3),
+            min_lr=training.optimizer.learning_rate * 1e-3)
+    checkpoint = FoldCheckpoint(run_dir=run_dir, task=task, val_features=inputs.val_features, y_val=y_val,
+                                crop_frames=inputs.crop_frames, eval=data.eval, chunk_hop_frames=inputs.chunk_hop_frames,
+                                batch_size=inference_batch_size(data.batch_size),
+                                patience=training.early_stopping_patience, state=state, plateau=plateau)
+    model.fit(dataset, epochs=training.epochs, initial_epoch=state["epoch"], steps_per_epoch=inputs.steps_per_epoch,
+              shuffle=False, callbacks=[checkpoint, *callbacks], verbose=verbose)
+
+
+def _predict_best(run_dir: Path, *, config: ExperimentConfig, inputs: _FoldInputs) -> tuple[keras.Model, np.ndarray]:
+    """The fold's best model (``model.keras``) and its out-of-fold probabilities ``(n_val, n_classes)``."""
+    import common.models  # noqa: F401  (custom layers)
+
+    best = keras.models.load_model(run_dir / "model.keras", compile=False)
+    probs = predict_clips(best, inputs.val_features, crop_frames=inputs.crop_frames, eval=config.data.eval,
+                          chunk_hop_frames=inputs.chunk_hop_frames,
+                          batch_size=inference_batch_size(config.data.batch_size))
+    return best, probs
+
+
+def _finish_fold(run_dir: Path, *, config: ExperimentConfig, task: Task, fold: int, runtime: Runtime,
+                 best: keras.Model, probs: np.ndarray, y_val: np.ndarray, val_ids, n_train: int,
+                 state: dict, jit_compile: bool) -> dict:
+    """Write ``oof.csv`` and then ``summary.json`` (the fold is finished), remove the checkpoint; the summary.
+
+    ``jit_compile`` is whether Keras compiled the training step with XLA: it can drop a
+    ``true`` of the config with only a warning (a cuDNN GRU, op determinism).
+    """
+    write_oof(run_dir / "oof.csv", ids=val_ids, fold=fold, task=task, y=y_val, probs=probs)
+    scores = metrics.score(task.name, task.score_targets(y_val), probs, task.class_names)
+    summary = {
+        "experiment": config.name, "fold": fold, "task": task.name, "model": config.model.name,
+        "params": int(best.count_params()), "epochs": state["epoch"], "best_epoch": state["best_epoch"],
+        "seconds_per_epoch": float(np.mean(state["seconds"])) if state["seconds"] else None,
+        "metrics": scores, "n_train": int(n_train), "n_val": len(val_ids),
+        "device": runtime.device, "precision": runtime.precision, "jit_compile": jit_compile,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_text_atomic(run_dir / FOLD_SUMMARY, json.dumps(summary, indent=2) + "\n", overwrite=True)
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    return summary
+
+
 def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipStore,
                train_positions: np.ndarray, y_train: np.ndarray, val_positions: np.ndarray,
                y_val: np.ndarray, run_dir: str | Path, callbacks: tuple = (), verbose: int = 0) -> dict:
@@ -366,79 +608,30 @@ def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipSt
     -------
     dict
         The fold summary (also in ``run_dir/summary.json``).
+
+    Raises
+    ------
+    ConfigError
+        ``data.batch_size`` is not a multiple of the replicas (:func:`check_global_batch`), or
+        ``run_dir`` holds a run of another config (:func:`prepare_run_dir`).
     """
     run_dir = Path(run_dir)
-    summary_path = run_dir / FOLD_SUMMARY
-    if summary_path.exists():
-        return json.loads(summary_path.read_text())
+    if (run_dir / FOLD_SUMMARY).exists():
+        return json.loads((run_dir / FOLD_SUMMARY).read_text())
+    runtime = select_runtime(config.training)
+    check_global_batch(config.data.batch_size, replicas=runtime.replicas)
     prepare_run_dir(run_dir, config=config, task=task)
-    training, data = config.training, config.data
-    runtime = select_runtime(training)
-    crop_frames = data.crop_frames(config.features)
-    hop = data.chunk_hop_frames(config.features)
-    steps = int(np.ceil(len(train_positions) / data.batch_size))
-    val_features = store.subset(val_positions)
-    mean, std = feature_stats(store, train_positions, layout=config.features.layout)
-    if config.features.layout == "waveform":
-        mean, std = float(mean[0]), float(std[0])
-
-    with fold_globals(runtime, seed=training.seed + fold):
-        state = _resume(run_dir)
-        with runtime.strategy.scope():
-            if state is None:
-                state = _fresh_state()
-                import common.models as models
-
-                model = models.build_model(config.model.name, input_shape=(*config.features.clip_shape[:-1], crop_frames),
-                                           n_outputs=task.n_classes, activation=task.activation,
-                                           feature_mean=mean, feature_std=std, **config.model.params)
-                model.compile(optimizer=make_optimizer(training, steps_per_epoch=steps), loss=task.loss,
-                              jit_compile=runtime.jit_compile, steps_per_execution=steps_per_execution(steps))
-            else:
-                import common.models  # noqa: F401  (custom layers)
-
-                model = keras.models.load_model(run_dir / CHECKPOINT_DIR / "last.keras")
-                if "seed_states" in state:
-                    for variable, value in zip(_seed_states(model), state["seed_states"], strict=True):
-                        variable.assign(np.asarray(value, dtype=variable.dtype))
-        finished = state["epoch"] >= training.epochs or (
-            training.early_stopping_patience and state["wait"] >= training.early_stopping_patience)
-        if not finished:
-            dataset = train_dataset(store, train_positions, y_train, crop_frames=crop_frames,
-                                    batch_size=data.batch_size, seed=training.seed + 1000 * fold,
-                                    mixup_alpha=data.mixup_alpha, specaugment=data.specaugment, fill=mean,
-                                    balance=data.balance, first_epoch=state["epoch"],
-                                    n_epochs=training.epochs - state["epoch"])
-            plateau = None
-            if training.schedule == "reduce_on_plateau":
-                plateau = keras.callbacks.ReduceLROnPlateau(
-                    monitor="val_loss", factor=0.5, patience=max(1, training.early_stopping_patience // 3),
-                    min_lr=training.optimizer.learning_rate * 1e-3)
-            checkpoint = FoldCheckpoint(run_dir=run_dir, task=task, val_features=val_features, y_val=y_val,
-                                        crop_frames=crop_frames, eval=data.eval, chunk_hop_frames=hop,
-                                        batch_size=inference_batch_size(data.batch_size),
-                                        patience=training.early_stopping_patience,
-                                        state=state, plateau=plateau)
-            model.fit(dataset, epochs=training.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
-                      shuffle=False, callbacks=[checkpoint, *callbacks], verbose=verbose)
-        import common.models  # noqa: F401
-
-        best = keras.models.load_model(run_dir / "model.keras", compile=False)
-        probs = predict_clips(best, val_features, crop_frames=crop_frames, eval=data.eval,
-                              chunk_hop_frames=hop, batch_size=inference_batch_size(data.batch_size))
-    write_oof(run_dir / "oof.csv", ids=val_features.ids, fold=fold, task=task, y=y_val, probs=probs)
-    scores = metrics.score(task.name, task.score_targets(y_val), probs, task.class_names)
-    summary = {
-        "experiment": config.name, "fold": fold, "task": task.name, "model": config.model.name,
-        "params": int(best.count_params()), "epochs": state["epoch"], "best_epoch": state["best_epoch"],
-        "seconds_per_epoch": float(np.mean(state["seconds"])) if state["seconds"] else None,
-        "metrics": scores, "n_train": int(len(train_positions)), "n_val": int(len(val_positions)),
-        "device": runtime.device, "precision": runtime.precision,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n", overwrite=True)
-    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
-    return summary
+    inputs = _fold_inputs(config, store=store, train_positions=train_positions, val_positions=val_positions)
+    with fold_globals(runtime, seed=config.training.seed + fold):
+        model, state = _build_or_resume_model(config, task=task, run_dir=run_dir, runtime=runtime, inputs=inputs)
+        if not _is_finished(config.training, state):
+            _fit(model, config=config, task=task, fold=fold, store=store, train_positions=train_positions,
+                 y_train=y_train, y_val=y_val, inputs=inputs, state=state, run_dir=run_dir,
+                 callbacks=callbacks, verbose=verbose)
+        best, probs = _predict_best(run_dir, config=config, inputs=inputs)
+    return _finish_fold(run_dir, config=config, task=task, fold=fold, runtime=runtime, best=best, probs=probs,
+                        y_val=y_val, val_ids=inputs.val_features.ids, n_train=len(train_positions), state=state,
+                        jit_compile=bool(model.jit_compile))
 
 
 def write_oof(path: Path, *, ids, fold: int | np.ndarray, task: Task, y: np.ndarray, probs: np.ndarray) -> pd.DataFrame:

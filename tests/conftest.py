@@ -174,3 +174,17 @@ def tiny_training_data(demo_data_dir, tmp_path_factory) -> dict:
             n_jobs=2, progress=False)
     folds = write_folds(root / "folds.csv", make_folds(dataset.tracks, k=2, seed=0), subset="small", k=2, seed=0)
     return {"data": demo_data_dir, "cache": cache, "folds": folds}
+
+
+@pytest.fixture
+def restore_op_determinism():
+    """Put TensorFlow's process-wide op determinism back as it was after the test.
+
+    ``common.training.fold_globals`` turns it on for a CPU fold (and never off), and Keras
+    compiles no model with XLA while it is on; a test that needs XLA turns it off.
+    """
+    from tensorflow.python.framework import config as tf_config
+
+    enabled = tf_config.is_op_determinism_enabled()
+    yield
+    (tf_config.enable_op_determinism if enabled else tf_config.disable_op_determinism)()

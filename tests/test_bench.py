@@ -141,10 +141,13 @@ def test_gpu_check_smoke_writes_every_section_of_the_full_check(tmp_path, demo_d
     assert record["tests"]["returncode"] == 0 and record["tests"]["failed"] == 0
     assert record["tests"]["passed"] + record["tests"]["skipped"] >= 1
     rows = record["training"]["rows"]
-    expected = {(w.name, p, j) for w in gpu.SMOKE_WORKLOADS for p in ("float32", "mixed_float16") for j in (False, True)}
+    expected = {(w.name, p, j) for w in gpu.SMOKE_WORKLOADS for p in ("float32", "mixed_float16") for j in gpu.jit_modes(w)}
     assert {(r["workload"], r["precision"], r["jit_compile"]) for r in rows} == expected
+    assert {r["workload"] for r in rows if r["jit_compile"]} == {w.name for w in gpu.SMOKE_WORKLOADS if w.xla}
     for row in rows:
         assert row["samples_per_s"] > 0 and np.isfinite(row["final_loss"]) and row["training_gflops_per_sample"] > 0
+        assert row["xla"] == row["jit_compile"]  # Keras compiled what was asked for
+        assert row["cudnn_grus"] == (1 if "cudnn" in row["workload"] else 0)
         assert row["peak_memory_bytes"] is None  # no GPU here
     assert [p["workload"] for p in record["training"]["pipeline"]] == [w.name for w in gpu.SMOKE_WORKLOADS]
     assert all(p["share_of_step"] > 0 for p in record["training"]["pipeline"])

@@ -138,7 +138,7 @@ def test_clear_errors(env, tmp_path, capsys):
     config = write_tiny_config(tmp_path, "other_features")
     text = config.read_text().replace("n_mels: 16", "n_mels: 20")
     config.write_text(text)
-    assert runner.main(args(env, config, tmp_path / "runs")) == 2
+    assert runner.main(args(env, config, tmp_path / "runs")) == 1
     err = capsys.readouterr().err
     assert "make features EXP=other_features" in err and f"SUBSET={SUBSET}" in err
     from common.folds import make_folds, write_folds
@@ -147,7 +147,7 @@ def test_clear_errors(env, tmp_path, capsys):
     tracks = FmaDataset.open(env["data"], SUBSET).tracks
     bad_folds = write_folds(tmp_path / "folds.csv", make_folds(tracks.iloc[:-20], k=2, seed=0), subset=SUBSET,
                             k=2, seed=0)
-    assert runner.main(args(env, write_tiny_config(tmp_path, "ok"), tmp_path / "runs", "--folds", str(bad_folds))) == 2
+    assert runner.main(args(env, write_tiny_config(tmp_path, "ok"), tmp_path / "runs", "--folds", str(bad_folds))) == 1
     assert "do not match the metadata" in capsys.readouterr().err
 
 
@@ -294,3 +294,17 @@ def test_steps_per_execution_divides_the_epoch():
     from common.training import steps_per_execution
 
     assert [steps_per_execution(n, limit=32) for n in (1, 7, 12, 64, 96, 97, 100)] == [1, 7, 12, 32, 32, 1, 25]
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fold_records_whether_xla_compiled_it_and_leaves_op_determinism_as_it_found_it(env, tmp_path, jit_compile):
+    """A CPU fold asking for XLA gets it (op determinism would make Keras drop it with only a warning),
+    its summary says what ran, and the process's determinism setting is restored after the fold."""
+    from tensorflow.python.framework import config as tf_config
+
+    config = write_tiny_config(tmp_path, f"tiny_xla_{jit_compile}", epochs=1, jit_compile=jit_compile)
+    before = tf_config.is_op_determinism_enabled()
+    assert runner.main(args(env, config, tmp_path / "runs", "--fold", "0")) == 0
+    summary = json.loads((tmp_path / "runs" / f"tiny_xla_{jit_compile}" / "fold_0" / "summary.json").read_text())
+    assert summary["jit_compile"] is jit_compile and summary["device"] == "cpu"
+    assert tf_config.is_op_determinism_enabled() == before

@@ -17,14 +17,16 @@ standardised input ``x`` (shape as above, float32) to a ``(batch, d)`` embedding
 (dropout included), with every hyper-parameter a keyword-only argument whose
 default is the paper's value; then add one line to ``MODELS``. The registry
 (:meth:`common.models.spec.ModelSpec.build`) adds the input, the standardisation and
-the output layers, and rejects parameters the body does not declare. A body's module
+the output layers, and rejects parameters the body does not declare. A parameter whose
+best value depends on the machine may take ``auto`` in experiment configs: the spec's
+``resolve`` makes it explicit when the config is loaded (:func:`resolve_params`). A body's module
 never imports this package (it imports every body): it builds its own complete
 model, if it needs one, from its :class:`~common.models.spec.ModelSpec`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
@@ -32,10 +34,11 @@ import numpy as np
 
 from common.errors import ConfigError
 from common.models import crnn, mlp, musicnn, samplecnn, shortchunk
+from common.models.cudnn import cudnn_gru_report
 from common.models.spec import InputKind, ModelSpec
 
 MODELS: dict[str, ModelSpec] = {
-    "crnn": ModelSpec(crnn.crnn_body, "logmel"),
+    "crnn": ModelSpec(crnn.crnn_body, "logmel", resolve=crnn.resolve_crnn_params),
     "shortchunk": ModelSpec(shortchunk.shortchunk_body, "logmel"),
     "samplecnn": ModelSpec(samplecnn.samplecnn_body, "waveform"),
     "musicnn": musicnn.MUSICNN_SPEC,  # defined there: build_pretrained_musicnn builds it too
@@ -52,6 +55,40 @@ def model_spec(name: str) -> ModelSpec:
         raise ConfigError(
             f"model.name: unknown model {name!r} (known: {', '.join(sorted(MODELS))})"
         ) from None
+
+
+def resolve_params(name: str, params: Mapping[str, Any], *, gpu: bool, jit_compile: bool | str) -> dict[str, Any]:
+    """The config's ``model.params`` of model ``name`` with its machine-dependent values resolved.
+
+    A body's parameter may take ``auto`` in a config (the CRNN's ``gru_reset_after``:
+    :func:`common.models.crnn.resolve_crnn_params`); this makes it explicit, so that the
+    resolved config says what was built, and rejects values that cannot train with
+    ``jit_compile``. Parameters of models without such values come back unchanged.
+
+    Parameters
+    ----------
+    name : str
+        One of ``MODEL_NAMES``.
+    params : mapping
+        ``model.params`` as written in the config.
+    gpu : bool
+        Whether TensorFlow sees a GPU where the config is resolved.
+    jit_compile : bool or "auto"
+        ``training.jit_compile``.
+
+    Returns
+    -------
+    dict
+        Parameters for :func:`build_model`.
+
+    Raises
+    ------
+    ConfigError
+        Unknown model, a value the model does not accept, or one that conflicts with
+        ``jit_compile`` (the message names both keys).
+    """
+    spec = model_spec(name)
+    return dict(params) if spec.resolve is None else spec.resolve(params, gpu=gpu, jit_compile=jit_compile)
 
 
 def build_model(
@@ -135,6 +172,8 @@ __all__ = [
     "ModelSpec",
     "build_model",
     "count_params",
+    "cudnn_gru_report",
     "model_spec",
     "model_summary_dict",
+    "resolve_params",
 ]

@@ -24,6 +24,16 @@ the count: the GRUs use Keras 3's ``sigmoid`` gate activation (Keras 1 used
 ``True`` is Keras 3's cuDNN-compatible variant with a second bias, +192 parameters
 for two 32-unit GRUs).
 
+GRU formulation in an experiment config. ``model.params.gru_reset_after`` is ``auto``
+when absent; :func:`resolve_crnn_params` (called by :func:`common.config.config_from_dict`)
+turns it into ``True`` (Keras runs the GRUs with cuDNN,
+:func:`common.models.cudnn_gru_report`) where a GPU is visible and ``training.jit_compile``
+is not ``true``, into ``False`` (the reference) otherwise, and the resolved config, hence
+the run's ``config.yaml``, holds the value. A cuDNN GRU cannot be compiled by XLA: on a
+GPU, Keras then trains the whole model without XLA (``jit_compile: auto``), and drops an
+explicit ``jit_compile: true`` with a warning, so ``gru_reset_after: true`` with
+``jit_compile: true`` is a ConfigError.
+
 The reference's first batch norm keeps the time axis (``axis=time_axis``), so it
 normalises each of the 1440 padded frames over batch and frequency, which ties a
 trained model to its frame count. ``input_norm="frequency"`` normalises each mel
@@ -32,7 +42,8 @@ band instead (works for any frame count); ``"none"`` drops the layer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import keras
 
@@ -81,7 +92,8 @@ def crnn_body(
     gru_units : sequence of int
         Units of each stacked GRU; all but the last return sequences.
     gru_reset_after : bool
-        Keras 3 ``reset_after`` of the GRUs (``False`` = the reference's GRU).
+        Keras 3 ``reset_after`` of the GRUs (``False`` = the reference's GRU; ``True``
+        = cuDNN-eligible on a GPU, see :func:`resolve_crnn_params`).
     dropout : float
         Dropout before the output layer.
 
@@ -100,6 +112,9 @@ def crnn_body(
         )
     if not gru_units:
         raise ConfigError("model.params.gru_units: needs at least one GRU")
+    if not isinstance(gru_reset_after, bool):
+        raise ConfigError(f"model.params.gru_reset_after: expected true or false, got {gru_reset_after!r} "
+                          f"('auto' is resolved by common.models.resolve_params)")
     pools = [pair(p, field="model.params.pool_sizes") for p in pool_sizes]
     n_freq, n_time = int(x.shape[1]), int(x.shape[2]) + 2 * int(time_padding)
     for f_pool, t_pool in pools:
@@ -130,7 +145,50 @@ def crnn_body(
         x = keras.layers.GRU(
             int(units),
             return_sequences=i < len(gru_units),
-            reset_after=bool(gru_reset_after),
+            reset_after=gru_reset_after,
             name=f"gru{i}",
         )(x)
     return keras.layers.Dropout(dropout, name="dropout")(x)
+
+
+def resolve_crnn_params(params: Mapping[str, Any], *, gpu: bool, jit_compile: bool | str) -> dict[str, Any]:
+    """The CRNN's config parameters with ``gru_reset_after: auto`` resolved for this machine.
+
+    Parameters
+    ----------
+    params : mapping
+        ``model.params`` of an experiment config; ``gru_reset_after`` is ``"auto"``,
+        ``True``, ``False`` or absent (= ``"auto"``).
+    gpu : bool
+        Whether TensorFlow sees a GPU where the config is resolved.
+    jit_compile : bool or "auto"
+        ``training.jit_compile``.
+
+    Returns
+    -------
+    dict
+        ``params`` with a bool ``gru_reset_after``: an explicit value as given; ``auto``
+        gives ``True`` (cuDNN GRUs) when ``gpu`` and ``jit_compile`` is not ``True``,
+        ``False`` (the reference's GRUs, which XLA compiles) otherwise.
+
+    Raises
+    ------
+    ConfigError
+        ``gru_reset_after`` is none of the above, or ``True`` with ``jit_compile`` ``True``
+        (XLA cannot compile a cuDNN GRU; Keras would train without XLA on a GPU).
+    """
+    resolved = dict(params)
+    value = resolved.get("gru_reset_after", "auto")
+    if value == "auto":
+        value = gpu and jit_compile is not True
+    elif not isinstance(value, bool):
+        raise ConfigError(f"model.params.gru_reset_after: expected true, false or auto, got {value!r}")
+    elif value and jit_compile is True:
+        raise ConfigError(
+            "model.params.gru_reset_after: true makes the CRNN's GRUs cuDNN GRUs on a GPU, which XLA cannot "
+            "compile, and training.jit_compile: true asks for XLA (Keras would train without it); set "
+            "training.jit_compile to auto or false, or model.params.gru_reset_after to false or auto "
+            "(the reference GRU, which XLA compiles)"
+        )
+    resolved["gru_reset_after"] = value
+    return resolved

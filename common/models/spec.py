@@ -36,11 +36,17 @@ class ModelSpec:
         Whether the registry standardises the input with the training statistics;
         ``False`` for a body that normalises its raw input itself (statistics passed
         to :meth:`build` are then not used).
+    resolve : callable, optional
+        ``resolve(params, *, gpu, jit_compile) -> dict``: the config's ``model.params``
+        with the values that depend on the machine (``auto``) made explicit, and checked
+        against ``training.jit_compile`` (see :func:`common.models.resolve_params`);
+        ``None`` when the body has no such value.
     """
 
     body: Callable[..., keras.KerasTensor]
     input_kind: InputKind
     standardize: bool = True
+    resolve: Callable[..., dict[str, Any]] | None = None
 
     def param_names(self) -> list[str]:
         """Names of the hyper-parameters ``body`` accepts (keyword-only arguments)."""
