@@ -28,9 +28,10 @@ import tensorflow as tf
 from conftest import TINY_FEATURES
 
 from common.config import TrainingConfig, config_from_dict
-from common.data import ClipStore, train_dataset
+from common.data import train_dataset
 from common.errors import ConfigError
 from common.inference import forward_function, predict_clips
+from common.store import ClipStore
 from experiments import experiment
 
 REPLICAS = 2
