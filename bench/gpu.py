@@ -102,9 +102,10 @@ SMOKE_WORKLOADS = (
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """Sizes of one run: workloads, batches per timed pass, passes, ensemble size, clips."""
+    """Sizes of one run: workloads, default precisions, batches per timed pass, passes, ensemble size, clips."""
 
     workloads: tuple[Workload, ...]
+    precisions: tuple[str, ...]
     pool_batches: int
     timed_passes: int
     folds: int
@@ -112,8 +113,10 @@ class Plan:
     demo_tracks: int
 
 
-FULL = Plan(FULL_WORKLOADS, pool_batches=8, timed_passes=16, folds=5, prediction_clips=256, demo_tracks=64)
-SMOKE = Plan(SMOKE_WORKLOADS, pool_batches=2, timed_passes=1, folds=2, prediction_clips=4, demo_tracks=32)
+FULL = Plan(FULL_WORKLOADS, ("float32", "mixed_float16"), pool_batches=8, timed_passes=16, folds=5,
+            prediction_clips=256, demo_tracks=64)
+SMOKE = Plan(SMOKE_WORKLOADS, ("mixed_float16",), pool_batches=2, timed_passes=1, folds=2,
+             prediction_clips=4, demo_tracks=32)
 
 
 def machine() -> str:
@@ -388,7 +391,7 @@ def run(*, smoke: bool, precisions: tuple[str, ...] | None = None, demo_data: Pa
     plan = SMOKE if smoke else FULL
     backend = keras.backend.backend()
     tensorflow = backend == "tensorflow"
-    precisions = precisions or ("float32", "mixed_float16")
+    precisions = precisions or plan.precisions
     skipped = {"skipped": f"needs the TensorFlow backend (Keras runs on {backend})"}
     record: dict[str, Any] = {"machine": machine(), "backend": backend, "smoke": smoke}
     record["tests"] = (run_gpu_tests() if tensorflow and not skip_tests
@@ -441,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("bench/gpu.json"), help="JSON to write (replaced)")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on any machine, same JSON keys")
     parser.add_argument("--precisions", default=None,
-                        help="comma-separated dtype policies to train in (default float32,mixed_float16)")
+                        help="comma-separated dtype policies to train in (default float32,mixed_float16; "
+                             "--smoke: mixed_float16, the one that adds loss scaling)")
     parser.add_argument("--demo-data", type=Path, default=None,
                         help="existing demo data folder (default: generate a small one in a temporary folder)")
     parser.add_argument("--skip-tests", action="store_true", help="do not run `pytest -m gpu`")

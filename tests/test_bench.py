@@ -141,7 +141,7 @@ def test_gpu_check_smoke_writes_every_section_of_the_full_check(tmp_path, demo_d
     assert record["tests"]["returncode"] == 0 and record["tests"]["failed"] == 0
     assert record["tests"]["passed"] + record["tests"]["skipped"] >= 1
     rows = record["training"]["rows"]
-    expected = {(w.name, p, j) for w in gpu.SMOKE_WORKLOADS for p in ("float32", "mixed_float16") for j in gpu.jit_modes(w)}
+    expected = {(w.name, p, j) for w in gpu.SMOKE_WORKLOADS for p in gpu.SMOKE.precisions for j in gpu.jit_modes(w)}
     assert {(r["workload"], r["precision"], r["jit_compile"]) for r in rows} == expected
     assert {r["workload"] for r in rows if r["jit_compile"]} == {w.name for w in gpu.SMOKE_WORKLOADS if w.xla}
     for row in rows:
