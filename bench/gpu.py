@@ -258,7 +258,8 @@ def _cudnn_grus(model) -> int | None:
 def measure_pipeline_share(workload: Workload, *, step_ms: float, plan: Plan) -> dict:
     """Milliseconds per batch of :func:`common.data.train_dataset` (float16 store, random crops,
     prefetch) pulled to host arrays, over the model's ``step_ms``."""
-    from common.data import ClipStore, feature_stats, train_dataset
+    from common.data import feature_stats, train_dataset
+    from common.store import ClipStore
 
     n_batches = plan.pool_batches * plan.timed_passes
     x, y = _batches(workload, plan.pool_batches)
@@ -305,7 +306,8 @@ def prediction_section(plan: Plan) -> dict:
     from common.inference import inference_batch_size, predict_clips
 
     workload = plan.workloads[0]
-    models = [_build(workload, precision="float32", jit_compile=False, steps_per_execution=1) for _ in range(plan.folds)]
+    models = [_build(workload, precision="float32", jit_compile=False, steps_per_execution=1)
+              for _ in range(plan.folds)]
     clips, _ = _batches(dataclasses.replace(workload, batch_size=1), plan.prediction_clips, seed=1)
     options = {"crop_frames": workload.input_shape[-1], "eval": "center",
                "batch_size": inference_batch_size(workload.batch_size)}
@@ -423,8 +425,9 @@ def format_table(record: dict) -> str:
                      f"{100 * row['share_of_step']:.1f} % of the fastest step")
     prediction = record["prediction"]
     if "skipped" not in prediction:
-        lines.append(f"prediction, {prediction['folds']}-fold ensemble: batched {prediction['batched_clips_per_s']:.1f} "
-                     f"clips/s, per clip {prediction['per_clip_clips_per_s']:.1f} ({prediction['batched_speedup']:.2f}x)")
+        lines.append(f"prediction, {prediction['folds']}-fold ensemble: "
+                     f"batched {prediction['batched_clips_per_s']:.1f} clips/s, "
+                     f"per clip {prediction['per_clip_clips_per_s']:.1f} ({prediction['batched_speedup']:.2f}x)")
     demo = record["demo"]
     if "skipped" not in demo:
         lines.append(f"demo, 2 epochs: {demo['device']}, {demo['precision']} (expected {demo['expected_device']}, "

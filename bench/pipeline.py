@@ -16,8 +16,9 @@ With the config's features, model, crop and batch size (default: the reference C
 Warm-up steps (tracing, XLA compilation) are excluded. ``pipeline_share_of_step`` is the
 time (a) takes for a batch over the time (b) takes for a step: the input pipeline's cost
 if it ran on the model's cores (target at most 0.1). ``--jit-compile false`` against the
-default measures what XLA brings (Keras' ``"auto"`` turns it off under ``MirroredStrategy``). ``limit`` is ``"input pipeline"``
-when (a) is slower than (b), otherwise ``"model"``: (c) cannot beat the slower of the two.
+default measures what XLA brings (Keras' ``"auto"`` turns it off under ``MirroredStrategy``).
+``limit`` is ``"input pipeline"`` when (a) is slower than (b), otherwise ``"model"``: (c)
+cannot beat the slower of the two.
 Defaults are sized to the machine: 2048 clips, the config's batch size and 50 timed
 steps on a GPU; 64 clips, batches of 8 and 2 steps on a CPU (the CRNN on 96 x 1366
 trains at about one clip per second on 2 cores).
@@ -65,7 +66,8 @@ def run(*, config_path: Path, n_clips: int | None, steps: int | None, warmup: in
 
     from common import models
     from common.config import load_config
-    from common.data import ClipStore, feature_stats, train_dataset
+    from common.data import feature_stats, train_dataset
+    from common.store import ClipStore
     from common.training import make_optimizer, select_runtime
 
     config = load_config(config_path)
@@ -106,8 +108,8 @@ def run(*, config_path: Path, n_clips: int | None, steps: int | None, warmup: in
             model = models.build_model(config.model.name, input_shape=(*shape[:-1], crop), n_outputs=n_classes,
                                        activation="softmax", feature_mean=mean, feature_std=std,
                                        **config.model.params)
-            model.compile(optimizer=make_optimizer(config.training, steps_per_epoch=steps), loss="categorical_crossentropy",
-                          jit_compile=runtime.jit_compile)
+            model.compile(optimizer=make_optimizer(config.training, steps_per_epoch=steps),
+                          loss="categorical_crossentropy", jit_compile=runtime.jit_compile)
         x0 = store.gather(np.arange(batch))[..., :crop].astype(np.float32)
         synthetic = tf.data.Dataset.from_tensors((x0, y[:batch])).repeat()
         model_s = _timed_fit(model, synthetic, steps=steps, warmup=warmup)

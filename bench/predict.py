@@ -40,7 +40,6 @@ from common.cli import command
 from common.io import write_text_atomic
 from crowdai.timing import time_test_folder
 
-
 #: Clips of the sets the README predicts hours for.
 PREDICTED_SETS: dict[str, int] = {"fma_medium": 25_000, "fma_large": 106_574, "crowdai_round1_test": 35_000}
 #: Ensemble size of those predictions.
@@ -81,7 +80,8 @@ def compare_paths(ensemble, store, *, rounds: int) -> dict:
         per_clip.append(per_clip_times)
     batched_wall, batched_cpu = np.median(batched, axis=0)
     per_clip_wall, per_clip_cpu = np.median(per_clip, axis=0)
-    return {"batched_model_seconds": round(float(batched_wall), 3), "batched_model_cpu_seconds": round(float(batched_cpu), 3),
+    return {"batched_model_seconds": round(float(batched_wall), 3),
+            "batched_model_cpu_seconds": round(float(batched_cpu), 3),
             "per_clip_model_seconds": round(float(per_clip_wall), 3),
             "per_clip_model_cpu_seconds": round(float(per_clip_cpu), 3),
             "batched_speedup": round(float(per_clip_wall / batched_wall), 2),
@@ -97,8 +97,8 @@ def predicted_hours(*, feature_seconds_per_clip: float, model_seconds_per_clip_a
 
 def run(*, n_clips: int, seconds: float, folds: list[int], config_path: Path, jobs: int, rounds: int = 3) -> dict:
     """:func:`crowdai.timing.time_test_folder`, each K's cached features also through both model paths."""
-    from common.data import ClipStore
     from common.features import FeatureCache
+    from common.store import ClipStore
 
     def compare(ensemble, predictions, row: dict) -> dict:
         store = ClipStore(FeatureCache.open(predictions.cache_dirs[0]), predictions.ids)

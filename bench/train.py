@@ -78,7 +78,8 @@ def run(*, config_path: Path, n_clips: int, epochs: int, seed: int = 0) -> dict:
     import tensorflow as tf
 
     from common.config import load_config
-    from common.data import ClipStore, feature_stats, mixup, spec_augment, train_dataset
+    from common.data import feature_stats, mixup, spec_augment, train_dataset
+    from common.store import ClipStore
     from common.training import steps_per_execution
 
     config = load_config(config_path)

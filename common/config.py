@@ -108,7 +108,7 @@ class DataConfig:
     in_memory : {"auto", True, False}
         Hold the features in memory (``auto``: when they take at most a quarter of the
         memory budget: RAM, the cgroup limit, ``$FMA_MEMORY_LIMIT``; see
-        :func:`common.data.memory_budget_bytes`) or gather each batch from the memory-mapped cache.
+        :func:`common.memory.memory_budget_bytes`) or gather each batch from the memory-mapped cache.
     """
 
     crop_seconds: float | None = None
@@ -206,7 +206,7 @@ def _check_value(value: Any, annotation: Any, key: str) -> Any:
         if not any(value == a and type(value) is type(a) for a in allowed):
             raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
         return value
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, __import__("types").UnionType):
         args = typing.get_args(annotation)
         if value is None and type(None) in args:
             return None
@@ -257,7 +257,8 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
         ("training.early_stopping_patience", cfg.training.early_stopping_patience >= 0),
     ]
     sa = cfg.data.specaugment
-    checks += [(f"data.specaugment.{k}", getattr(sa, k) >= 0) for k in ("time_masks", "time_width", "freq_masks", "freq_width")]
+    checks += [(f"data.specaugment.{k}", getattr(sa, k) >= 0)
+               for k in ("time_masks", "time_width", "freq_masks", "freq_width")]
     for key, ok in checks:
         if not ok:
             raise ConfigError(f"{key}: value out of range")

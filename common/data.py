@@ -1,10 +1,12 @@
-"""``tf.data`` training pipelines over a feature cache.
+"""``tf.data`` training pipelines over a :class:`~common.store.ClipStore`.
 
 Batches are gathered whole, never sample by sample: a batch of row positions goes
 through one ``tf.numpy_function`` that fancy-indexes an in-memory float16 array (when the
 features fit in memory) or the memory-mapped cache shards, and every random operation
 after it (time crop, SpecAugment, mixup) is a vectorised TensorFlow op over the batch,
-seeded statelessly from a per-batch seed so that a run is reproducible.
+seeded statelessly from a per-batch seed so that a run is reproducible. The training
+statistics the pipeline and the model need (per-band mean and std, class weights) are
+computed here too.
 
 Feature arrays have the cache's orientation: ``(n, n_mels, n_frames)`` for log-mel,
 ``(n, n_samples)`` for waveforms, ``(n, dim)`` for vectors (embeddings); crops are taken
@@ -16,158 +18,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from common.config import SpecAugmentConfig
-from common.errors import ConfigError, FeatureCacheError
-
-
-#: Environment variable capping the memory budget of ``in_memory: auto``, in bytes (a
-#: ``k``/``M``/``G``/``T`` suffix multiplies by powers of 1024), e.g. ``FMA_MEMORY_LIMIT=16G``.
-MEMORY_LIMIT_ENV = "FMA_MEMORY_LIMIT"
-
-#: ``in_memory: auto`` loads the rows when they take at most this share of the memory budget
-#: (the rest is for TensorFlow, the model, prefetched batches and the page cache).
-IN_MEMORY_SHARE = 0.25
-
-#: cgroup limits at or above this many bytes mean "no limit" (v1 writes 2**63 rounded to pages).
-_UNLIMITED = 1 << 60
-
-_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def physical_memory_bytes() -> int:
-    """Installed RAM in bytes (POSIX ``sysconf``)."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def cgroup_memory_limit(*, root: str | Path = "/sys/fs/cgroup") -> int | None:
-    """The container's memory limit in bytes, or None when there is none.
-
-    Reads cgroup v2 ``root/memory.max`` or, failing that, cgroup v1
-    ``root/memory/memory.limit_in_bytes`` (or ``root/memory.limit_in_bytes``); ``max``,
-    a value of 2**60 or more, or no readable file means unlimited.
-    """
-    root = Path(root)
-    for path in (root / "memory.max", root / "memory" / "memory.limit_in_bytes", root / "memory.limit_in_bytes"):
-        try:
-            text = path.read_text().strip()
-        except OSError:
-            continue
-        if text == "max":
-            return None
-        try:
-            value = int(text)
-        except ValueError:
-            continue
-        return None if value >= _UNLIMITED else value
-    return None
-
-
-def parse_memory_size(text: str, *, name: str = MEMORY_LIMIT_ENV) -> int:
-    """Bytes of ``"17179869184"``, ``"16G"``, ``"512M"`` (powers of 1024); ConfigError naming ``name`` if bad."""
-    value = text.strip().upper().removesuffix("B").removesuffix("I")
-    suffix = value[-1:] if value[-1:] in _SUFFIXES else ""
-    try:
-        number = float(value[:len(value) - len(suffix)])
-    except ValueError:
-        number = -1.0
-    if not number > 0:
-        raise ConfigError(f"{name}={text!r}: expected a positive number of bytes, e.g. 17179869184 or 16G")
-    return int(number * _SUFFIXES[suffix])
-
-
-def memory_budget_bytes(*, cgroup_root: str | Path = "/sys/fs/cgroup",
-                        environ: Mapping[str, str] | None = None) -> int:
-    """Memory this process may use: the least of RAM, the cgroup limit and ``$FMA_MEMORY_LIMIT``."""
-    environ = os.environ if environ is None else environ
-    limits = [physical_memory_bytes(), cgroup_memory_limit(root=cgroup_root)]
-    if environ.get(MEMORY_LIMIT_ENV, "").strip():
-        limits.append(parse_memory_size(environ[MEMORY_LIMIT_ENV]))
-    return min(limit for limit in limits if limit is not None)
-
-
-class ClipStore:
-    """Rows of a feature cache addressed by position, in memory or memory-mapped.
-
-    Parameters
-    ----------
-    cache : common.features.FeatureCache
-        Opened cache (``.get(ids)``, ``.settings``).
-    ids : sequence of str
-        Feature ids, in the order positions refer to.
-    in_memory : {"auto", True, False}
-        ``auto`` loads the rows when they take at most :data:`IN_MEMORY_SHARE` of
-        :func:`memory_budget_bytes` (RAM, the container's cgroup limit, ``$FMA_MEMORY_LIMIT``);
-        otherwise every gather reads the memory-mapped cache shards.
-    memory_limit : int, optional
-        A further cap on the budget in bytes (a Dask worker's ``--memory-limit``).
-    """
-
-    def __init__(self, cache, ids: Sequence[str], *, in_memory: bool | str = "auto",
-                 memory_limit: int | None = None) -> None:
-        self.cache = cache
-        self.ids = np.asarray([str(i) for i in ids], dtype=object)
-        self.clip_shape = tuple(cache.settings.clip_shape)
-        if in_memory == "auto":
-            budget = memory_budget_bytes()
-            if memory_limit:
-                budget = min(budget, memory_limit)
-            in_memory = self.nbytes <= IN_MEMORY_SHARE * budget
-        self.in_memory = bool(in_memory)
-        self._array = cache.get(list(self.ids)) if self.in_memory else None
-        self._rows: np.ndarray | None = None
-
-    @classmethod
-    def from_array(cls, array: np.ndarray, ids: Sequence[str] | None = None) -> "ClipStore":
-        """A store over an in-memory array ``(n, *clip_shape)`` (tests, benchmarks)."""
-        store = cls.__new__(cls)
-        store.cache = None
-        store.ids = np.asarray([str(i) for i in (range(len(array)) if ids is None else ids)], dtype=object)
-        store.clip_shape = tuple(array.shape[1:])
-        store.in_memory = True
-        store._array = np.asarray(array)
-        store._rows = None
-        return store
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self.ids), *self.clip_shape)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of all rows as float16."""
-        return len(self.ids) * int(np.prod(self.clip_shape)) * 2
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def gather(self, positions: np.ndarray) -> np.ndarray:
-        """Rows at ``positions``, shape ``(len(positions), *clip_shape)``, float16."""
-        positions = np.asarray(positions, dtype=np.int64)
-        if self._array is not None:
-            return np.take(self._array, positions if self._rows is None else self._rows[positions], axis=0)
-        return np.asarray(self.cache.get(list(self.ids[positions])))
-
-    def subset(self, positions: np.ndarray) -> "ClipStore":
-        """A view of the rows at ``positions``: nothing is copied, rows are read when gathered."""
-        positions = np.asarray(positions, dtype=np.int64)
-        store = ClipStore.__new__(ClipStore)
-        store.cache, store.clip_shape, store.in_memory = self.cache, self.clip_shape, self.in_memory
-        store.ids = self.ids[positions]
-        store._array = self._array
-        store._rows = None if self._array is None else (positions if self._rows is None else self._rows[positions])
-        return store
-
-    def __getitem__(self, index: slice | np.ndarray) -> np.ndarray:
-        if isinstance(index, slice):
-            return self.gather(np.arange(len(self))[index])
-        return self.gather(index)
-
+from common.errors import FeatureCacheError
+from common.store import ClipStore
 
 #: Bytes of one chunk of :func:`feature_stats` (as float64): bounds its memory whatever the clip size.
 STATS_CHUNK_BYTES = 64 << 20

@@ -100,7 +100,7 @@ class ExtractionSummary:
     top_reasons: tuple[tuple[str, int, str], ...] = ()
 
     def line(self) -> str:
-        """The one-line summary the CLI prints."""
+        """The one-line summary ``fma-features`` prints."""
         line = (f"features: {self.n_ok} ok, {self.n_failed} failed, {self.n_cached} cached, "
                 f"{self.clips_per_s:.1f} clips/s")
         if self.n_transient:
@@ -408,7 +408,8 @@ def _run_until_done(tasks: list[tuple], *, run, bar) -> None:
         except _worker_deaths() as error:
             todo = [task for task in todo if task[1] not in done]
             print(f"features: a worker process died ({type(error).__name__}); attempt {attempt + 1} at "
-                  f"{len(todo)} unfinished shard(s) (a clip two workers died on is skipped)", file=sys.stderr, flush=True)
+                  f"{len(todo)} unfinished shard(s) (a clip two workers died on is skipped)",
+                  file=sys.stderr, flush=True)
     raise FeatureCacheError("workers kept dying on every clip; see the .crashed files in the cache")
 
 
@@ -445,12 +446,11 @@ def extract(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: str 
         Compute permanent failures (decode errors) of earlier runs again too; transient
         ones (missing files, unexpected exceptions) are always retried.
 
-    Ends by printing one line, ``features: N ok, M failed, K cached, R clips/s``
-    (plus how many transient failures the next run retries).
-
     Returns
     -------
     ExtractionSummary
+        Its :meth:`~ExtractionSummary.line` is what ``fma-features`` prints,
+        ``features: N ok, M failed, K cached, R clips/s``.
 
     Raises
     ------
@@ -459,62 +459,137 @@ def extract(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: str 
     ToolkitError
         An embedding kind whose weights are missing (the message names ``make weights``).
     """
-    from tqdm.auto import tqdm
-
     start = time.perf_counter()
     # workers run in their own directory (on other hosts): send them absolute paths only
-    cache_dir = absolute_path(cache_dir)
-    weights_dir = absolute_path(weights_dir)
+    cache_dir, weights_dir = absolute_path(cache_dir), absolute_path(weights_dir)
     items = [(item_id, absolute_path(path)) for item_id, path in items]
+    _require_weights(settings, weights_dir=weights_dir)
+    table = _prepare(items, settings=settings, cache_dir=cache_dir, shard_size=shard_size)
+    plan = _plan_shards(table, settings=settings, cache_dir=cache_dir, weights_dir=weights_dir,
+                        retry_failed=retry_failed)
+    _compute_shards(plan, n_items=len(table), n_jobs=n_jobs, scheduler=scheduler, progress=progress)
+    status = _consolidate_records(table, plan, cache_dir=cache_dir)
+    failures = _write_index_and_failures(table, status, cache_dir=cache_dir)
+    return _summarise(failures, n_items=len(table), n_cached=plan.n_cached, seconds=time.perf_counter() - start)
+
+
+def _require_weights(settings: FeatureSettings, *, weights_dir: Path) -> None:
+    """Refuse an embedding kind whose pretrained weights are missing, before any work starts."""
     if settings.layout == "vector":
         from common.embeddings import require_weights
 
         require_weights(settings.kind, weights_dir=weights_dir)
-    table = _prepare(items, settings=settings, cache_dir=cache_dir, shard_size=shard_size)
-    n_shards = int(table["shard"].max()) + 1 if len(table) else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShardPlan:
+    """What :func:`extract` has to compute, shard by shard.
+
+    Attributes
+    ----------
+    tasks : list of tuple
+        Arguments of :func:`_extract_shard` of every shard to compute: new shards (``retry``
+        None) and done shards with rows to compute again.
+    records : dict of int to list of dict
+        Records of the done shards that need no work, by shard number.
+    n_shards : int
+    n_cached : int
+        Items found done (not retried) in shards of an earlier run.
+    """
+
+    tasks: list[tuple]
+    records: dict[int, list[dict[str, str]]]
+    n_shards: int
+    n_cached: int
+
+
+def _plan_shards(table: pd.DataFrame, *, settings: FeatureSettings, cache_dir: Path, weights_dir: Path,
+                 retry_failed: bool) -> _ShardPlan:
+    """Sort the shards of the item ``table`` into done ones and ones to compute (see :class:`_ShardPlan`)."""
     records: dict[int, list[dict[str, str]]] = {}
     tasks = []
     n_cached = 0
     for shard, group in table.groupby("shard", sort=True):
         record = _read_record(cache_dir, int(shard))
-        retry = None if record is None else _rows_to_retry(record, retry_failed=retry_failed)
-        if record is not None and not retry:
-            records[int(shard)] = record
-        else:
-            tasks.append((str(cache_dir), int(shard), list(zip(group["id"], group["path"])), settings,
-                          str(weights_dir), retry))
-        n_cached += 0 if record is None else len(record) - len(retry)
-    with tqdm(total=len(table), initial=n_cached, unit="clip", desc="features", disable=not progress,
+        retry: list[int] | None = None
+        if record is not None:
+            retry = _rows_to_retry(record, retry_failed=retry_failed)
+            n_cached += len(record) - len(retry)
+            if not retry:
+                records[int(shard)] = record
+                continue
+        tasks.append((str(cache_dir), int(shard), list(zip(group["id"], group["path"])), settings,
+                      str(weights_dir), retry))
+    n_shards = int(table["shard"].max()) + 1 if len(table) else 0
+    return _ShardPlan(tasks=tasks, records=records, n_shards=n_shards, n_cached=n_cached)
+
+
+def _compute_shards(plan: _ShardPlan, *, n_items: int, n_jobs: int, scheduler: str | None, progress: bool) -> None:
+    """Run the plan's tasks in local worker processes, or on the Dask cluster of ``scheduler``,
+    until every shard is written; a tqdm bar over all ``n_items`` clips (cached ones counted) on stderr."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=n_items, initial=plan.n_cached, unit="clip", desc="features", disable=not progress,
               file=sys.stderr) as bar:
-        _run_until_done(tasks, run=lambda todo: (_run_dask(todo, scheduler=scheduler) if scheduler
-                                                  else _run_local(todo, n_jobs=n_jobs)), bar=bar)
+        _run_until_done(plan.tasks, run=lambda todo: (_run_dask(todo, scheduler=scheduler) if scheduler
+                                                       else _run_local(todo, n_jobs=n_jobs)), bar=bar)
+
+
+def _consolidate_records(table: pd.DataFrame, plan: _ShardPlan, *, cache_dir: Path) -> pd.DataFrame:
+    """Every item's status from the shard records, in ``items.csv`` order.
+
+    Returns
+    -------
+    pd.DataFrame
+        Columns ``id, status, reason, detail, kind``, one row per row of ``table``; ``kind``
+        is empty for successes and ``permanent`` for failures of records made before kinds existed.
+
+    Raises
+    ------
+    FeatureCacheError
+        A shard was not written, or the records do not match ``items.csv``.
+    """
     _remove_temporaries(cache_dir)  # a worker that died mid-shard leaves its temporary file
-    for shard in range(n_shards):
-        if shard not in records:
-            records[shard] = _read_record(cache_dir, shard)
-        if records[shard] is None:
+    records = dict(plan.records)
+    for shard in range(plan.n_shards):
+        record = records[shard] if shard in records else _read_record(cache_dir, shard)
+        if record is None:
             raise FeatureCacheError(f"{cache_dir}: {_shard_name(shard)} was not written; run again to finish it")
-    status = pd.DataFrame([entry for shard in range(n_shards) for entry in records[shard]],
+        records[shard] = record
+    status = pd.DataFrame([entry for shard in range(plan.n_shards) for entry in records[shard]],
                           columns=_RECORD_COLUMNS)
     status["kind"] = status["kind"].where(status["status"] == "ok", status["kind"].fillna(PERMANENT)).fillna("")
     if not status["id"].equals(table["id"]):
         raise FeatureCacheError(f"{cache_dir}: shard records do not match items.csv")
+    return status
+
+
+def _write_index_and_failures(table: pd.DataFrame, status: pd.DataFrame, *, cache_dir: Path) -> pd.DataFrame:
+    """Write ``failures.csv``, then ``index.csv`` (which marks the cache complete); return the failures.
+
+    Returns
+    -------
+    pd.DataFrame
+        Columns ``id, path, reason, detail, kind``, one row per failed item, in ``items.csv`` order.
+    """
     ok = (status["status"] == "ok").to_numpy()
     failures = pd.concat([table.loc[~ok, ["id", "path"]], status.loc[~ok, ["reason", "detail", "kind"]]],
                          axis=1)[_FAILURE_COLUMNS]
     _atomic_write_csv(cache_dir / "failures.csv", failures)
     _atomic_write_csv(cache_dir / "index.csv", table.loc[ok, ["id", "shard", "row"]])
-    seconds = time.perf_counter() - start
-    computed = len(table) - n_cached
+    return failures
+
+
+def _summarise(failures: pd.DataFrame, *, n_items: int, n_cached: int, seconds: float) -> ExtractionSummary:
+    """The :class:`ExtractionSummary` of a run over ``n_items`` items that took ``seconds``."""
+    computed = n_items - n_cached
     counts = failures["reason"].value_counts(sort=True)
     top_reasons = tuple((str(reason), int(count), "{}: {}".format(*failures.loc[failures["reason"] == reason,
                                                                                ["path", "detail"]].iloc[0]))
                         for reason, count in counts.iloc[:3].items())
-    summary = ExtractionSummary(n_ok=int(ok.sum()), n_failed=int((~ok).sum()), n_cached=n_cached,
-                                clips_per_s=computed / seconds if computed else 0.0, seconds=seconds,
-                                n_transient=int((failures["kind"] == TRANSIENT).sum()), top_reasons=top_reasons)
-    print(summary.line(), flush=True)
-    return summary
+    return ExtractionSummary(n_ok=n_items - len(failures), n_failed=len(failures), n_cached=n_cached,
+                             clips_per_s=computed / seconds if computed else 0.0, seconds=seconds,
+                             n_transient=int((failures["kind"] == TRANSIENT).sum()), top_reasons=top_reasons)
 
 
 class FeatureCache:
@@ -677,6 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = extract(items, settings=settings, cache_dir=cache_dir, n_jobs=args.jobs,
                       shard_size=args.shard_size, scheduler=args.scheduler, progress=not args.no_progress,
                       weights_dir=args.weights, retry_failed=args.retry_failed)
+    print(summary.line(), flush=True)
     if summary.mostly_failed():
         reasons = "; ".join(f"{count} {reason} (e.g. {example})" for reason, count, example in summary.top_reasons)
         raise ToolkitError(f"{summary.n_failed} of {summary.n_ok + summary.n_failed} clips failed, more than half: "

@@ -112,7 +112,7 @@ def _clip_blocks(features, *, block: int):
     """Clips of ``features`` a block at a time: each a float32 array ``(..., n_frames)``.
 
     ``features`` is a sequence of clips of any lengths (a list of arrays) or an array-like
-    sliceable along its first axis (array, memmap, :class:`common.data.ClipStore`), read
+    sliceable along its first axis (array, memmap, :class:`common.store.ClipStore`), read
     ``block`` clips per slice.
     """
     if isinstance(features, (list, tuple)):
@@ -156,7 +156,7 @@ def predict_clips(models, features, *, crop_frames: int, eval: str = "center",
     models : keras.Model or list of keras.Model
         Each takes ``(batch, ..., crop_frames)`` raw features; returns ``(batch, n_classes)``.
     features : array-like, shape (n, n_mels, n_frames) or (n, n_samples), or list of arrays
-        Anything sliceable along the first axis (array, memmap, :class:`common.data.ClipStore`),
+        Anything sliceable along the first axis (array, memmap, :class:`common.store.ClipStore`),
         or a list of clips of different lengths ``(n_mels, n_frames_i)``.
     crop_frames : int
         Model input length along the last axis. Shorter clips are padded with their

@@ -42,11 +42,12 @@ import tensorflow as tf
 
 from common import metrics
 from common.config import ExperimentConfig, TrainingConfig
-from common.data import ClipStore, feature_stats, train_dataset
+from common.data import feature_stats, train_dataset
 from common.errors import ConfigError
 from common.inference import inference_batch_size, predict_clips
 from common.io import atomic_output, write_text_atomic
 from common.runs import FOLD_SUMMARY
+from common.store import ClipStore
 from common.tasks import Task
 
 CHECKPOINT_DIR = "checkpoint"
@@ -278,7 +279,8 @@ def make_optimizer(training: TrainingConfig, *, steps_per_epoch: int) -> keras.o
     opt = training.optimizer
     lr: Any = opt.learning_rate
     if training.schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(opt.learning_rate, decay_steps=max(1, training.epochs * steps_per_epoch))
+        lr = keras.optimizers.schedules.CosineDecay(opt.learning_rate,
+                                                    decay_steps=max(1, training.epochs * steps_per_epoch))
     if opt.name == "sgd":
         return keras.optimizers.SGD(learning_rate=lr, momentum=0.9, nesterov=True,
                                     weight_decay=opt.weight_decay or None)
@@ -500,7 +502,8 @@ def _build_or_resume_model(config: ExperimentConfig, *, task: Task, run_dir: Pat
     state = _resume(run_dir)
     with runtime.strategy.scope():
         if state is None:
-            model = models.build_model(config.model.name, input_shape=(*config.features.clip_shape[:-1], inputs.crop_frames),
+            model = models.build_model(config.model.name,
+                                       input_shape=(*config.features.clip_shape[:-1], inputs.crop_frames),
                                        n_outputs=task.n_classes, activation=task.activation,
                                        feature_mean=inputs.mean, feature_std=inputs.std, **config.model.params)
             model.compile(optimizer=make_optimizer(config.training, steps_per_epoch=inputs.steps_per_epoch),
@@ -541,7 +544,8 @@ def _fit(model: keras.Model, *, config: ExperimentConfig, task: Task, fold: int,
             monitor="val_loss", factor=0.5, patience=max(1, training.early_stopping_patience // 3),
             min_lr=training.optimizer.learning_rate * 1e-3)
     checkpoint = FoldCheckpoint(run_dir=run_dir, task=task, val_features=inputs.val_features, y_val=y_val,
-                                crop_frames=inputs.crop_frames, eval=data.eval, chunk_hop_frames=inputs.chunk_hop_frames,
+                                crop_frames=inputs.crop_frames, eval=data.eval,
+                                chunk_hop_frames=inputs.chunk_hop_frames,
                                 batch_size=inference_batch_size(data.batch_size),
                                 patience=training.early_stopping_patience, state=state, plateau=plateau)
     model.fit(dataset, epochs=training.epochs, initial_epoch=state["epoch"], steps_per_epoch=inputs.steps_per_epoch,
@@ -575,7 +579,7 @@ def _finish_fold(run_dir: Path, *, config: ExperimentConfig, task: Task, fold: i
         "seconds_per_epoch": float(np.mean(state["seconds"])) if state["seconds"] else None,
         "metrics": scores, "n_train": int(n_train), "n_val": len(val_ids),
         "device": runtime.device, "precision": runtime.precision, "jit_compile": jit_compile,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     write_text_atomic(run_dir / FOLD_SUMMARY, json.dumps(summary, indent=2) + "\n", overwrite=True)
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)

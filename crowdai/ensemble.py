@@ -143,7 +143,7 @@ class FoldEnsemble:
         Parameters
         ----------
         features : array-like, shape (n, n_mels, n_frames) or (n, n_samples), or list of arrays
-            Raw features (array, memmap or :class:`common.data.ClipStore`, or clips of
+            Raw features (array, memmap or :class:`common.store.ClipStore`, or clips of
             different lengths); clips may be longer or shorter than the training clips
             (chunks / padding, see :func:`common.inference.predict_clips`).
         batch_size : int, optional
@@ -329,7 +329,8 @@ def experiment_song(path: str | Path, *, ensemble: FoldEnsemble, window: float =
                                                              weights_dir=weights_dir))}, {
             "task": ensemble.task.name, "folds": len(ensemble.models), "eval": "embedding",
             "context": (f"each segment is embedded on its own; segments shorter than "
-                        f"{EMBEDDING_MIN_CLIP_SECONDS[settings.kind]} s are embedded from that much audio centred on them"),
+                        f"{EMBEDDING_MIN_CLIP_SECONDS[settings.kind]} s are embedded from that much audio "
+                        f"centred on them"),
         }
     features = features_for(y, settings=settings)
     spans = segment_spans(bounds, settings=settings, n_total=features.shape[-1], min_length=ensemble.crop_frames)

@@ -23,9 +23,10 @@ import datetime
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,9 @@ PROBABILITY_FLOOR = 1e-6
 
 #: Significant digits written per probability (rounding keeps row sums well within tolerance).
 _FLOAT_FORMAT = "%.12g"
+
+#: Problems a submission command lists before its error line (the error line counts them all).
+REPORTED_PROBLEMS = 20
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,49 @@ def submission_path(out_dir: str | Path, names: Sequence[str], *, now: datetime.
     """``out_dir/<UTC timestamp>_<exp1+exp2>.csv``, e.g. ``20260301T120501Z_crnn+shortchunk.csv``."""
     now = now or datetime.datetime.now(datetime.UTC)
     return Path(out_dir) / f"{now.strftime('%Y%m%dT%H%M%SZ')}_{'+'.join(names)}.csv"
+
+
+def claim_submission_path(*, output: str | Path | None, out_dir: str | Path, names: Sequence[str]) -> Path:
+    """The CSV a submission command will write, checked before any work is done.
+
+    Parameters
+    ----------
+    output : path-like or None
+        An exact CSV path (``--output``); None: :func:`submission_path` in ``out_dir``.
+    out_dir : path-like
+    names : sequence of str
+        What the submission is made of, for the file name (experiments, ``musicnn``).
+
+    Raises
+    ------
+    OutputExistsError
+        The CSV or its sidecar exists: a submission is never overwritten.
+    """
+    csv_path = Path(output) if output is not None else submission_path(out_dir, names)
+    for path in (csv_path, sidecar_path(csv_path)):
+        if path.exists():
+            raise OutputExistsError(path)
+    return csv_path
+
+
+@dataclass
+class Predictions:
+    """Probabilities of every test file, before writing.
+
+    Attributes
+    ----------
+    ids : list of str, length n
+        ``file_id`` of every mp3, sorted.
+    probs : np.ndarray, shape (n, 16)
+        Rows sum to 1.
+    fallbacks : list of dict
+        One record per file not predicted from its features as they are: ``id, path, reason,
+        detail, fallback`` (the kind, counted in the sidecar) and ``decoded_seconds``.
+    """
+
+    ids: list[str]
+    probs: np.ndarray
+    fallbacks: list[dict[str, Any]]
 
 
 def write_submission_and_sidecar(csv_path: str | Path, ids: Sequence[str], probs: np.ndarray, *,
@@ -420,10 +467,8 @@ def judge_submission(path: str | Path, *, test_dir: str | Path, max_problems: in
 
     Parameters
     ----------
-    path : path-like
-        Submission CSV.
-    test_dir : path-like
-        Folder of the test mp3s.
+    path, test_dir : path-like
+        The submission CSV and the folder of the test mp3s, as for :func:`validate_submission`.
     max_problems : int
         Report at most this many problems (0: all); :meth:`Verdict.require_valid` counts them all.
 
@@ -441,6 +486,79 @@ def judge_submission(path: str | Path, *, test_dir: str | Path, max_problems: in
     if len(shown) < len(problems):
         report.append(f"... {len(problems) - len(shown)} more problems not shown")
     return Verdict(path, problems, report)
+
+
+@dataclass(frozen=True)
+class PublishedSubmission:
+    """A submission written beside its sidecar and judged against the test folder.
+
+    Attributes
+    ----------
+    csv_path, json_path : Path
+    sidecar : dict
+        What the JSON holds.
+    verdict : Verdict
+    report : list of str
+        What the command prints on stdout: the problems of an invalid file (at most
+        :data:`REPORTED_PROBLEMS`), else the notes and the line ``submission: N rows valid, ...``.
+    """
+
+    csv_path: Path
+    json_path: Path
+    sidecar: dict[str, Any]
+    verdict: Verdict
+    report: list[str]
+
+    def require_valid(self) -> None:
+        """Raise :class:`InvalidSubmissionError` (``...; do not upload it``) when the file is invalid."""
+        self.verdict.require_valid(consequence="do not upload it")
+
+
+def publish_submission(predictions: Predictions, csv_path: str | Path, *, test_dir: str | Path,
+                       record: dict[str, Any], method: str, seconds: str,
+                       notes: Callable[[ProbabilityRange], str] | None = None) -> PublishedSubmission:
+    """Write a submission and its sidecar, validate the file and word the report: the one tail of
+    every submission (trained, blended, zero-shot).
+
+    Parameters
+    ----------
+    predictions : Predictions
+        ``ids`` (n,), ``probs`` (n, 16) and ``fallbacks`` (into the sidecar, with their counts).
+    csv_path : path-like
+        Usually :func:`claim_submission_path`'s; never overwritten, nor its sidecar.
+    test_dir : path-like
+        Folder of the test mp3s the file is validated against.
+    record : dict
+        The method's sidecar entries (models, settings, timings, ...).
+    method : str
+        What made the probabilities, for the report line (``crnn(5 folds), arithmetic mean``).
+    seconds : str
+        Where the time went, for the report line (``features 10.2 s, models 3.1 s``).
+    notes : callable, optional
+        ``notes(value_range) -> str``: lines reported before the ``submission:`` line of a valid
+        file, given the :class:`ProbabilityRange` of the written file.
+
+    Returns
+    -------
+    PublishedSubmission
+        Print its ``report``, then call its ``require_valid``.
+
+    Raises
+    ------
+    OutputExistsError
+        The CSV or the sidecar exists (nothing is written then).
+    """
+    csv_path, json_path, sidecar = write_submission_and_sidecar(
+        csv_path, predictions.ids, predictions.probs, test_dir=test_dir, fallbacks=predictions.fallbacks,
+        record=record)
+    verdict = judge_submission(csv_path, test_dir=test_dir, max_problems=REPORTED_PROBLEMS)
+    if verdict.problems:
+        return PublishedSubmission(csv_path, json_path, sidecar, verdict, report=verdict.report)
+    counts = ", ".join(f"{n} {kind}" for kind, n in sidecar["fallback_counts"].items()) or "none"
+    line = (f"submission: {sidecar['rows']} rows valid, {method}, fallbacks: {counts}; {seconds} -> {csv_path} "
+            f"(+ {json_path.name}, sha256 {sidecar['sha256'][:12]})")
+    report = ([notes(probability_range(csv_path))] if notes is not None else []) + [line]
+    return PublishedSubmission(csv_path, json_path, sidecar, verdict, report=report)
 
 
 def read_submission(path: str | Path) -> pd.DataFrame:

@@ -41,18 +41,29 @@ import argparse
 import dataclasses
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from common.cli import command
-from common.errors import ConfigError, OutputExistsError, UnreadableAudioError
+from common.errors import ConfigError, UnreadableAudioError
 from common.pretrained import DEFAULT_WEIGHTS_DIR
+from common.store import ClipStore
 from crowdai.ensemble import MEANS, FoldEnsemble, combine, load_ensemble, parse_weights
-from common.io import sidecar_path
-from crowdai.submission import PROBABILITY_FLOOR, apply_floor, submission_path
+from crowdai.submission import (
+    PROBABILITY_FLOOR,
+    Predictions,
+    apply_floor,
+    claim_submission_path,
+    list_test_ids,
+    publish_submission,
+)
+
+if TYPE_CHECKING:
+    from common.features import ExtractionSummary, Item
+    from common.settings import FeatureSettings
 
 #: Fallback kinds of a file whose features failed.
 FALLBACK_MODEL = "model_on_decoded_audio"
@@ -60,31 +71,25 @@ FALLBACK_PRIOR = "training_prior"
 
 
 @dataclasses.dataclass
-class TestPredictions:
-    """Probabilities of every test file, before writing.
+class TestPredictions(Predictions):
+    """Probabilities of every test file, before writing (:class:`~crowdai.submission.Predictions`:
+    ``ids``, ``probs`` combined across experiments, ``fallbacks`` of the files whose features failed).
 
     Attributes
     ----------
-    ids : list of str, length n
-        ``file_id`` of every mp3, sorted.
-    probs : np.ndarray, shape (n, 16)
-        Combined probabilities (rows sum to 1).
     per_experiment : dict of str to np.ndarray, shape (n, 16)
-    fallbacks : list of dict
-        One record per file whose features failed: ``id, path, reason, detail, fallback,
-        decoded_seconds``.
     cache_dirs : list of str
     feature_seconds, model_seconds : float
         Wall-clock time of feature extraction (incl. fallback decoding) and of the models.
+    extractions : tuple of ExtractionSummary
+        What feature extraction did, one per cache of ``cache_dirs``.
     """
 
-    ids: list[str]
-    probs: np.ndarray
     per_experiment: dict[str, np.ndarray]
-    fallbacks: list[dict[str, Any]]
     cache_dirs: list[str]
     feature_seconds: float
     model_seconds: float
+    extractions: tuple[ExtractionSummary, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,7 +238,9 @@ def predict_test_folder(ensembles: Sequence[FoldEnsemble], *, test_dir: str | Pa
     """Fold-ensemble probabilities of every mp3 of ``test_dir``, combined across experiments.
 
     Features are extracted once per distinct :class:`~common.settings.FeatureSettings`
-    into ``cache_dir_for(cache_root, <test folder name>, settings)`` (reused when present).
+    into ``cache_dir_for(cache_root, <test folder name>, settings)`` (reused when present);
+    the experiments of those settings predict from them before the next settings' features
+    are made.
 
     Parameters
     ----------
@@ -256,96 +263,164 @@ def predict_test_folder(ensembles: Sequence[FoldEnsemble], *, test_dir: str | Pa
     -------
     TestPredictions
     """
-    from tqdm.auto import tqdm
-
-    from common.data import ClipStore
-    from common.features import FeatureCache, cache_dir_for, extract, folder_items
-    from crowdai.submission import list_test_ids
+    from common.features import cache_dir_for, folder_items
 
     test_dir = Path(test_dir)
     ids = list_test_ids(test_dir)
     items = folder_items(test_dir)
-    groups: dict[Any, list[FoldEnsemble]] = {}
+    extracted: list[_TestFeatures] = []
+    predicted: dict[str, np.ndarray] = {}
+    model_seconds = 0.0
+    for settings, group in _by_feature_settings(ensembles).items():
+        features = _test_features(ids, items, settings=settings, n_jobs=n_jobs, progress=progress,
+                                  cache_dir=cache_dir_for(cache_root, test_dir.resolve().name, settings),
+                                  weights_dir=weights_dir)
+        start = time.perf_counter()
+        predicted.update({ensemble.name: _predict_test_rows(ensemble, features, batch_size=batch_size,
+                                                            progress=progress) for ensemble in group})
+        model_seconds += time.perf_counter() - start
+        extracted.append(features)
+    per_experiment = {e.name: predicted[e.name] for e in ensembles}
+    return TestPredictions(
+        ids=ids, probs=combine(list(per_experiment.values()), weights=weights, mean=mean),
+        per_experiment=per_experiment, fallbacks=_merge_fallbacks(each.fallbacks for each in extracted),
+        cache_dirs=[str(each.cache_dir) for each in extracted],
+        feature_seconds=sum(each.seconds for each in extracted), model_seconds=model_seconds,
+        extractions=tuple(each.extraction for each in extracted))
+
+
+def _by_feature_settings(ensembles: Sequence[FoldEnsemble]) -> dict[FeatureSettings, list[FoldEnsemble]]:
+    """The ensembles grouped by their feature settings, in order of first appearance."""
+    groups: dict[FeatureSettings, list[FoldEnsemble]] = {}
     for ensemble in ensembles:
         groups.setdefault(ensemble.settings, []).append(ensemble)
-    per_experiment = {e.name: np.empty((len(ids), len(e.task.class_names))) for e in ensembles}
-    fallbacks: dict[str, dict[str, Any]] = {}
-    cache_dirs, feature_seconds, model_seconds = [], 0.0, 0.0
-    for settings, group in groups.items():
-        start = time.perf_counter()
-        cache_dir = cache_dir_for(cache_root, test_dir.resolve().name, settings)
-        extract(items, settings=settings, cache_dir=cache_dir, n_jobs=n_jobs, progress=progress,
-                weights_dir=weights_dir)
-        cache = FeatureCache.open(cache_dir)
-        available = set(cache.ids.tolist())
-        ok_rows = np.array([i for i, file_id in enumerate(ids) if file_id in available], dtype=np.int64)
-        store = ClipStore(cache, [ids[i] for i in ok_rows])
-        failures = cache.failures.set_index("id")
-        decoded_rows, decoded, prior_rows = [], [], []
-        for row, file_id in enumerate(ids):
-            if file_id in available:
-                continue
-            failure = failures.loc[file_id]
-            features, seconds = _fallback_features(failure["path"], settings=settings, weights_dir=weights_dir)
-            kind = FALLBACK_PRIOR if features is None else FALLBACK_MODEL
-            record = fallbacks.setdefault(file_id, {
-                "id": file_id, "path": failure["path"], "reason": failure["reason"], "detail": failure["detail"],
-                "fallback": kind, "decoded_seconds": round(seconds, 3)})
-            if record["fallback"] != kind:  # decodable at one rate and not another: say so
-                record["fallback"] = f"{record['fallback']}+{kind}"
-            (prior_rows if features is None else decoded_rows).append(row)
-            if features is not None:
-                decoded.append(features)
-        feature_seconds += time.perf_counter() - start
-        cache_dirs.append(str(cache_dir))
-        start = time.perf_counter()
-        for ensemble in group:
-            probs = per_experiment[ensemble.name]
-            bar = tqdm(total=len(ok_rows), unit="clip", desc=f"{ensemble.name} ({len(ensemble.models)} folds)",
-                       disable=not progress, file=sys.stderr)
-            probs[ok_rows] = ensemble.predict(store, batch_size=batch_size,
-                                              on_batch=lambda done, bar=bar: bar.update(done - bar.n))
-            bar.close()
-            if decoded:
-                probs[decoded_rows] = ensemble.predict(np.stack(decoded), batch_size=batch_size)
-            if prior_rows:
-                probs[prior_rows] = ensemble.prior()
-        model_seconds += time.perf_counter() - start
-    combined = combine([per_experiment[e.name] for e in ensembles], weights=weights, mean=mean)
-    return TestPredictions(ids=ids, probs=combined, per_experiment=per_experiment,
-                           fallbacks=sorted(fallbacks.values(), key=lambda r: r["id"]), cache_dirs=cache_dirs,
-                           feature_seconds=feature_seconds, model_seconds=model_seconds)
+    return groups
 
 
-def write_outputs(predictions: TestPredictions, csv_path: str | Path, *, ensembles: Sequence[FoldEnsemble],
-                  test_dir: str | Path, mean: str, weights: np.ndarray | None,
-                  extra: dict[str, Any] | None = None) -> tuple[Path, Path, dict[str, Any]]:
-    """Write the submission CSV and its sidecar JSON; never overwrites either.
+@dataclasses.dataclass(frozen=True)
+class _TestFeatures:
+    """The test folder's features under one :class:`~common.settings.FeatureSettings`, by row.
 
-    ``extra`` adds entries to the sidecar (:func:`finalise`'s record).
+    A row is the position of a file in the sorted test ids. Every row is in exactly one of
+    ``cached_rows``, ``decoded_rows`` and ``prior_rows``.
 
-    Returns
-    -------
-    csv_path, json_path : Path
-    sidecar : dict
-        What the JSON holds.
-
-    Raises
-    ------
-    OutputExistsError
-        The CSV or the sidecar exists (nothing is written then).
+    Attributes
+    ----------
+    cache_dir : Path
+    extraction : ExtractionSummary
+    store : ClipStore
+        Cached features of ``cached_rows``, in that order.
+    cached_rows : np.ndarray, shape (n_cached,), int64
+    decoded_rows : list of int
+        Files whose features failed, predicted from whatever audio decodes ...
+    decoded : list of np.ndarray, each of shape settings.clip_shape
+        ... these features, one per row of ``decoded_rows``.
+    prior_rows : list of int
+        Files of which nothing decodes: they get the training prior.
+    fallbacks : list of dict
+        One record per file whose features failed, in row order (``TestPredictions.fallbacks``).
+    seconds : float
+        Wall-clock time of extraction and fallback decoding.
     """
-    from crowdai.submission import write_submission_and_sidecar
 
-    return write_submission_and_sidecar(csv_path, predictions.ids, predictions.probs, test_dir=test_dir,
-                                        fallbacks=predictions.fallbacks, record={
+    cache_dir: Path
+    extraction: ExtractionSummary
+    store: ClipStore
+    cached_rows: np.ndarray
+    decoded_rows: list[int]
+    decoded: list[np.ndarray]
+    prior_rows: list[int]
+    fallbacks: list[dict[str, Any]]
+    seconds: float
+
+    @property
+    def n_rows(self) -> int:
+        """Files of the test folder."""
+        return len(self.cached_rows) + len(self.decoded_rows) + len(self.prior_rows)
+
+
+def _test_features(ids: list[str], items: list[Item], *, settings: FeatureSettings, cache_dir: Path, n_jobs: int,
+                   progress: bool, weights_dir: str | Path) -> _TestFeatures:
+    """Extract (or reuse) the features of ``items`` into ``cache_dir``; decode what failed."""
+    from common.features import FeatureCache, extract
+
+    start = time.perf_counter()
+    extraction = extract(items, settings=settings, cache_dir=cache_dir, n_jobs=n_jobs, progress=progress,
+                         weights_dir=weights_dir)
+    cache = FeatureCache.open(cache_dir)
+    available = set(cache.ids.tolist())
+    cached_rows = np.array([i for i, file_id in enumerate(ids) if file_id in available], dtype=np.int64)
+    store = ClipStore(cache, [ids[i] for i in cached_rows])
+    failures = cache.failures.set_index("id")
+    decoded_rows, decoded, prior_rows, fallbacks = [], [], [], []
+    for row, file_id in enumerate(ids):
+        if file_id in available:
+            continue
+        failure = failures.loc[file_id]
+        features, seconds = _fallback_features(failure["path"], settings=settings, weights_dir=weights_dir)
+        fallbacks.append({"id": file_id, "path": failure["path"], "reason": failure["reason"],
+                          "detail": failure["detail"],
+                          "fallback": FALLBACK_PRIOR if features is None else FALLBACK_MODEL,
+                          "decoded_seconds": round(seconds, 3)})
+        if features is None:
+            prior_rows.append(row)
+        else:
+            decoded_rows.append(row)
+            decoded.append(features)
+    return _TestFeatures(cache_dir=cache_dir, extraction=extraction, store=store, cached_rows=cached_rows,
+                         decoded_rows=decoded_rows, decoded=decoded, prior_rows=prior_rows, fallbacks=fallbacks,
+                         seconds=time.perf_counter() - start)
+
+
+def _predict_test_rows(ensemble: FoldEnsemble, features: _TestFeatures, *, batch_size: int | None,
+                       progress: bool) -> np.ndarray:
+    """One experiment's probabilities of every row ``(n, C)``: its fold ensemble on the cached features
+    (a progress bar on stderr), then on the decoded audio of failed files; the training prior for the rest."""
+    from tqdm.auto import tqdm
+
+    probs = np.empty((features.n_rows, len(ensemble.task.class_names)))
+    bar = tqdm(total=len(features.cached_rows), unit="clip", desc=f"{ensemble.name} ({len(ensemble.models)} folds)",
+               disable=not progress, file=sys.stderr)
+    probs[features.cached_rows] = ensemble.predict(features.store, batch_size=batch_size,
+                                                   on_batch=lambda done: bar.update(done - bar.n))
+    bar.close()
+    if features.decoded:
+        probs[features.decoded_rows] = ensemble.predict(np.stack(features.decoded), batch_size=batch_size)
+    if features.prior_rows:
+        probs[features.prior_rows] = ensemble.prior()
+    return probs
+
+
+def _merge_fallbacks(per_settings: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One fallback record per file over every feature setting, sorted by id.
+
+    The first setting's record is kept; a file decodable at one rate and not at another says
+    so in its ``fallback`` (``model_on_decoded_audio+training_prior``).
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    for records in per_settings:
+        for record in records:
+            kept = merged.setdefault(record["id"], dict(record))
+            if kept["fallback"] != record["fallback"]:
+                kept["fallback"] = f"{kept['fallback']}+{record['fallback']}"
+    return sorted(merged.values(), key=lambda r: r["id"])
+
+
+def sidecar_record(predictions: TestPredictions, *, ensembles: Sequence[FoldEnsemble], mean: str,
+                   weights: np.ndarray | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sidecar entries of a trained or blended submission.
+
+    ``mean``, the pool ``weights`` by experiment, the experiments (:meth:`FoldEnsemble.describe`),
+    feature caches and seconds, then ``extra`` (:func:`finalise`'s record).
+    """
+    return {
         "mean": mean,
         "weights": None if weights is None else {e.name: float(w) for e, w in zip(ensembles, weights)},
         "experiments": [e.describe() for e in ensembles],
         "feature_caches": predictions.cache_dirs,
         "seconds": {"features": round(predictions.feature_seconds, 3), "models": round(predictions.model_seconds, 3)},
         **(extra or {}),
-    })
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -411,8 +486,6 @@ def postprocessing_report(record: dict[str, Any], *, value_range) -> str:
 
 @command("fma-submit")
 def main(argv: list[str] | None = None) -> int:
-    from crowdai.submission import judge_submission, probability_range
-
     argv = sys.argv[1:] if argv is None else list(argv)
     if _zero_shot_requested(argv):
         from crowdai import zero_shot_submit
@@ -422,31 +495,25 @@ def main(argv: list[str] | None = None) -> int:
     check_weights_dir(args.weights)
     combination = resolve_combination(exp=args.exp, blend=args.blend, blend_weights=args.blend_weights,
                                       mean=args.mean, runs=args.runs)
-    names = combination.names
-    csv_path = args.output if args.output is not None else submission_path(args.out, names)
-    for path in (csv_path, sidecar_path(csv_path)):
-        if path.exists():
-            raise OutputExistsError(path)
+    csv_path = claim_submission_path(output=args.output, out_dir=args.out, names=combination.names)
     ensembles = [load_ensemble(args.runs, name, require_top_genres=True) for name in combination.used_names]
     predictions = predict_test_folder(ensembles, test_dir=args.test_dir, cache_root=args.cache,
                                       n_jobs=args.jobs, batch_size=args.batch_size,
                                       progress=not args.no_progress, weights_dir=args.weights)
+    for extraction in predictions.extractions:
+        print(extraction.line(), flush=True)
     predictions, record = finalise(predictions, combination=combination, ensembles=ensembles,
                                    adapt=args.adapt_prior)
-    csv_path, json_path, sidecar = write_outputs(predictions, csv_path, ensembles=ensembles,
-                                                 test_dir=args.test_dir, mean=combination.mean,
-                                                 weights=combination.weights, extra=record)
-    verdict = judge_submission(csv_path, test_dir=args.test_dir, max_problems=20)
-    if verdict.problems:
-        print("\n".join(verdict.report))
-        verdict.require_valid(consequence="do not upload it")
-    value_range = probability_range(csv_path)
-    print(postprocessing_report(record, value_range=value_range))
-    counts = ", ".join(f"{n} {kind}" for kind, n in sidecar["fallback_counts"].items()) or "none"
     models = "+".join(f"{e.name}({len(e.models)} folds)" for e in ensembles)
-    print(f"submission: {sidecar['rows']} rows valid, {models}, {combination.mean} mean, fallbacks: {counts}; "
-          f"features {predictions.feature_seconds:.1f} s, models {predictions.model_seconds:.1f} s -> {csv_path} "
-          f"(+ {json_path.name}, sha256 {sidecar['sha256'][:12]})")
+    published = publish_submission(
+        predictions, csv_path, test_dir=args.test_dir,
+        record=sidecar_record(predictions, ensembles=ensembles, mean=combination.mean,
+                              weights=combination.weights, extra=record),
+        method=f"{models}, {combination.mean} mean",
+        seconds=f"features {predictions.feature_seconds:.1f} s, models {predictions.model_seconds:.1f} s",
+        notes=lambda value_range: postprocessing_report(record, value_range=value_range))
+    print("\n".join(published.report))
+    published.require_valid()
     return 0
 
 

@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import OutputExistsError, UnreadableAudioError
+from common.errors import UnreadableAudioError
 from common.pretrained import DEFAULT_WEIGHTS_DIR
+from crowdai.submission import Predictions, claim_submission_path, list_test_ids, publish_submission
 
 #: The ``--exp`` name of the zero-shot submission (as in ``crowdai.tag``).
 ZERO_SHOT_EXP = "musicnn"
@@ -52,23 +53,16 @@ FALLBACK_PADDED = "padded_to_one_patch"
 
 
 @dataclasses.dataclass
-class ZeroShotPredictions:
-    """Zero-shot probabilities of every test file, before writing.
+class ZeroShotPredictions(Predictions):
+    """Zero-shot probabilities of every test file, before writing (:class:`~crowdai.submission.Predictions`:
+    ``ids``, smoothed ``probs``, ``fallbacks`` of the files not scored as they are).
 
     Attributes
     ----------
-    ids : list of str, length n
-    probs : np.ndarray, shape (n, 16)
-        Smoothed probabilities, rows sum to 1.
-    fallbacks : list of dict
-        ``id, path, reason, fallback, decoded_seconds`` of every file not scored as is.
     seconds : float
         Wall-clock time of decoding and tagging.
     """
 
-    ids: list[str]
-    probs: np.ndarray
-    fallbacks: list[dict[str, Any]]
     seconds: float
 
 
@@ -100,7 +94,6 @@ def predict_zero_shot(test_dir: str | Path, *, weights_dir: str | Path = DEFAULT
     from common.metadata import TOP_GENRES
     from common.models.musicnn import MUSICNN_FEATURES, PATCH_FRAMES
     from common.zero_shot import MusicnnTaggers, clip_genre_scores, smooth_toward_prior
-    from crowdai.submission import list_test_ids
 
     test_dir = Path(test_dir)
     ids = list_test_ids(test_dir)
@@ -132,20 +125,13 @@ def predict_zero_shot(test_dir: str | Path, *, weights_dir: str | Path = DEFAULT
     return ZeroShotPredictions(ids=ids, probs=probs, fallbacks=fallbacks, seconds=time.perf_counter() - start)
 
 
-def write_zero_shot_outputs(predictions: ZeroShotPredictions, csv_path: str | Path, *, test_dir: str | Path,
-                            weights_dir: str | Path, smoothing: float) -> tuple[Path, Path, dict[str, Any]]:
-    """Write the submission CSV and its sidecar JSON; never overwrites either.
-
-    Returns
-    -------
-    csv_path, json_path : Path
-    sidecar : dict
-    """
+def zero_shot_record(predictions: ZeroShotPredictions, *, weights_dir: str | Path,
+                     smoothing: float) -> dict[str, Any]:
+    """The sidecar entries of a zero-shot submission: the model, its weights, the smoothing,
+    the speech detector's ramps, the genres no tag names, and the seconds."""
     from common.zero_shot import LOW_ENERGY_RAMP, UNTAGGED_GENRES, VOICE_MARGIN_RAMP
-    from crowdai.submission import write_submission_and_sidecar
 
-    return write_submission_and_sidecar(csv_path, predictions.ids, predictions.probs, test_dir=test_dir,
-                                        fallbacks=predictions.fallbacks, record={
+    return {
         "model": "zero-shot musicnn: MSD_musicnn + MTT_musicnn tags and speech detector (common.zero_shot), "
                  "no training",
         "weights_dir": str(weights_dir),
@@ -154,7 +140,7 @@ def write_zero_shot_outputs(predictions: ZeroShotPredictions, csv_path: str | Pa
         "speech_detector": {"low_energy_ramp": list(LOW_ENERGY_RAMP), "voice_margin_ramp": list(VOICE_MARGIN_RAMP)},
         "genres_without_tags": dict(UNTAGGED_GENRES),
         "seconds": round(predictions.seconds, 3),
-    })
+    }
 
 
 class _TrainedOnly(argparse.Action):
@@ -187,24 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str]) -> int:
     """``fma-submit --exp musicnn ...``: what :func:`crowdai.submit.main`, which holds the command-line
     contract (:mod:`common.cli`), runs for the zero-shot submission."""
-    from common.io import sidecar_path
-    from crowdai.submission import judge_submission, submission_path
-
     args = build_parser().parse_args(argv)
-    csv_path = args.output if args.output is not None else submission_path(args.out, [ZERO_SHOT_EXP])
-    for path in (csv_path, sidecar_path(csv_path)):
-        if path.exists():
-            raise OutputExistsError(path)
+    csv_path = claim_submission_path(output=args.output, out_dir=args.out, names=[ZERO_SHOT_EXP])
     predictions = predict_zero_shot(args.test_dir, weights_dir=args.weights, smoothing=args.smoothing,
                                     progress=not args.no_progress)
-    csv_path, json_path, sidecar = write_zero_shot_outputs(
-        predictions, csv_path, test_dir=args.test_dir, weights_dir=args.weights, smoothing=args.smoothing)
-    verdict = judge_submission(csv_path, test_dir=args.test_dir, max_problems=20)
-    if verdict.problems:
-        print("\n".join(verdict.report))
-        verdict.require_valid(consequence="do not upload it")
-    counts = ", ".join(f"{n} {kind}" for kind, n in sidecar["fallback_counts"].items()) or "none"
-    print(f"submission: {sidecar['rows']} rows valid, zero-shot musicnn (no training), prior weight "
-          f"{args.smoothing}, fallbacks: {counts}; {predictions.seconds:.1f} s -> {csv_path} "
-          f"(+ {json_path.name}, sha256 {sidecar['sha256'][:12]})")
+    published = publish_submission(
+        predictions, csv_path, test_dir=args.test_dir,
+        record=zero_shot_record(predictions, weights_dir=args.weights, smoothing=args.smoothing),
+        method=f"zero-shot musicnn (no training), prior weight {args.smoothing}",
+        seconds=f"{predictions.seconds:.1f} s")
+    print("\n".join(published.report))
+    published.require_valid()
     return 0

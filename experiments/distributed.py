@@ -29,7 +29,7 @@ Memory: each fold task loads the experiment's features into its own process when
 ``data.in_memory: auto`` finds they take under a quarter of the memory budget (RAM, the
 container's cgroup limit, ``$FMA_MEMORY_LIMIT`` and the worker's ``--memory-limit``,
 default RAM / workers of the host, past which Dask restarts the worker; see
-:func:`common.data.memory_budget_bytes`); otherwise it gathers batches from the
+:func:`common.memory.memory_budget_bytes`); otherwise it gathers batches from the
 memory-mapped shards, which the fold workers of a host share through the page cache.
 ``data.in_memory: false`` forces that.
 """

@@ -31,7 +31,7 @@ class ExperimentData:
     Attributes
     ----------
     task : common.tasks.Task
-    store : common.data.ClipStore
+    store : common.store.ClipStore
         Features of the fold tracks followed by the test-split tracks.
     folds : np.ndarray, shape (n_fold_tracks,)
         Fold of each of the first ``n_fold_tracks`` rows of ``store``.
@@ -61,7 +61,7 @@ def open_experiment_data(config: ExperimentConfig, *, data: Path, subset: str, f
 
     ``in_memory`` overrides the config's ``data.in_memory`` (False: the store reads no
     feature row until asked, as the client of ``--scheduler`` training needs);
-    ``memory_limit`` (bytes) further caps the budget of ``auto`` (see :class:`common.data.ClipStore`).
+    ``memory_limit`` (bytes) further caps the budget of ``auto`` (see :class:`common.store.ClipStore`).
 
     Raises
     ------
@@ -71,10 +71,10 @@ def open_experiment_data(config: ExperimentConfig, *, data: Path, subset: str, f
         No (complete) cache for the experiment's feature settings, or fold tracks missing
         from it that did not fail extraction; the message names the ``make features`` to run.
     """
-    from common.data import ClipStore
     from common.features import FeatureCache, cache_dir_for
     from common.folds import read_folds
     from common.metadata import FmaDataset
+    from common.store import ClipStore
     from common.tasks import build_task
 
     dataset = FmaDataset.open(data, subset)
@@ -177,7 +177,7 @@ def summarise_experiment(config: ExperimentConfig, exp_data: ExperimentData, *, 
         "experiment": config.name, "task": task.name, "model": config.model.name,
         "params": fold_summaries[0]["params"],
         "seconds_per_epoch": float(np.mean([s["seconds_per_epoch"] for s in fold_summaries])),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "folds": fold_summaries, "cv": cv, "test": test,
     }
     write_text_atomic(exp_dir / "summary.json", json.dumps(summary, indent=2) + "\n", overwrite=True)

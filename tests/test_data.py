@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from common.config import SpecAugmentConfig, config_from_dict
+from common.data import class_sample_weights, feature_stats, train_dataset
 from common.errors import ConfigError
-from common.data import ClipStore, class_sample_weights, feature_stats, train_dataset
 from common.inference import chunk_starts, predict_clips
+from common.store import ClipStore
 from common.tasks import Task
 
 N_MELS, N_FRAMES, N_CLASSES = 12, 40, 4
@@ -117,7 +118,8 @@ def _random_model(seed: int, *, crop: int):
 
     keras.utils.set_random_seed(seed)
     return keras.Sequential([keras.Input((N_MELS, crop)), keras.layers.Conv1D(6, 3, activation="relu"),
-                             keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(N_CLASSES, activation="softmax")])
+                             keras.layers.GlobalAveragePooling1D(),
+                             keras.layers.Dense(N_CLASSES, activation="softmax")])
 
 
 def _per_clip_reference(models, clips, *, crop, hop):
@@ -253,40 +255,6 @@ def test_subsets_are_views_of_the_store():
     np.testing.assert_array_equal(inner[:], x[[11, 3]])
     np.testing.assert_array_equal(part[1:3], x[[7, 11]])
     assert part.shape == (4, N_MELS, N_FRAMES) and part.nbytes == 4 * N_MELS * N_FRAMES * 2
-
-
-def test_cgroup_memory_limit_reads_v2_then_v1_and_knows_unlimited(tmp_path):
-    from common.data import cgroup_memory_limit
-
-    v2, v1, none = tmp_path / "v2", tmp_path / "v1", tmp_path / "none"
-    for folder in (v2, v1 / "memory", none):
-        folder.mkdir(parents=True)
-    (v2 / "memory.max").write_text("8589934592\n")
-    assert cgroup_memory_limit(root=v2) == 8 << 30
-    (v2 / "memory.max").write_text("max\n")
-    assert cgroup_memory_limit(root=v2) is None
-    (v1 / "memory" / "memory.limit_in_bytes").write_text("2147483648\n")
-    assert cgroup_memory_limit(root=v1) == 2 << 30
-    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
-    assert cgroup_memory_limit(root=v1) is None
-    assert cgroup_memory_limit(root=none) is None
-
-
-def test_memory_budget_is_the_least_of_ram_cgroup_and_environment(tmp_path):
-    from common.data import memory_budget_bytes, parse_memory_size, physical_memory_bytes
-    from common.errors import ConfigError
-
-    (tmp_path / "memory.max").write_text(str(3 << 30))
-    ram = physical_memory_bytes()
-    assert memory_budget_bytes(cgroup_root=tmp_path / "absent", environ={}) == ram
-    assert memory_budget_bytes(cgroup_root=tmp_path, environ={}) == min(ram, 3 << 30)
-    assert memory_budget_bytes(cgroup_root=tmp_path, environ={"FMA_MEMORY_LIMIT": "1G"}) == min(ram, 1 << 30)
-    assert memory_budget_bytes(cgroup_root=tmp_path, environ={"FMA_MEMORY_LIMIT": str(1 << 50)}) == min(ram, 3 << 30)
-    assert [parse_memory_size(t) for t in ("512M", "16g", "2GiB", "1000", "1.5K")] == [
-        512 << 20, 16 << 30, 2 << 30, 1000, 1536]
-    for bad in ("lots", "-1G", "0", "G"):
-        with pytest.raises(ConfigError, match="FMA_MEMORY_LIMIT"):
-            parse_memory_size(bad)
 
 
 class _FakeCache:

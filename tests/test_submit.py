@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError, OutputExistsError, ToolkitError
+from common.io import sidecar_path
 from common.metadata import TOP_GENRES
 from common.settings import FeatureSettings
 from crowdai import submit
 from crowdai.ensemble import combine, load_ensemble, parse_weights, segment_spans
+from crowdai.submission import claim_submission_path, publish_submission, submission_path
 
 
 def random_probs(n, k, *, seed):
@@ -77,19 +79,23 @@ def test_segment_spans_widen_short_segments_to_the_model_input():
 
 def test_submission_names_and_no_overwrite(tmp_path):
     now = datetime.datetime(2026, 3, 1, 12, 5, 1, tzinfo=datetime.UTC)
-    path = submit.submission_path(tmp_path, ["crnn", "shortchunk"], now=now)
+    path = submission_path(tmp_path, ["crnn", "shortchunk"], now=now)
     assert path == tmp_path / "20260301T120501Z_crnn+shortchunk.csv"
-    assert submit.sidecar_path(path) == tmp_path / "20260301T120501Z_crnn+shortchunk.json"
+    assert sidecar_path(path) == tmp_path / "20260301T120501Z_crnn+shortchunk.json"
     with pytest.raises(ToolkitError, match="json"):
-        submit.sidecar_path(tmp_path / "x.json")
+        sidecar_path(tmp_path / "x.json")
+    assert claim_submission_path(output=None, out_dir=tmp_path, names=["crnn"]).parent == tmp_path
     ids = ["a", "b"]
     predictions = submit.TestPredictions(ids=ids, probs=np.full((2, 16), 1 / 16), per_experiment={}, fallbacks=[],
                                          cache_dirs=[], feature_seconds=0.0, model_seconds=0.0)
-    sidecar = submit.sidecar_path(path)
+    sidecar = sidecar_path(path)
     sidecar.write_text("{}")  # an existing sidecar blocks the CSV too: nothing is written
     with pytest.raises(OutputExistsError):
-        submit.write_outputs(predictions, path, ensembles=[], test_dir=tmp_path, mean="arithmetic",
-                             weights=np.array([]))
+        claim_submission_path(output=path, out_dir=tmp_path, names=["crnn"])
+    with pytest.raises(OutputExistsError):
+        publish_submission(predictions, path, test_dir=tmp_path, method="", seconds="",
+                           record=submit.sidecar_record(predictions, ensembles=[], mean="arithmetic",
+                                                        weights=np.array([])))
     assert not path.exists() and sidecar.read_text() == "{}"
 
 

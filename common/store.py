@@ -1,0 +1,97 @@
+"""Rows of a feature cache addressed by position: :class:`ClipStore`.
+
+A store holds its rows in memory (with ``in_memory: auto``, when they take at most
+:data:`IN_MEMORY_SHARE` of :func:`common.memory.memory_budget_bytes`) or reads every gather
+from the memory-mapped cache shards. Training batches (:mod:`common.data`), fold predictions
+(:mod:`common.inference`) and submissions read features through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from common.memory import memory_budget_bytes
+
+#: ``in_memory: auto`` loads the rows when they take at most this share of the memory budget
+#: (the rest is for TensorFlow, the model, prefetched batches and the page cache).
+IN_MEMORY_SHARE = 0.25
+
+
+class ClipStore:
+    """Rows of a feature cache addressed by position, in memory or memory-mapped.
+
+    Parameters
+    ----------
+    cache : common.features.FeatureCache
+        Opened cache (``.get(ids)``, ``.settings``).
+    ids : sequence of str
+        Feature ids, in the order positions refer to.
+    in_memory : {"auto", True, False}
+        ``auto`` loads the rows when they take at most :data:`IN_MEMORY_SHARE` of
+        :func:`memory_budget_bytes` (RAM, the container's cgroup limit, ``$FMA_MEMORY_LIMIT``);
+        otherwise every gather reads the memory-mapped cache shards.
+    memory_limit : int, optional
+        A further cap on the budget in bytes (a Dask worker's ``--memory-limit``).
+    """
+
+    def __init__(self, cache, ids: Sequence[str], *, in_memory: bool | str = "auto",
+                 memory_limit: int | None = None) -> None:
+        self.cache = cache
+        self.ids = np.asarray([str(i) for i in ids], dtype=object)
+        self.clip_shape = tuple(cache.settings.clip_shape)
+        if in_memory == "auto":
+            budget = memory_budget_bytes()
+            if memory_limit:
+                budget = min(budget, memory_limit)
+            in_memory = self.nbytes <= IN_MEMORY_SHARE * budget
+        self.in_memory = bool(in_memory)
+        self._array = cache.get(list(self.ids)) if self.in_memory else None
+        self._rows: np.ndarray | None = None
+
+    @classmethod
+    def from_array(cls, array: np.ndarray, ids: Sequence[str] | None = None) -> ClipStore:
+        """A store over an in-memory array ``(n, *clip_shape)`` (tests, benchmarks)."""
+        store = cls.__new__(cls)
+        store.cache = None
+        store.ids = np.asarray([str(i) for i in (range(len(array)) if ids is None else ids)], dtype=object)
+        store.clip_shape = tuple(array.shape[1:])
+        store.in_memory = True
+        store._array = np.asarray(array)
+        store._rows = None
+        return store
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.ids), *self.clip_shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all rows as float16."""
+        return len(self.ids) * int(np.prod(self.clip_shape)) * 2
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """Rows at ``positions``, shape ``(len(positions), *clip_shape)``, float16."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if self._array is not None:
+            return np.take(self._array, positions if self._rows is None else self._rows[positions], axis=0)
+        return np.asarray(self.cache.get(list(self.ids[positions])))
+
+    def subset(self, positions: np.ndarray) -> ClipStore:
+        """A view of the rows at ``positions``: nothing is copied, rows are read when gathered."""
+        positions = np.asarray(positions, dtype=np.int64)
+        store = ClipStore.__new__(ClipStore)
+        store.cache, store.clip_shape, store.in_memory = self.cache, self.clip_shape, self.in_memory
+        store.ids = self.ids[positions]
+        store._array = self._array
+        store._rows = None if self._array is None else (positions if self._rows is None else self._rows[positions])
+        return store
+
+    def __getitem__(self, index: slice | np.ndarray) -> np.ndarray:
+        if isinstance(index, slice):
+            return self.gather(np.arange(len(self))[index])
+        return self.gather(index)
