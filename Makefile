@@ -78,12 +78,12 @@ HELP_VARIABLES := DATA SUBSET EXP CONFIG CACHE RUNS K FOLDS FOLD JOBS SCHEDULER 
                   DRY_RUN SMOKE PYTEST_ARGS WHEELHOUSE EXTRAS VENV PYTHON_SYSTEM
 
 .PHONY: help setup download demo-data features plots folds train compare blend submit validate upload package score tag \
-        weights demo test test-package gpu-check bench bench-features bench-train bench-predict bench-tag bench-metadata bench-blend clean
+        weights demo test lint test-package gpu-check bench bench-features bench-train bench-predict bench-tag bench-metadata bench-blend clean
 
 # `make help` lists the targets in the order a newcomer runs them; a target missing here
 # is listed after these, in file order.
 HELP_ORDER := help setup download demo-data demo features plots folds train compare blend submit validate \
-              upload package score tag weights test test-package gpu-check bench-features bench-train bench-predict bench-tag bench-metadata bench-blend bench clean
+              upload package score tag weights test lint test-package gpu-check bench-features bench-train bench-predict bench-tag bench-metadata bench-blend bench clean
 
 help: ## List the targets in the order a newcomer runs them, and what they do
 	@awk -v order="$(HELP_ORDER)" 'BEGIN {FS = ":.*## "} \
@@ -178,8 +178,11 @@ demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, tra
 	$(MAKE) tag FILE=$(REAL_SONG) OUT=$(call quote,$(DEMO_OUT))
 	$(MAKE) upload TEST_DIR=$(DEMO_TEST) DRY_RUN=1 SUBMISSION="$$(ls submissions/*_demo+demo_crnn.csv | tail -n 1)"
 
-test: setup ## Run the test suite (small sizes; 3 to 6 minutes on 2 cores)
+test: setup ## Run the test suite (small sizes; 6 to 9 minutes on 2 cores)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup ## Check the code with ruff (pyflakes, pycodestyle, import order, bugbear, pyupgrade; settings in pyproject.toml)
+	$(PY) -m ruff check .
 
 test-package: setup ## Package a tiny trained experiment, install it offline from WHEELHOUSE into a fresh virtualenv, run it (minutes)
 	FMA_WHEELHOUSE=$(call quote,$(WHEELHOUSE)) $(PY) -m pytest -m package $(PYTEST_ARGS)

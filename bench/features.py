@@ -347,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{measured_set['baseline_clips_per_s']:.1f}; (c) decode only, 1 process: "
               f"{measured_set['decode_only_clips_per_s']:.1f}; ratio a/b {measured_set['ratio']:.2f}; CPU per clip: "
               f"toolkit {measured_set['toolkit_cpu_ms_per_clip']:.1f} ms, original "
-              f"{measured_set['baseline_cpu_ms_per_clip']:.1f} ms (ratio per core {measured_set['cpu_ratio_per_core']:.2f})")
+              f"{measured_set['baseline_cpu_ms_per_clip']:.1f} ms "
+              f"(ratio per core {measured_set['cpu_ratio_per_core']:.2f})")
     scaling = result["scaling"]
     print(f"scaling ({scaling['set']}): {scaling['clips']} clips {scaling['clips_per_s']:.1f} clips/s, "
           f"{scaling['scaled_clips']} clips {scaling['scaled_clips_per_s']:.1f} clips/s "

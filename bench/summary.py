@@ -1,8 +1,8 @@
 """Collect the benchmark JSON files into ``summary.json`` and a Markdown table.
 
 ``python -m bench.summary --dir bench`` reads ``features.json``, ``train.json``,
-``pipeline.json``, ``predict.json``, ``tag.json``, ``metadata.json`` and ``blend.json`` where present (each written by its
-own ``make bench-*`` target) and records the machine they ran on (cores, GPUs, load
+``pipeline.json``, ``predict.json``, ``tag.json``, ``metadata.json`` and ``blend.json`` where present (each
+written by its own ``make bench-*`` target) and records the machine they ran on (cores, GPUs, load
 average: the machine may be shared). The Markdown starts with the headline numbers:
 feature clips/s per core and the ratio to the original pipeline per mp3 set with the
 scaling agreement; the training pipeline against the naive loop; full-size training
@@ -66,8 +66,8 @@ def headlines(results: dict[str, dict], machine: dict) -> list[str]:
                          f"target within 10 %)")
     train = results.get("train", {})
     if "ratio" in train:
-        lines.append(f"- Training ({train['model']}, {' + '.join(train.get('augmentations', ['crop']))} on both sides): "
-                     f"tf.data pipeline {train['ratio']:.3g} x the naive per-file loop (target >= 1; "
+        lines.append(f"- Training ({train['model']}, {' + '.join(train.get('augmentations', ['crop']))} "
+                     f"on both sides): tf.data pipeline {train['ratio']:.3g} x the naive per-file loop (target >= 1; "
                      f"{train['toolkit_samples_per_s']:.4g} against {train['baseline_samples_per_s']:.4g} samples/s)")
     pipeline = results.get("pipeline", {})
     if "training_clips_per_s" in pipeline:
@@ -83,7 +83,8 @@ def headlines(results: dict[str, dict], machine: dict) -> list[str]:
     if "batched_speedup" in predict:
         hours = predict.get("predicted_hours", {})
         lines.append(f"- Prediction ({predict['device']}): batched across clips {predict['batched_speedup']:.3g} x "
-                     f"the per-clip path (CPU time {predict.get('batched_cpu_speedup', float('nan')):.3g} x; target >= 1)")
+                     f"the per-clip path (CPU time {predict.get('batched_cpu_speedup', float('nan')):.3g} x; "
+                     f"target >= 1)")
         if hours:
             lines.append(f"- Predicted hours, {hours['folds']}-fold ensemble on this machine: "
                          + ", ".join(f"{name} ({clips:,} clips) {hours[name]:.3g} h"
@@ -111,7 +112,8 @@ def to_markdown(results: dict[str, dict], machine: dict) -> str:
     lines += ["| benchmark | quantity | value |", "| --- | --- | --- |"]
     for name, record in results.items():
         for key, value in record.items():
-            shown = f"{value:.3g}" if isinstance(value, float) else json.dumps(value) if isinstance(value, (dict, list)) else value
+            shown = (f"{value:.3g}" if isinstance(value, float)
+                     else json.dumps(value) if isinstance(value, (dict, list)) else value)
             lines.append(f"| {name} | {key} | {shown} |")
     return "\n".join(lines) + "\n"
 

@@ -41,8 +41,7 @@ from joblib import Parallel, delayed
 from common.cli import command
 from common.errors import ToolkitError
 from common.io import make_folder
-from common.metadata import (SPLITS, TOP_GENRE_IDS, TOP_GENRES, TRACKS_COLUMNS, audio_path,
-                             parse_id_list)
+from common.metadata import SPLITS, TOP_GENRE_IDS, TOP_GENRES, TRACKS_COLUMNS, audio_path, parse_id_list
 
 #: Output audio format (that of FMA's mp3s).
 SAMPLE_RATE = 44100

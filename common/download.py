@@ -340,7 +340,7 @@ def unpack(path: str | Path, archive: Archive, *, data_dir: str | Path, progress
     root = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging
     (root / MARKER).write_text(json.dumps({
         "archive": archive.name, "url": archive.url, "sha1": archive.sha1, "members": count,
-        "unpacked": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "unpacked": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }, indent=2) + "\n")
     os.replace(root, target)
     if root != staging:

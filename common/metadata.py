@@ -371,7 +371,7 @@ class FmaDataset:
     genres: pd.DataFrame
 
     @classmethod
-    def open(cls, data_dir: str | Path, subset: str) -> "FmaDataset":
+    def open(cls, data_dir: str | Path, subset: str) -> FmaDataset:
         """Load ``data_dir/fma_metadata/{tracks,genres}.csv`` restricted to ``subset``."""
         _check_subset(subset)
         data_dir = Path(data_dir)

@@ -17,8 +17,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from common.audio import load_clip, logmel
-from common.config import load_config
 from common.cli import command
+from common.config import load_config
 from common.errors import AudioError, MetadataError
 from common.io import make_folder
 from common.metadata import SPLITS, TOP_GENRES, FmaDataset
@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset", default="small", help="small, medium or large (default: small)")
     parser.add_argument("--config", type=Path, required=True, help="experiment YAML whose features: to use")
     parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out)")
-    parser.add_argument("--track", type=int, default=None, help="track id for the log-mel (default: first that decodes)")
+    parser.add_argument("--track", type=int, default=None,
+                        help="track id for the log-mel (default: first that decodes)")
     args = parser.parse_args(argv)
     settings = load_config(args.config, check_model=False).features
     dataset = FmaDataset.open(args.data, args.subset)

@@ -148,7 +148,7 @@ class FeatureSettings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> "FeatureSettings":
+    def from_dict(cls, values: dict[str, Any] | None) -> FeatureSettings:
         """Build from a config mapping; unknown keys are an error naming the key."""
         values = dict(values or {})
         known = {field.name for field in dataclasses.fields(cls)}

@@ -112,7 +112,7 @@ class Task:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Task":
+    def load(cls, path: str | Path) -> Task:
         """Read a ``classes.json`` written by :meth:`save`."""
         values = json.loads(Path(path).read_text())
         return cls(name=values["task"], class_names=tuple(values["class_names"]),
@@ -150,7 +150,8 @@ def build_task(name: str, *, tracks: pd.DataFrame, genres: pd.DataFrame,
     counts = pd.Series([gid for genres_ in train for gid in genres_], dtype=np.int64).value_counts()
     kept = sorted(int(g) for g in counts.index[counts >= min_tracks])
     if not kept:
-        raise ConfigError(f"task.min_tracks: no genre has {min_tracks} training tracks (most: {int(counts.max()) if len(counts) else 0})")
+        raise ConfigError(f"task.min_tracks: no genre has {min_tracks} training tracks "
+                          f"(most: {int(counts.max()) if len(counts) else 0})")
     missing = [g for g in kept if g not in genres.index]
     if missing:
         raise MetadataError(f"genres table: genre ids {missing[:5]} used in genres_all are missing")

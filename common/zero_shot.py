@@ -94,8 +94,16 @@ from common.audio import load_audio
 from common.errors import ConfigError, ToolkitError, TooShortAudioError
 from common.metadata import TOP_GENRES
 from common.models.musicnn import (
-    MSD_TAGS, MTT_TAGS, MUSICNN_FEATURES, N_MELS, N_TAGS, PATCH_FRAMES, build_pretrained_musicnn,
-    musicnn_forward_function, musicnn_logmel, patches,
+    MSD_TAGS,
+    MTT_TAGS,
+    MUSICNN_FEATURES,
+    N_MELS,
+    N_TAGS,
+    PATCH_FRAMES,
+    build_pretrained_musicnn,
+    musicnn_forward_function,
+    musicnn_logmel,
+    patches,
 )
 from common.pretrained import DEFAULT_WEIGHTS_DIR
 from common.tagging import View, pool_segments, segment_bounds

@@ -216,7 +216,7 @@ def adapt_prior(probs: np.ndarray, *, train_prior: np.ndarray, pseudo_tracks: fl
         new_prior = (adapted.sum(axis=0) + strength * train_prior) / (len(adapted) + strength)
         moved = np.abs(new_prior - prior).sum()
         prior = new_prior
-        if moved < tol:
+        if moved < tol or iteration == max_iter:
             break
     adapted = probs * (prior / train_prior)
     return adapted / adapted.sum(axis=1, keepdims=True), prior, iteration

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exp", default=ZERO_SHOT_EXP,
                         help=f"experiment whose fold ensemble tags the song; {ZERO_SHOT_EXP!r}: zero-shot musicnn")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs folder of trained experiments")
-    parser.add_argument("--out", type=Path, default=Path("out"), help="folder for <stem>_tags.json and <stem>_taggram.png")
+    parser.add_argument("--out", type=Path, default=Path("out"),
+                        help="folder for <stem>_tags.json and <stem>_taggram.png")
     parser.add_argument("--window", type=float, default=10.0, help="segment length in seconds (default %(default)s)")
     parser.add_argument("--hop", type=float, default=10.0, help="segment step in seconds (default %(default)s)")
     parser.add_argument("--top", type=int, default=3, help="classes shown per segment (default %(default)s)")

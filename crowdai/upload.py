@@ -228,8 +228,7 @@ def record_upload(csv_path: str | Path, record: dict[str, Any]) -> Path:
     ToolkitError
         The sidecar exists but is not a JSON object (it is left untouched).
     """
-    from common.io import write_text_atomic
-    from common.io import sidecar_path
+    from common.io import sidecar_path, write_text_atomic
 
     json_path = sidecar_path(csv_path)
     sidecar: dict[str, Any] = {"submission": Path(csv_path).name}

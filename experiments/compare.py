@@ -5,7 +5,8 @@ Usage::
     python -m experiments.compare --runs runs --out runs/compare
 
 Reads ``RUNS/<exp>/summary.json`` (or ``RUNS/<group>/<exp>/``, one level down, as
-``make demo`` trains into ``runs/demo/demo``; such an experiment is named ``<group>/<exp>``) (and, for an experiment still training, the
+``make demo`` trains into ``runs/demo/demo``; such an experiment is named ``<group>/<exp>``)
+(and, for an experiment still training, the
 ``fold_<k>/summary.json`` of its finished folds), prints one table — experiment, task,
 model, CV mean ± std of log loss, macro F1 and accuracy, test-split scores, parameters,
 seconds per epoch, date — and writes into OUT:
@@ -280,7 +281,8 @@ def plot_confusion(oof_path: Path, *, out: Path, title: str) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fma-compare", description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=Path("runs"), help="folder holding one folder per experiment (or per group of experiments)")
+    parser.add_argument("--runs", type=Path, default=Path("runs"),
+                        help="folder holding one folder per experiment (or per group of experiments)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: RUNS/compare)")
     return parser
 

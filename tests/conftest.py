@@ -188,3 +188,18 @@ def restore_op_determinism():
     enabled = tf_config.is_op_determinism_enabled()
     yield
     (tf_config.enable_op_determinism if enabled else tf_config.disable_op_determinism)()
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """``gpus(n)`` makes TensorFlow report ``n`` physical GPUs (``tf.config.list_physical_devices``),
+    as a GPU machine would to ``select_runtime`` and the config's resolution."""
+    import tensorflow as tf
+
+    real = tf.config.list_physical_devices
+
+    def fake(n: int) -> None:
+        devices = [tf.config.PhysicalDevice(name=f"/physical_device:GPU:{i}", device_type="GPU") for i in range(n)]
+        monkeypatch.setattr(tf.config, "list_physical_devices",
+                            lambda device_type=None: devices if device_type == "GPU" else real(device_type))
+    return fake

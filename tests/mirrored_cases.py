@@ -269,8 +269,9 @@ def case_models(spec, context) -> dict:
     for name in ("crnn", "samplecnn", "musicnn", "mlp"):
         data = {"samplecnn": context["waveform"], "mlp": context["embeddings"]}.get(name, context["logmel"])
         config = make_config(f"mirrored_{name}", name)
-        copy = () if name != "crnn" else (CopyAfter(1, source=work / config.name / "fold_0",
-                                                    destination=Path(spec["work"]) / "killed" / config.name / "fold_0"),)
+        copy = () if name != "crnn" else (
+            CopyAfter(1, source=work / config.name / "fold_0",
+                      destination=Path(spec["work"]) / "killed" / config.name / "fold_0"),)
         try:
             result[name] = train(config, data, work, callbacks=copy)
         except Exception as error:  # one model's failure must not hide the others'

@@ -38,7 +38,8 @@ def test_defaults_resolve_and_round_trip(tmp_path):
     ({"task": {"name": "tagging"}}, "task.name"),
     ({"model": {"name": "resnet"}}, "model.name"),
     ({"features": {"n_mel": 3}}, "n_mel"),
-    ({"features": {"kind": "waveform"}, "data": {"specaugment": {"time_masks": 1, "time_width": 4}}}, "data.specaugment"),
+    ({"features": {"kind": "waveform"}, "data": {"specaugment": {"time_masks": 1, "time_width": 4}}},
+     "data.specaugment"),
 ])
 def test_bad_configs_name_the_key(values, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

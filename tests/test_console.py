@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from common.console import filtered_stderr, is_startup_noise
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +95,8 @@ def test_fold_ensemble_prediction_does_not_trigger_retracing(caplog):
 
     from common.inference import predict_clips
 
-    models = [keras.Sequential([keras.Input((4, 6)), keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+    models = [keras.Sequential([keras.Input((4, 6)), keras.layers.Flatten(),
+                                keras.layers.Dense(3, activation="softmax")])
               for _ in range(6)]
     rng = np.random.default_rng(0)
     with caplog.at_level(logging.WARNING, logger="tensorflow"):

@@ -8,7 +8,6 @@ import warnings
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 import yaml
 from tensorflow.python.framework import config as tf_config
 
@@ -24,18 +23,6 @@ keras_tf_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
 #: A CRNN small enough to build and call in a blink; same layer types as the reference.
 TINY_CRNN = {"input_shape": (16, 32), "n_outputs": 3, "activation": "softmax",
              "filters": (4,), "pool_sizes": ((4, 4),), "time_padding": 2, "gru_units": (4, 4)}
-
-
-@pytest.fixture
-def gpus(monkeypatch):
-    """``gpus(n)`` makes TensorFlow report ``n`` physical GPUs (as ``tests/test_gpu.py`` does)."""
-    real = tf.config.list_physical_devices
-
-    def fake(n: int) -> None:
-        devices = [tf.config.PhysicalDevice(name=f"/physical_device:GPU:{i}", device_type="GPU") for i in range(n)]
-        monkeypatch.setattr(tf.config, "list_physical_devices",
-                            lambda device_type=None: devices if device_type == "GPU" else real(device_type))
-    return fake
 
 
 @pytest.fixture

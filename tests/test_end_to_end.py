@@ -72,7 +72,6 @@ def test_submit_validate_score(trained, tmp_path, capsys):
         assert (fallbacks[file_id]["reason"], fallbacks[file_id]["fallback"]) == expected[kind]
     prior_id = next(i for i, k in broken.items() if k == "zero_byte")
     from crowdai.ensemble import load_ensemble
-
     from crowdai.submission import apply_floor
 
     prior = load_ensemble(trained["runs"], "tiny").prior()

@@ -11,9 +11,8 @@ import pandas as pd
 import pytest
 
 from common.errors import MetadataError, ToolkitError
+from common.folds import FOLD_COLUMNS, fold_track_ids, make_folds, read_folds, write_folds
 from common.io import sidecar_path
-from common.folds import (FOLD_COLUMNS, fold_track_ids, make_folds, read_folds,
-                          write_folds)
 from common.metadata import TOP_GENRES
 from experiments import folds as folds_cli
 

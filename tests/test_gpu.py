@@ -16,18 +16,6 @@ from common.training import select_runtime
 HAS_GPU = bool(tf.config.list_physical_devices("GPU"))
 
 
-@pytest.fixture
-def gpus(monkeypatch):
-    """``gpus(n)`` makes TensorFlow report ``n`` physical GPUs to select_runtime."""
-    real = tf.config.list_physical_devices
-
-    def fake(n: int) -> None:
-        devices = [tf.config.PhysicalDevice(name=f"/physical_device:GPU:{i}", device_type="GPU") for i in range(n)]
-        monkeypatch.setattr(tf.config, "list_physical_devices",
-                            lambda device_type=None: devices if device_type == "GPU" else real(device_type))
-    return fake
-
-
 @pytest.mark.parametrize(("n_gpus", "training", "expected"), [
     (0, {}, ("float32", False, False, "cpu")),
     (1, {}, ("mixed_float16", False, "auto", "1 x GPU")),

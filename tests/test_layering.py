@@ -230,11 +230,13 @@ def test_package_edges_see_lazy_imports_of_bench_and_tests():
 def test_the_product_imports_neither_bench_nor_tests(graph):
     offending = sorted(f"{module} -> {target}" for package, imported, module, target in package_edges(graph)
                        if package != "bench" and imported in NOT_PRODUCT)
-    assert not offending, "common/, experiments/ and crowdai/ must not import bench/ or tests/:\n" + "\n".join(offending)
+    assert not offending, ("common/, experiments/ and crowdai/ must not import bench/ or tests/:\n"
+                           + "\n".join(offending))
 
 
 def test_packages_import_only_the_layers_below_them(graph):
-    offending = sorted(f"{module} -> {target} ({package} may import {sorted(ALLOWED_PACKAGE_IMPORTS[package]) or 'none'})"
+    offending = sorted(f"{module} -> {target} "
+                       f"({package} may import {sorted(ALLOWED_PACKAGE_IMPORTS[package]) or 'none'})"
                        for package, imported, module, target in package_edges(graph)
                        if imported not in ALLOWED_PACKAGE_IMPORTS[package])
     assert not offending, "imports across top-level packages against the layering:\n" + "\n".join(offending)

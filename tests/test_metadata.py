@@ -9,8 +9,16 @@ import pandas as pd
 import pytest
 
 from common.errors import MetadataError
-from common.metadata import (SUBSETS, TOP_GENRES, FmaDataset, audio_path, load_genres,
-                             load_tracks, parse_id_list, select_subset)
+from common.metadata import (
+    SUBSETS,
+    TOP_GENRES,
+    FmaDataset,
+    audio_path,
+    load_genres,
+    load_tracks,
+    parse_id_list,
+    select_subset,
+)
 
 DATA = Path(__file__).parent / "data"
 

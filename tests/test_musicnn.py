@@ -10,7 +10,9 @@ import pytest
 
 from common.errors import ConfigError, ToolkitError
 from common.pretrained import (
-    MUSICNN_CHECKPOINTS, MUSICNN_WHEEL, extract_musicnn_weights,
+    MUSICNN_CHECKPOINTS,
+    MUSICNN_WHEEL,
+    extract_musicnn_weights,
     load_musicnn_checkpoint,
 )
 from common.tagging import View, format_scores, pool_segments, segment_bounds

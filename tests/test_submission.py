@@ -13,8 +13,7 @@ from common.errors import OutputExistsError, ToolkitError
 from common.metadata import TOP_GENRES
 from crowdai import score as score_cli
 from crowdai import validate as validate_cli
-from crowdai.submission import (SUBMISSION_COLUMNS, read_submission,
-                                validate_submission, write_submission)
+from crowdai.submission import SUBMISSION_COLUMNS, read_submission, validate_submission, write_submission
 
 N_FILES = 6
 

@@ -87,7 +87,8 @@ def check_run_files(exp_dir, *, n_folds=2):
 @pytest.fixture(scope="module")
 def head_run(env, tmp_path_factory):
     directory = tmp_path_factory.mktemp("head")
-    config = shrunk_config(directory, "musicnn_head", features={"clip_seconds": 3.0, "min_seconds": 3.0}, data={"batch_size": 16})
+    config = shrunk_config(directory, "musicnn_head", features={"clip_seconds": 3.0, "min_seconds": 3.0},
+                           data={"batch_size": 16})
     cache_dir = extract_for(env, config)
     assert run(env, config, directory / "runs") == 0
     return {"cache_dir": cache_dir, "exp_dir": directory / "runs" / "musicnn_head"}
@@ -143,7 +144,8 @@ def test_tagging_a_song_with_the_head_embeds_every_segment(env, head_run, audio_
 def test_fine_tuning_starts_from_the_checkpoint_and_trains_the_whole_network(env, tmp_path):
     from common.pretrained import load_musicnn_checkpoint
 
-    config = shrunk_config(tmp_path, "musicnn_finetune", features={"clip_seconds": 2.0}, data={"crop_seconds": 1.0, "batch_size": 64},
+    config = shrunk_config(tmp_path, "musicnn_finetune", features={"clip_seconds": 2.0},
+                           data={"crop_seconds": 1.0, "batch_size": 64},
                            params={"weights_dir": str(env["weights"])})
     extract_for(env, config)
     # one fold of the two (musicnn's graph costs seconds to trace per model; the fold-ensemble

@@ -12,8 +12,19 @@ from common.errors import ConfigError
 from common.metadata import TOP_GENRES
 from common.models.musicnn import MSD_TAGS, MTT_TAGS, musicnn_logmel, patches
 from common.zero_shot import (
-    LOW_ENERGY_RAMP, MSD_TO_FMA, MTT_TO_FMA, MUSIC_TAGS, TAGGERS, UNMAPPED_TAGS, UNTAGGED_GENRES, VOICE_TAGS,
-    genre_scores, low_energy_ratio, music_scores, smooth_toward_prior, speech_probability,
+    LOW_ENERGY_RAMP,
+    MSD_TO_FMA,
+    MTT_TO_FMA,
+    MUSIC_TAGS,
+    TAGGERS,
+    UNMAPPED_TAGS,
+    UNTAGGED_GENRES,
+    VOICE_TAGS,
+    genre_scores,
+    low_energy_ratio,
+    music_scores,
+    smooth_toward_prior,
+    speech_probability,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,8 +219,8 @@ def test_zero_shot_song_pools_both_taggers_per_segment(songs, taggers):
 def test_zero_shot_submission_is_valid_scored_and_never_overwrites(demo_data_dir, musicnn_weights_dir, tmp_path,
                                                                      capsys):
     from crowdai.score import main as score_main
-    from crowdai.submit import main as submit_main
     from crowdai.submission import read_submission, write_submission
+    from crowdai.submit import main as submit_main
 
     test_dir = demo_data_dir / "crowdai_fma_test"
     out = tmp_path / "zero_shot.csv"
@@ -232,7 +243,8 @@ def test_zero_shot_submission_is_valid_scored_and_never_overwrites(demo_data_dir
     assert score_main([str(out), str(uniform), "--labels", str(demo_data_dir / "crowdai_fma_test_labels.csv")]) == 0
     lines = capsys.readouterr().out.splitlines()
     losses = {line.split()[0]: float(line.split()[3]) for line in lines[:2]}
-    assert losses[str(out)] == pytest.approx(log_loss, abs=1e-4) and losses[str(uniform)] == pytest.approx(np.log(16), abs=1e-4)
+    assert (losses[str(out)] == pytest.approx(log_loss, abs=1e-4)
+            and losses[str(uniform)] == pytest.approx(np.log(16), abs=1e-4))
     assert lines[2].startswith(f"better: {min(losses, key=losses.get)} (log loss")
     before = out.read_bytes()
     assert submit_main(argv) == 1
