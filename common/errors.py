@@ -70,3 +70,35 @@ class OutputExistsError(ToolkitError, FileExistsError):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         super().__init__(f"{self.path} already exists; not overwriting it")
+
+
+class FoldError(ToolkitError):
+    """A finished fold of an experiment cannot be used: damaged files, or a diverged model.
+
+    Parameters
+    ----------
+    fold_dir : path-like
+        ``runs/<exp>/fold_<k>``.
+    detail : str
+        What is wrong, naming the file or the score.
+    retrain : str
+        The command that trains the fold again (``make train EXP=<exp> FOLD=<k>``).
+    hint : str
+        Appended after the command (what to change first), or empty.
+    """
+
+    def __init__(self, fold_dir: str | Path, detail: str, *, retrain: str, hint: str = "") -> None:
+        self.fold_dir = Path(fold_dir)
+        self.detail = detail
+        self.retrain = retrain
+        message = f"{detail}; move {self.fold_dir} away and retrain the fold with `{retrain}`"
+        super().__init__(f"{message} ({hint})" if hint else message)
+
+
+class DamagedFoldError(FoldError):
+    """A file of a finished fold is missing, of another size or hash than recorded, or unloadable."""
+
+
+class DivergedFoldError(FoldError):
+    """A finished fold's validation log loss is not finite or far worse than the uniform prior's
+    (:func:`common.runs.has_diverged`)."""

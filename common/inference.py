@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import ToolkitError
-from common.runs import finished_fold_dirs
+from common.errors import DamagedFoldError, ToolkitError
+from common.runs import finished_fold_dirs, retrain_command, verify_fold
 
 
 def chunk_starts(n_frames: int, *, crop_frames: int, hop_frames: int) -> np.ndarray:
@@ -220,25 +220,57 @@ def predict_clips(models, features, *, crop_frames: int, eval: str = "center",
     return sums / (n_chunks[:, None] * len(models))
 
 
-def load_fold_models(exp_dir: str | Path) -> list:
-    """The best model of every finished fold of an experiment, in fold order.
+def load_fold_models(exp_dir: str | Path, *, hash: bool = True, allow_diverged: bool = False) -> list:
+    """The best model of every finished fold of an experiment, in fold order, each checked first.
 
     Parameters
     ----------
     exp_dir : path-like
         ``runs/<exp>``, holding ``fold_<k>/model.keras`` and ``fold_<k>/summary.json``.
+    hash : bool
+        Check the sha256 of each fold's recorded files, not only their sizes
+        (:func:`common.runs.verify_fold`).
+    allow_diverged : bool
+        Load folds marked ``"diverged"`` too.
 
     Raises
     ------
     ToolkitError
         No finished fold in ``exp_dir``.
+    DamagedFoldError
+        A fold's files differ from those recorded, or Keras cannot load its ``model.keras``;
+        names the fold and the command that retrains it.
+    DivergedFoldError
+        A fold diverged and ``allow_diverged`` is false.
     """
+    folds = finished_fold_dirs(exp_dir, required=True)
+    for fold in folds:
+        verify_fold(fold, hash=hash, allow_diverged=allow_diverged)
+    return [load_fold_model(fold) for fold in folds]
+
+
+def load_fold_model(fold_path: str | Path):
+    """``fold_path/model.keras`` (uncompiled).
+
+    Raises
+    ------
+    DamagedFoldError
+        Keras cannot read it (truncated, not a ``.keras`` archive), naming the fold and the
+        command that retrains it.
+    """
+    import zipfile
+
     import keras
 
     import common.models  # noqa: F401  (registers the custom layers)
 
-    return [keras.models.load_model(d / "model.keras", compile=False)
-            for d in finished_fold_dirs(exp_dir, required=True)]
+    path = Path(fold_path) / "model.keras"
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DamagedFoldError(fold_path, f"{path}: Keras cannot load this model ({detail})",
+                               retrain=retrain_command(fold_path)) from error
 
 
 def load_run_config(exp_dir: str | Path):

@@ -5,18 +5,31 @@ folder per fold ``k`` of the folds file. A fold is *finished* once its ``summary
 exists: training writes it last. Anything else in ``runs/<exp>`` named ``fold_*`` (a
 user's ``fold_1.bak`` or ``fold_old`` copy, a file) is no fold and is skipped.
 
+A finished fold's ``summary.json`` records the size and sha256 of its ``model.keras`` and
+``oof.csv`` (``"files"``) and whether it diverged (``"diverged"``: its validation log loss is
+not finite or over :data:`DIVERGENCE_FACTOR` times the uniform prior's, ``"prior_log_loss"``);
+:func:`verify_fold`
+checks both before a fold's files are used. Summaries written before these keys existed
+are accepted unchecked.
+
 Keras-free: run folders are listed by the CLIs that only read JSON and CSV.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from pathlib import Path
 
-from common.errors import ToolkitError
+from common.errors import DamagedFoldError, DivergedFoldError, ToolkitError
+from common.io import file_sha256
 
 #: Written last into a fold folder: its presence marks the fold as finished.
 FOLD_SUMMARY = "summary.json"
+
+#: The files of a finished fold whose size and sha256 its summary records (``"files"``).
+FOLD_CHECKED_FILES = ("model.keras", "oof.csv")
 
 _PREFIX = "fold_"
 _FOLD_NAME = re.compile(rf"{_PREFIX}(0|[1-9][0-9]*)", flags=re.ASCII)
@@ -84,3 +97,121 @@ def finished_fold_dirs(exp_dir: str | Path, *, required: bool = False) -> list[P
     if required and not finished:
         raise ToolkitError(f"{exp_dir}: no finished fold (fold_<k>/summary.json); train the experiment first")
     return finished
+
+
+def file_record(path: str | Path) -> dict:
+    """``{"bytes": size, "sha256": hex}`` of a file, as a fold summary's ``"files"`` holds it."""
+    path = Path(path)
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def retrain_command(fold_path: str | Path, summary: dict | None = None) -> str:
+    """``make train EXP=<exp> FOLD=<k>``: the command that trains a fold again.
+
+    ``<exp>`` is the summary's ``experiment`` (the config's name), else the folder's parent.
+    """
+    fold_path = Path(fold_path)
+    exp = (summary or {}).get("experiment") or fold_path.parent.name
+    return f"make train EXP={exp} FOLD={fold_number(fold_path)}"
+
+
+def is_diverged(summary: dict) -> bool:
+    """Whether a fold summary is marked ``"diverged"`` (absent in summaries that predate the mark: False)."""
+    return bool(summary.get("diverged", False))
+
+
+#: A fold diverged when its validation log loss is not finite or over this many times the
+#: uniform prior's. A weak model (a few epochs on little data) can score a little worse than the
+#: prior and is still a model; a diverged one scores far worse (the issue's learning rate of
+#: 1e6: 28.9 against 2.77) or not at all (NaN probabilities).
+DIVERGENCE_FACTOR = 2.0
+
+
+def has_diverged(log_loss: float, *, prior: float) -> bool:
+    """Whether a fold's validation ``log_loss`` marks it diverged against the uniform ``prior``'s."""
+    return not (math.isfinite(log_loss) and log_loss <= DIVERGENCE_FACTOR * prior)
+
+
+def divergence_detail(fold_path: str | Path, summary: dict) -> str:
+    """One line on a diverged fold: its validation log loss against the uniform prior's."""
+    loss = (summary.get("metrics") or {}).get("log_loss", math.nan)
+    prior = summary.get("prior_log_loss", math.nan)
+    return (f"{Path(fold_path) / FOLD_SUMMARY}: fold {fold_number(fold_path)} diverged: validation log loss "
+            f"{loss:.4g}, over {DIVERGENCE_FACTOR:g} times the uniform prior's {prior:.4g}")
+
+
+def read_fold_summary(fold_path: str | Path) -> dict:
+    """The ``summary.json`` of a finished fold.
+
+    Raises
+    ------
+    DamagedFoldError
+        Unreadable or not a JSON object, naming the file and the retrain command.
+    """
+    path = Path(fold_path) / FOLD_SUMMARY
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise DamagedFoldError(fold_path, f"{path}: cannot read the fold summary ({error})",
+                               retrain=retrain_command(fold_path)) from error
+    if not isinstance(summary, dict):
+        raise DamagedFoldError(fold_path, f"{path}: not a JSON object", retrain=retrain_command(fold_path))
+    return summary
+
+
+def verify_fold(fold_path: str | Path, *, hash: bool = True, allow_diverged: bool = False) -> dict:
+    """Check a finished fold's recorded files (and that it did not diverge) before using it.
+
+    Parameters
+    ----------
+    fold_path : path-like
+        ``runs/<exp>/fold_<k>`` with its ``summary.json``.
+    hash : bool
+        Also compare each file's sha256 with the recorded one (its size is always checked).
+    allow_diverged : bool
+        Accept a fold marked ``"diverged"`` (``compare`` shows it; submissions and blends refuse it).
+
+    Returns
+    -------
+    dict
+        The fold summary. A summary without ``"files"`` (written before they were recorded)
+        is accepted unchecked.
+
+    Raises
+    ------
+    DamagedFoldError
+        A recorded file is missing, of another size, or (``hash``) of another sha256.
+    DivergedFoldError
+        The fold diverged and ``allow_diverged`` is false.
+    """
+    fold_path = Path(fold_path)
+    summary = read_fold_summary(fold_path)
+    retrain = retrain_command(fold_path, summary)
+    for name, record in (summary.get("files") or {}).items():
+        path = fold_path / name
+        what = _damage(path, record, hash=hash)
+        if what:
+            raise DamagedFoldError(fold_path, f"{path}: {what} (fold {fold_number(fold_path)} is damaged)",
+                                   retrain=retrain)
+    if is_diverged(summary) and not allow_diverged:
+        raise DivergedFoldError(fold_path, divergence_detail(fold_path, summary), retrain=retrain,
+                                hint="lower training.optimizer.learning_rate of the config first")
+    return summary
+
+
+def _damage(path: Path, record: dict, *, hash: bool) -> str | None:
+    """What is wrong with ``path`` against its recorded ``{"bytes", "sha256"}``, or None."""
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if size != record.get("bytes"):
+        return f"{size} bytes, but {record.get('bytes')} were written"
+    digest = file_sha256(path) if hash and record.get("sha256") else None
+    if digest is not None and digest != record["sha256"]:
+        return f"sha256 {digest[:12]}… differs from the recorded {record['sha256'][:12]}… (same size)"
+    return None
+
+
+def verify_folds(exp_dir: str | Path, *, hash: bool = True, allow_diverged: bool = False) -> list[dict]:
+    """:func:`verify_fold` of every finished fold of an experiment, in fold order; their summaries."""
+    return [verify_fold(d, hash=hash, allow_diverged=allow_diverged) for d in finished_fold_dirs(exp_dir)]

@@ -26,6 +26,7 @@ import dataclasses
 import datetime
 import functools
 import json
+import math
 import random
 import shutil
 import subprocess
@@ -46,7 +47,7 @@ from common.data import feature_stats, train_dataset
 from common.errors import ConfigError
 from common.inference import inference_batch_size, predict_clips
 from common.io import atomic_output, write_text_atomic
-from common.runs import FOLD_SUMMARY
+from common.runs import FOLD_CHECKED_FILES, FOLD_SUMMARY, file_record, has_diverged
 from common.store import ClipStore
 from common.tasks import Task
 
@@ -371,7 +372,7 @@ class FoldCheckpoint(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         probs = predict_clips(self.model, self.val_features, crop_frames=self.crop_frames, eval=self.eval,
                               chunk_hop_frames=self.chunk_hop_frames, batch_size=self.batch_size)
-        scores = metrics.score(self.task.name, self.task.score_targets(self.y_val), probs, self.task.class_names)
+        scores = score_predictions(self.task, self.y_val, probs)
         logs["val_loss"] = scores["log_loss"]
         for key, value in scores.items():
             if key not in ("log_loss", "n", "n_classes_scored"):
@@ -563,16 +564,41 @@ def _predict_best(run_dir: Path, *, config: ExperimentConfig, inputs: _FoldInput
     return best, probs
 
 
+def score_predictions(task: Task, y: np.ndarray, probs: np.ndarray) -> dict:
+    """:func:`common.metrics.score` of ``probs``; a log loss of ``inf`` (other scores NaN) when they
+    hold NaN or infinite values, as a model whose weights blew up predicts."""
+    if np.isfinite(probs).all():
+        return metrics.score(task.name, task.score_targets(y), probs, task.class_names)
+    uniform = np.full(probs.shape, 1.0 / probs.shape[1])
+    keys = metrics.score(task.name, task.score_targets(y), uniform, task.class_names)
+    return {key: value if key in ("n", "n_classes_scored") else (math.inf if key == "log_loss" else math.nan)
+            for key, value in keys.items()}
+
+
+def prior_log_loss(task: Task) -> float:
+    """The validation log loss of a model that knows nothing (:func:`common.runs.has_diverged` compares with it).
+
+    It predicts uniform probabilities: ``ln(n_classes)`` (``single``), or 0.5 for every
+    class, a binary log loss of ``ln 2`` (``multi``; the training frequencies would score
+    lower, but a one-epoch multi-label model does not always beat them yet).
+    """
+    return float(np.log(task.n_classes) if task.name == "single" else np.log(2.0))
+
+
 def _finish_fold(run_dir: Path, *, config: ExperimentConfig, task: Task, fold: int, runtime: Runtime,
                  best: keras.Model, probs: np.ndarray, y_val: np.ndarray, val_ids, n_train: int,
-                 state: dict, jit_compile: bool) -> dict:
+                 state: dict, jit_compile: bool, prior: float) -> dict:
     """Write ``oof.csv`` and then ``summary.json`` (the fold is finished), remove the checkpoint; the summary.
 
     ``jit_compile`` is whether Keras compiled the training step with XLA: it can drop a
-    ``true`` of the config with only a warning (a cuDNN GRU, op determinism).
+    ``true`` of the config with only a warning (a cuDNN GRU, op determinism). ``prior`` is
+    :func:`prior_log_loss`: a fold whose validation log loss is not finite or far above it
+    is marked ``"diverged"`` (:func:`common.runs.has_diverged`). ``"files"`` records the size
+    and sha256 of ``model.keras`` and ``oof.csv`` (checked by :func:`common.runs.verify_fold`).
     """
     write_oof(run_dir / "oof.csv", ids=val_ids, fold=fold, task=task, y=y_val, probs=probs)
-    scores = metrics.score(task.name, task.score_targets(y_val), probs, task.class_names)
+    scores = score_predictions(task, y_val, probs)
+    loss = scores["log_loss"]
     summary = {
         "experiment": config.name, "fold": fold, "task": task.name, "model": config.model.name,
         "params": int(best.count_params()), "epochs": state["epoch"], "best_epoch": state["best_epoch"],
@@ -580,6 +606,8 @@ def _finish_fold(run_dir: Path, *, config: ExperimentConfig, task: Task, fold: i
         "metrics": scores, "n_train": int(n_train), "n_val": len(val_ids),
         "device": runtime.device, "precision": runtime.precision, "jit_compile": jit_compile,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "prior_log_loss": prior, "diverged": has_diverged(loss, prior=prior),
+        "files": {name: file_record(run_dir / name) for name in FOLD_CHECKED_FILES},
     }
     write_text_atomic(run_dir / FOLD_SUMMARY, json.dumps(summary, indent=2) + "\n", overwrite=True)
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
@@ -635,7 +663,8 @@ def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipSt
         best, probs = _predict_best(run_dir, config=config, inputs=inputs)
     return _finish_fold(run_dir, config=config, task=task, fold=fold, runtime=runtime, best=best, probs=probs,
                         y_val=y_val, val_ids=inputs.val_features.ids, n_train=len(train_positions), state=state,
-                        jit_compile=bool(model.jit_compile))
+                        jit_compile=bool(model.jit_compile),
+                        prior=prior_log_loss(task))
 
 
 def write_oof(path: Path, *, ids, fold: int | np.ndarray, task: Task, y: np.ndarray, probs: np.ndarray) -> pd.DataFrame:

@@ -50,7 +50,7 @@ from common import metrics
 from common.cli import command
 from common.errors import ConfigError, OutputExistsError, ToolkitError
 from common.io import file_sha256
-from common.runs import fold_dirs
+from common.runs import fold_dirs, verify_folds
 from crowdai import calibration
 from crowdai.ensemble import combine
 from crowdai.submission import PROBABILITY_FLOOR, apply_floor
@@ -115,12 +115,18 @@ def _git_commits(exp_dir: Path) -> list[str]:
 def read_oof(runs: str | Path, name: str) -> pd.DataFrame:
     """``RUNS/<name>/oof.csv`` of a single-label experiment, indexed by ``id`` (str).
 
+    The experiment's finished folds are checked first (:func:`common.runs.verify_folds`,
+    with sha256): a damaged or diverged fold is not blended.
+
     Raises
     ------
     ToolkitError
         Missing file, wrong columns, or targets that are not class columns (a multi-label
         experiment), naming the file.
+    DamagedFoldError, DivergedFoldError
+        A fold's ``model.keras`` or ``oof.csv`` differs from what its summary records, or it diverged.
     """
+    verify_folds(Path(runs) / name, hash=True)
     path = Path(runs) / name / "oof.csv"
     if not path.is_file():
         raise ToolkitError(f"{path}: missing; it is written when every fold of {name!r} is trained "

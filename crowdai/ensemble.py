@@ -198,7 +198,8 @@ class FoldEnsemble:
         }
 
 
-def load_ensemble(runs: str | Path, name: str, *, require_top_genres: bool = False) -> FoldEnsemble:
+def load_ensemble(runs: str | Path, name: str, *, require_top_genres: bool = False,
+                  allow_diverged: bool = False) -> FoldEnsemble:
     """Load the finished folds of ``runs/<name>``.
 
     Parameters
@@ -210,11 +211,17 @@ def load_ensemble(runs: str | Path, name: str, *, require_top_genres: bool = Fal
     require_top_genres : bool
         Refuse anything but a ``single`` experiment over the 16 ``TOP_GENRES`` in
         leaderboard order (what a crowdAI submission needs).
+    allow_diverged : bool
+        Use folds marked ``"diverged"`` too.
 
     Raises
     ------
     ToolkitError
         No such experiment, no finished fold, or (with ``require_top_genres``) the wrong task.
+    DamagedFoldError, DivergedFoldError
+        A fold's files differ from their size or sha256 recorded in its summary, its model
+        does not load, or (without ``allow_diverged``) it diverged
+        (:func:`common.inference.load_fold_models`).
     """
     from common.inference import load_fold_models, load_run_config
     from common.metadata import TOP_GENRES
@@ -233,7 +240,8 @@ def load_ensemble(runs: str | Path, name: str, *, require_top_genres: bool = Fal
     summary_path = exp_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     return FoldEnsemble(name=name, exp_dir=exp_dir, config=load_run_config(exp_dir), task=task,
-                        models=load_fold_models(exp_dir), fold_dirs=fold_dirs, summary=summary)
+                        models=load_fold_models(exp_dir, allow_diverged=allow_diverged), fold_dirs=fold_dirs,
+                        summary=summary)
 
 
 def segment_spans(bounds: np.ndarray, *, settings, n_total: int, min_length: int) -> np.ndarray:

@@ -39,7 +39,7 @@ from matplotlib.ticker import MaxNLocator
 from common.cli import command
 from common.errors import ToolkitError
 from common.io import make_folder
-from common.runs import FOLD_SUMMARY, finished_fold_dirs, fold_dirs
+from common.runs import fold_dirs, is_diverged, verify_folds
 
 #: Metrics of the table, in column order.
 METRICS: tuple[str, ...] = ("log_loss", "macro_f1", "accuracy")
@@ -120,14 +120,22 @@ def load_experiment(exp_dir: Path, *, name: str | None = None) -> dict | None:
     dict or None
         Keys :data:`TABLE_COLUMNS`. An experiment without ``summary.json`` is reported
         ``incomplete`` with CV statistics over its finished folds (std with ``ddof=0``) and
-        no test scores.
+        no test scores. A status ends in ``; diverged fold 0, 2`` when folds diverged.
+
+    Raises
+    ------
+    DamagedFoldError
+        A finished fold's recorded files have another size (:func:`common.runs.verify_folds`,
+        without sha256), naming the fold and the command that retrains it.
     """
+    fold_summaries = verify_folds(exp_dir, hash=False, allow_diverged=True)
+    diverged = [str(f.get("fold")) for f in fold_summaries if is_diverged(f)]
+    note = f"; diverged fold{'s' if len(diverged) > 1 else ''} {', '.join(diverged)}" if diverged else ""
     summary_path = exp_dir / "summary.json"
     if summary_path.is_file():
         summary = _read_json(summary_path)
         return _record(summary, cv=summary.get("cv") or {}, folds=len(summary.get("folds") or []),
-                       status="complete", name=name or exp_dir.name)
-    fold_summaries = [_read_json(d / FOLD_SUMMARY) for d in finished_fold_dirs(exp_dir)]
+                       status="complete" + note, name=name or exp_dir.name)
     if not fold_summaries:
         return None
     cv = {}
@@ -138,7 +146,8 @@ def load_experiment(exp_dir: Path, *, name: str | None = None) -> dict | None:
     first = dict(fold_summaries[0], test=None)
     first["seconds_per_epoch"] = float(np.mean([f.get("seconds_per_epoch", np.nan) for f in fold_summaries]))
     return _record(first, cv=cv, folds=len(fold_summaries),
-                   status=f"incomplete ({len(fold_summaries)} fold{'s' if len(fold_summaries) > 1 else ''} done)",
+                   status=f"incomplete ({len(fold_summaries)} fold{'s' if len(fold_summaries) > 1 else ''} done)"
+                          + note,
                    name=name or exp_dir.name)
 
 

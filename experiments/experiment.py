@@ -151,9 +151,9 @@ def train_one_fold(config: ExperimentConfig, exp_data: ExperimentData, *, runs: 
 def summarise_experiment(config: ExperimentConfig, exp_data: ExperimentData, *, exp_dir: Path,
                          fold_numbers: list[int]) -> dict:
     """Write ``oof.csv``, ``classes.json`` and ``summary.json`` of a fully trained experiment."""
-    from common import metrics
     from common.inference import inference_batch_size, load_fold_models, predict_clips
     from common.io import write_text_atomic
+    from common.training import score_predictions
 
     task = exp_data.task
     fold_summaries = [json.loads((fold_dir(exp_dir, k) / FOLD_SUMMARY).read_text()) for k in fold_numbers]
@@ -167,12 +167,13 @@ def summarise_experiment(config: ExperimentConfig, exp_data: ExperimentData, *, 
     if exp_data.n_test:
         data = config.data
         test_positions = np.arange(len(exp_data.store) - exp_data.n_test, len(exp_data.store))
-        probs = predict_clips(load_fold_models(exp_dir), exp_data.store.subset(test_positions),
+        models = load_fold_models(exp_dir, hash=False, allow_diverged=True)  # a diverged fold is reported, not refused
+        probs = predict_clips(models, exp_data.store.subset(test_positions),
                               crop_frames=data.crop_frames(config.features), eval=data.eval,
                               chunk_hop_frames=data.chunk_hop_frames(config.features),
                               batch_size=inference_batch_size(data.batch_size))
         y_test = exp_data.y[test_positions]
-        test = metrics.score(task.name, task.score_targets(y_test), probs, task.class_names)
+        test = score_predictions(task, y_test, probs)
     summary = {
         "experiment": config.name, "task": task.name, "model": config.model.name,
         "params": fold_summaries[0]["params"],

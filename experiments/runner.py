@@ -9,6 +9,8 @@ the folds file is finished, ``RUNS/<exp>/oof.csv`` (out-of-fold predictions of a
 ``RUNS/<exp>/classes.json`` and ``RUNS/<exp>/summary.json`` (CV mean ± std and the
 test-split scores of the mean of the fold models' probabilities).
 A finished fold is never retrained; an interrupted one resumes from its checkpoint.
+A fold marked diverged in its summary gets a warning line on stderr (``submit`` and
+``blend`` refuse it; see :func:`common.runs.verify_fold`).
 This module is the command line only: the work is done by :mod:`experiments.experiment`
 (locally) or :mod:`experiments.distributed` (``--scheduler``).
 """
@@ -16,10 +18,12 @@ This module is the command line only: the work is done by :mod:`experiments.expe
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from common.cli import command
 from common.config import load_config
+from common.runs import divergence_detail, finished_fold_dirs, is_diverged, read_fold_summary, retrain_command
 from experiments.distributed import summarise_on_dask, train_folds_on_dask
 from experiments.experiment import check_folds, open_experiment_data, train_experiment
 
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         summary = train_experiment(config, exp_data, runs=args.runs, folds=folds, verbose=args.verbose)
     exp_dir = args.runs / config.name
+    _warn_diverged(exp_dir)
     if summary is None:
         print(f"{config.name}: fold {args.fold} done; other folds remain (runs in {exp_dir})")
         return 0
@@ -67,6 +72,16 @@ def main(argv: list[str] | None = None) -> int:
         line += f"; test log loss {t['log_loss']:.4f}, macro F1 {t['macro_f1']:.4f}, accuracy {t['accuracy']:.4f}"
     print(f"{line} ({exp_dir})")
     return 0
+
+
+def _warn_diverged(exp_dir: Path) -> None:
+    """One ``warning:`` line on stderr per finished fold of ``exp_dir`` marked diverged."""
+    for fold in finished_fold_dirs(exp_dir):
+        summary = read_fold_summary(fold)
+        if is_diverged(summary):
+            print(f"fma-train: warning: {divergence_detail(fold, summary)}; submit and blend refuse it; "
+                  f"lower training.optimizer.learning_rate, move {fold} away and run "
+                  f"`{retrain_command(fold, summary)}`", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -132,7 +132,8 @@ def test_head_on_embeddings_trains_through_the_runner(head_run):
 def test_tagging_a_song_with_the_head_embeds_every_segment(env, head_run, audio_writer, signal):
     from crowdai.ensemble import experiment_song, load_ensemble
 
-    ensemble = load_ensemble(head_run["exp_dir"].parent, "musicnn_head")
+    # one epoch on a few clips: the head scores worse than the uniform prior (marked diverged)
+    ensemble = load_ensemble(head_run["exp_dir"].parent, "musicnn_head", allow_diverged=True)
     song = audio_writer("song.wav", signal("chirp", sr=22050, seconds=7.0), sr=22050)
     bounds, views, notes = experiment_song(song, ensemble=ensemble, window=2.0, hop=2.0, weights_dir=env["weights"])
     probs = views["genres"].probs
