@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -119,25 +120,20 @@ SMOKE = Plan(SMOKE_WORKLOADS, ("mixed_float16",), pool_batches=2, timed_passes=1
              prediction_clips=4, demo_tracks=32)
 
 
+@functools.cache
 def machine() -> str:
-    """The accelerator (or CPU) this process computes on, in words."""
+    """The accelerator (or CPU) this process computes on, in words (as :func:`crowdai.timing.device_name`)."""
     import keras
 
-    if keras.backend.backend() == "jax":
-        import jax
+    if keras.backend.backend() != "jax":
+        from crowdai.timing import device_name
 
-        device = jax.devices()[0]
-        return f"{len(jax.devices())} x {device.device_kind}" if device.platform == "gpu" else _cpu()
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+        return device_name()
+    import jax
 
-        gpus = tf.config.list_physical_devices("GPU")
-        if gpus:
-            return f"{len(gpus)} x {tf.config.experimental.get_device_details(gpus[0]).get('device_name', 'GPU')}"
-    return _cpu()
-
-
-def _cpu() -> str:
+    device = jax.devices()[0]
+    if device.platform == "gpu":
+        return f"{len(jax.devices())} x {device.device_kind}"
     return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
 
 

@@ -262,17 +262,9 @@ def _set_replica_behaviour(model: keras.Model, *, replicas: int, steps_per_epoch
     each replica's mean loss weighs equally whatever its number of clips.
     """
     model.steps_per_execution = steps_per_execution(steps_per_epoch, replicas=replicas)
-    for layer in _all_layers(model):
+    for layer in model._flatten_layers(include_self=False):  # nested models and layers too
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = replicas > 1
-
-
-def _all_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
-    """The layers of ``model`` and, depth first, of the models nested in it."""
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
 
 
 def make_optimizer(training: TrainingConfig, *, steps_per_epoch: int) -> keras.optimizers.Optimizer:
