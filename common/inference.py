@@ -228,8 +228,8 @@ def load_fold_models(exp_dir: str | Path, *, hash: bool = True, allow_diverged: 
     exp_dir : path-like
         ``runs/<exp>``, holding ``fold_<k>/model.keras`` and ``fold_<k>/summary.json``.
     hash : bool
-        Check the sha256 of each fold's recorded files, not only their sizes
-        (:func:`common.runs.verify_fold`).
+        Check the sha256 of each fold's ``model.keras``, not only its size
+        (:func:`common.runs.verify_fold`; the fold's other files are not read here).
     allow_diverged : bool
         Load folds marked ``"diverged"`` too.
 
@@ -245,7 +245,7 @@ def load_fold_models(exp_dir: str | Path, *, hash: bool = True, allow_diverged: 
     """
     folds = finished_fold_dirs(exp_dir, required=True)
     for fold in folds:
-        verify_fold(fold, hash=hash, allow_diverged=allow_diverged)
+        verify_fold(fold, files=("model.keras",), hash=hash, allow_diverged=allow_diverged)
     return [load_fold_model(fold) for fold in folds]
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from common.errors import DamagedFoldError, DivergedFoldError, ToolkitError
@@ -160,13 +161,18 @@ def read_fold_summary(fold_path: str | Path) -> dict:
     return summary
 
 
-def verify_fold(fold_path: str | Path, *, hash: bool = True, allow_diverged: bool = False) -> dict:
+def verify_fold(fold_path: str | Path, *, files: Iterable[str] | None = None, hash: bool = True,
+                allow_diverged: bool = False) -> dict:
     """Check a finished fold's recorded files (and that it did not diverge) before using it.
 
     Parameters
     ----------
     fold_path : path-like
         ``runs/<exp>/fold_<k>`` with its ``summary.json``.
+    files : iterable of str, optional
+        The recorded files the caller reads (``("model.keras",)`` to predict, ``("oof.csv",)``
+        to blend); every recorded file when omitted. A packaged submission carries the models
+        only, so prediction must not ask for ``oof.csv``.
     hash : bool
         Also compare each file's sha256 with the recorded one (its size is always checked).
     allow_diverged : bool
@@ -188,7 +194,10 @@ def verify_fold(fold_path: str | Path, *, hash: bool = True, allow_diverged: boo
     fold_path = Path(fold_path)
     summary = read_fold_summary(fold_path)
     retrain = retrain_command(fold_path, summary)
+    wanted = None if files is None else set(files)
     for name, record in (summary.get("files") or {}).items():
+        if wanted is not None and name not in wanted:
+            continue
         path = fold_path / name
         what = _damage(path, record, hash=hash)
         if what:
@@ -213,6 +222,8 @@ def _damage(path: Path, record: dict, *, hash: bool) -> str | None:
     return None
 
 
-def verify_folds(exp_dir: str | Path, *, hash: bool = True, allow_diverged: bool = False) -> list[dict]:
+def verify_folds(exp_dir: str | Path, *, files: Iterable[str] | None = None, hash: bool = True,
+                 allow_diverged: bool = False) -> list[dict]:
     """:func:`verify_fold` of every finished fold of an experiment, in fold order; their summaries."""
-    return [verify_fold(d, hash=hash, allow_diverged=allow_diverged) for d in finished_fold_dirs(exp_dir)]
+    files = None if files is None else tuple(files)
+    return [verify_fold(d, files=files, hash=hash, allow_diverged=allow_diverged) for d in finished_fold_dirs(exp_dir)]

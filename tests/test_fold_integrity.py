@@ -99,6 +99,16 @@ def test_flipped_bytes_in_oof_are_caught_by_the_hash(runs, capsys):
     assert "fold_0/oof.csv" in line and f"make train EXP={NAME} FOLD=0" in line
 
 
+def test_prediction_reads_only_the_models_so_a_package_without_oof_loads(runs):
+    """A packaged submission carries each fold's model, not its oof.csv (the CI failure of stop 27)."""
+    for fold in sorted((runs / NAME).glob("fold_*")):
+        (fold / "oof.csv").unlink()
+    ensemble = load_ensemble(runs, NAME, allow_diverged=True)
+    assert len(ensemble.models) == 2
+    with pytest.raises(DamagedFoldError, match=r"fold_0/oof.csv: missing"):
+        verify_fold(runs / NAME / "fold_0", allow_diverged=True)
+
+
 def test_a_diverged_fold_is_marked_warned_shown_and_refused(tiny_training_data, tmp_path, capsys):
     name = "tiny_diverged"
     config = write_tiny_config(tmp_path, name, epochs=1, optimizer={"name": "adam", "learning_rate": 1.0e6})
