@@ -72,6 +72,11 @@ class OutputExistsError(ToolkitError, FileExistsError):
         super().__init__(f"{self.path} already exists; not overwriting it")
 
 
+class FolderBusyError(ToolkitError):
+    """Another run holds a folder's writer lock (:func:`common.locks.folder_lock`) and this one
+    was told not to wait, or waited too long."""
+
+
 class FoldError(ToolkitError):
     """A finished fold of an experiment cannot be used: damaged files, or a diverged model.
 
