@@ -2,10 +2,10 @@
 
 ``--exp musicnn`` (the default) needs no training: the published ``MSD_musicnn`` and
 ``MTT_musicnn`` taggers tag each 3-s patch, the patches are averaged per segment, and
-both tag sets and a speech detector are fused into the 16 FMA genres
-(``common.zero_shot``). Prints, per segment, the top genres, the top tags of each
-tagger and the speech probability, then the whole song (the JSON adds the speech
-evidence); writes
+the MSD tags are mapped to FMA genres, with MTT tags and a speech detector adding the
+genres MSD cannot name when their evidence is strong (``common.zero_shot``). Prints, per
+segment, the top genres, the top tags of each tagger and the speech probability, then
+the whole song (the JSON adds the speech evidence); writes
 ``OUT/<stem>_tags.json`` and ``OUT/<stem>_taggram.png`` (genres x time); both are derived
 from the song and the models, so a second run replaces them and says so (``overwrote ...``)::
 
@@ -28,6 +28,10 @@ from common.pretrained import DEFAULT_WEIGHTS_DIR
 from common.tagging import save_taggram, segment_table, tags_document, write_json
 
 ZERO_SHOT_EXP = "musicnn"
+
+#: Views of ``common.zero_shot.pooled_views`` printed in the zero-shot table, and written to its JSON.
+ZERO_SHOT_TABLE_VIEWS: tuple[str, ...] = ("genres", "msd_tags", "mtt_tags", "speech")
+ZERO_SHOT_JSON_VIEWS: tuple[str, ...] = (*ZERO_SHOT_TABLE_VIEWS, "speech_evidence")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     from common.zero_shot import UNTAGGED_GENRES, zero_shot_song
 
     bounds, views = zero_shot_song(args.file, window=args.window, hop=args.hop, weights_dir=args.weights)
-    model = "musicnn MSD_musicnn + MTT_musicnn zero-shot with speech detector (common.zero_shot)"
+    model = ("musicnn zero-shot: MSD_musicnn tags, plus MTT_musicnn tags and a speech detector for the genres MSD "
+             "cannot name (common.zero_shot)")
     print(f"{args.file}: {model}; segment  genres  |  MSD tags  |  MTT tags  |  speech")
-    print(segment_table({name: view for name, view in views.items() if name != "speech_evidence"}, bounds,
-                        top=args.top))
-    document = tags_document(views, bounds, source=args.file, model=model, window=args.window, hop=args.hop,
+    print(segment_table({name: views[name] for name in ZERO_SHOT_TABLE_VIEWS}, bounds, top=args.top))
+    document = tags_document({name: views[name] for name in ZERO_SHOT_JSON_VIEWS}, bounds, source=args.file,
+                             model=model, window=args.window, hop=args.hop,
                              notes={"genres_without_tags": dict(UNTAGGED_GENRES)})
     write_json(document, json_path, overwrite=True)
     save_taggram(views["genres"], bounds, png_path, title=f"{args.file.name}: zero-shot genres (musicnn)",
@@ -100,4 +105,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(None))

@@ -63,7 +63,8 @@ def test_tag_benchmark_without_the_original_reports_ours_only(tmp_path, musicnn_
     t = np.arange(7 * 16000) / 16000
     sf.write(audio / "chirp.ogg", (0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t)).astype(np.float32), 16000)
     out = tmp_path / "tag.json"
-    assert tag.main(["--audio", str(audio), "--weights", str(musicnn_weights_dir),
+    assert tag.main(["--audio", str(audio), "--shared-audio", str(tmp_path / "absent"),
+                     "--weights", str(musicnn_weights_dir),
                      "--original-python", str(tmp_path / "no-venv" / "python"), "--rounds", "1",
                      "--out", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -72,6 +73,7 @@ def test_tag_benchmark_without_the_original_reports_ours_only(tmp_path, musicnn_
     assert result["fused"]["ratio_to_msd_only"] == pytest.approx(
         result["fused"]["audio_seconds_per_second"] / result["ours"]["audio_seconds_per_second"], abs=0.01)
     assert result["original"] is None and result["original_onednn"] is None and "speedup" not in result
+    assert result["accuracy"]["all"]["recordings"] == 0  # an unlabelled folder is timed, not scored
 
 
 def test_metadata_benchmark_reports_load_time_and_memory_and_the_summary_reads_them(tmp_path):
