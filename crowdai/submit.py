@@ -31,6 +31,11 @@ Writes ``OUT/<UTC timestamp>_<exp1+exp2>.csv`` (or exactly ``--output FILE``) an
 overwriting a file; the sidecar also records the blend file and its sha256, the floor and the
 priors. The CSV is validated against the test folder before success is reported.
 
+Every fold model is checked against the size and sha256 its fold's summary records, and a
+failed or diverged fold is refused unless ``--allow-diverged`` (:func:`common.runs.verify_fold`);
+a blend is checked against its checksum (:func:`crowdai.blend.load_blend`). Either error names
+the file and the command that rebuilds it.
+
 ``--exp musicnn`` needs no training: :mod:`crowdai.zero_shot_submit` writes the zero-shot
 musicnn baseline instead (its own options, e.g. ``--weights``, ``--smoothing``).
 """
@@ -220,15 +225,16 @@ def _fallback_features(path: str, *, settings, weights_dir: str | Path = DEFAULT
     seconds : float
         Decoded length (0 when nothing decodes).
     """
-    from common.audio import crop_or_pad, load_audio
+    from common.audio import crop_or_pad, load_excerpt
     from common.features import features_for
 
     try:
-        y = load_audio(path, sample_rate=settings.sample_rate)
+        y, seconds = load_excerpt(path, sample_rate=settings.sample_rate, n_samples=settings.clip_samples,
+                                  crop=settings.crop)
     except UnreadableAudioError:
         return None, 0.0
     clip = crop_or_pad(y, n_samples=settings.clip_samples, crop=settings.crop)
-    return features_for(clip, settings=settings, weights_dir=weights_dir), y.shape[0] / settings.sample_rate
+    return features_for(clip, settings=settings, weights_dir=weights_dir), seconds
 
 
 def predict_test_folder(ensembles: Sequence[FoldEnsemble], *, test_dir: str | Path, cache_root: str | Path,
@@ -357,7 +363,7 @@ def _test_features(ids: list[str], items: list[Item], *, settings: FeatureSettin
         if file_id in available:
             continue
         failure = failures.loc[file_id]
-        features, seconds = _fallback_features(failure["path"], settings=settings, weights_dir=weights_dir)
+        features, seconds = _fallback_features(str(failure["path"]), settings=settings, weights_dir=weights_dir)
         fallbacks.append({"id": file_id, "path": failure["path"], "reason": failure["reason"],
                           "detail": failure["detail"],
                           "fallback": FALLBACK_PRIOR if features is None else FALLBACK_MODEL,
@@ -448,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=-1, help="feature extraction workers (-1: all cores)")
     parser.add_argument("--batch-size", type=int, default=None, help="crops per model call (default: experiment's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--allow-diverged", action="store_true",
+                        help="use failed or diverged folds too (refused by default)")
     return parser
 
 
@@ -496,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     combination = resolve_combination(exp=args.exp, blend=args.blend, blend_weights=args.blend_weights,
                                       mean=args.mean, runs=args.runs)
     csv_path = claim_submission_path(output=args.output, out_dir=args.out, names=combination.names)
-    ensembles = [load_ensemble(args.runs, name, require_top_genres=True) for name in combination.used_names]
+    ensembles = [load_ensemble(args.runs, name, require_top_genres=True, allow_diverged=args.allow_diverged)
+                 for name in combination.used_names]
     predictions = predict_test_folder(ensembles, test_dir=args.test_dir, cache_root=args.cache,
                                       n_jobs=args.jobs, batch_size=args.batch_size,
                                       progress=not args.no_progress, weights_dir=args.weights)

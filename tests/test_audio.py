@@ -1,4 +1,4 @@
-"""Decoding of every format, rate and channel count; broken files; crop/pad; log-mel."""
+"""Decoding of every format, rate and channel count; broken files; excerpts of long files; crop/pad; log-mel."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import librosa
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
+from bad_audio import DECODERS, chirp_signal, encode_mp3, use_decoder
 
-from common import audio
-from common.audio import crop_or_pad, load_audio, load_clip, logmel
+from common import audio, mp3
+from common.audio import crop_or_pad, load_audio, load_clip, load_excerpt, logmel
 from common.errors import SilentAudioError, TooShortAudioError, UnreadableAudioError
 from common.settings import FeatureSettings
 
@@ -114,6 +116,74 @@ def test_load_clip_pads_audio_between_min_and_clip_length(tmp_path):
     clip = load_clip(path, settings=SMALL)
     assert clip.shape == (16000,)
     assert np.abs(clip[:11900]).max() > 0.2 and np.all(clip[12000:] == 0)
+
+
+@pytest.fixture(params=DECODERS)
+def mp3_decoder(request, monkeypatch) -> str:
+    """Which decoder reads mp3s (:func:`bad_audio.use_decoder`)."""
+    use_decoder(request.param, monkeypatch)
+    return request.param
+
+
+def test_resampled_length_is_the_length_soxr_returns():
+    for rate, sample_rate in [(22050, 12000), (8000, 12000), (96000, 12000), (44100, 16000), (11025, 8000)]:
+        for n in [1, 2, 3, 7, 146, 147, 148, 1000, 12345, 44101]:
+            resampled = soxr.resample(np.zeros(n, dtype=np.float32), rate, sample_rate, quality=audio.RESAMPLE_QUALITY)
+            assert audio._resampled_length(n, rate, sample_rate) == resampled.shape[0], (n, rate, sample_rate)
+
+
+def _check_excerpt(path: Path, *, crop: str, sample_rate: int = 12000, seconds: float = 2.0) -> None:
+    """load_excerpt of ``path`` equals the crop of its whole decode, to float32 rounding."""
+    whole = load_audio(path, sample_rate=sample_rate)
+    n_samples = int(seconds * sample_rate)
+    assert whole.size > 2 * n_samples + audio.RESAMPLE_MARGIN_SECONDS * sample_rate  # decoded in part
+    y, decoded_seconds = load_excerpt(path, sample_rate=sample_rate, n_samples=n_samples, crop=crop)
+    expected = crop_or_pad(whole, n_samples=n_samples, crop=crop)
+    assert y.shape == expected.shape and y.dtype == np.float32
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5)
+    assert np.abs(expected).max() > 0.1
+    assert decoded_seconds == whole.size / sample_rate if crop == "center" else decoded_seconds > seconds
+
+
+@pytest.mark.parametrize("crop", ["center", "start"])
+@pytest.mark.parametrize(("suffix", "rate", "channels"), [
+    (".wav", 96000, 6), (".wav", 8000, 1), (".flac", 44100, 2), (".ogg", 22050, 1), (".wav", 12000, 2),
+])
+def test_excerpt_of_a_long_file_is_the_crop_of_its_whole_decode(tmp_path, suffix, rate, channels, crop):
+    """Down- and upsampled, and at the target rate: only the clip and a margin are decoded."""
+    path = tmp_path / f"long{suffix}"
+    sf.write(path, chirp_signal(6.0, rate=rate, channels=channels), rate, format=FORMATS[suffix])
+    _check_excerpt(path, crop=crop)
+
+
+@pytest.mark.parametrize("crop", ["center", "start"])
+def test_excerpt_of_a_long_mp3_is_the_crop_of_its_whole_decode(tmp_path, mp3_decoder, crop):
+    path = tmp_path / "long.mp3"
+    path.write_bytes(encode_mp3(chirp_signal(6.0, rate=44100, channels=2), rate=44100, kbps=128))
+    _check_excerpt(path, crop=crop)
+
+
+def test_excerpt_of_an_mp3_shorter_than_libsndfile_estimates(tmp_path, mp3_decoder):
+    """libsndfile extrapolates an mp3's length from its first frame's bit rate: 1 s at 64 kbit/s then
+    20 s at 320 kbit/s reads as 102 s. The clip around that centre lies past the end; soundfile
+    reads the file again for the length found, libmpg123 scans it."""
+    path = tmp_path / "variable.mp3"
+    path.write_bytes(encode_mp3(chirp_signal(1.0, rate=44100), rate=44100, kbps=64)
+                     + encode_mp3(chirp_signal(20.0, rate=44100, seed=4), rate=44100, kbps=320))
+    assert sf.info(path).duration > 100
+    _check_excerpt(path, crop="center", seconds=4.0)
+
+
+def test_soundfile_reads_a_low_bit_rate_mp3_like_one_read(tmp_path, monkeypatch):
+    """libsndfile 1.2.2 returns wrong samples after a read that ends inside a frame of an 8-kbit/s
+    mp3; reads of whole frames (:data:`common.audio.SOUNDFILE_BLOCK_FRAMES`) give what one read does."""
+    path = tmp_path / "low.mp3"
+    path.write_bytes(encode_mp3(chirp_signal(20.0, rate=8000), rate=8000, kbps=8))
+    expected, rate = sf.read(path, dtype="float32")
+    assert expected.size > 2 * audio.SOUNDFILE_BLOCK_FRAMES
+    monkeypatch.setattr(mp3, "available", lambda: False)
+    decoded = audio._decode(path)
+    assert decoded.rate == rate and np.array_equal(decoded.y, expected)
 
 
 @pytest.mark.parametrize("power", [1.0, 2.0])

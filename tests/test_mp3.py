@@ -95,10 +95,16 @@ def mp3s(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
+def _decode(path: Path, **options) -> tuple[np.ndarray, int]:
+    """``common.audio``'s decode of the whole file: ``(y, rate)``."""
+    decoded = audio._decode(path, **options)
+    return decoded.y, decoded.rate
+
+
 def _soundfile_decode(path: Path, monkeypatch) -> tuple[np.ndarray, int]:
     with monkeypatch.context() as patch:
         patch.setattr(mp3, "available", lambda: False)
-        return audio._decode(path)
+        return _decode(path)
 
 
 def _outcome(decode, path: Path):
@@ -139,6 +145,76 @@ def test_feed_block_size_does_not_change_the_samples(mp3s, name, monkeypatch):
     assert np.array_equal(y, expected)
 
 
+@pytest.mark.parametrize("min_rate", [None, 13200], ids=["full_rate", "half_rate"])
+@pytest.mark.parametrize("name", ["stereo_44k", "lame_tagged", "truncated"])
+def test_max_seconds_stops_decoding_after_that_much(mp3s, name, min_rate):
+    full, rate = mp3.decode_mono(mp3s[name], min_rate=min_rate)
+    part, part_rate = mp3.decode_mono(mp3s[name], min_rate=min_rate, max_seconds=1.0)
+    assert part_rate == rate and part.shape == (rate + 1,)  # floor(max_seconds * rate) + 1: longer than 1 s
+    assert np.array_equal(part, full[:part.size])
+    longer, _ = mp3.decode_mono(mp3s[name], min_rate=min_rate, max_seconds=full.size / rate + 1.0)
+    assert np.array_equal(longer, full)
+
+
+class _FixedSpan:
+    """A ``span`` for :func:`common.mp3.decode_span` that picks ``[start, stop)`` and records what it was told."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        self.start, self.stop = start, stop
+        self.asked: list[tuple[int, int]] = []
+
+    def __call__(self, length: int, rate: int) -> tuple[int, int]:
+        self.asked.append((length, rate))
+        return self.start, self.stop
+
+
+@pytest.mark.parametrize("min_rate", [None, 13200], ids=["full_rate", "half_rate"])
+@pytest.mark.parametrize("name", ["stereo_44k", "mono_22k", "lame_tagged", "id3v2_tagged", "cover_art", "truncated"])
+def test_decode_span_decodes_that_stretch_of_the_whole_decode(mp3s, name, min_rate):
+    """The scan counts what a full decode yields (gapless, tags skipped, a truncated end), and a
+    seek lands on the sample: the stretch equals the full decode's to float32 rounding."""
+    full, rate = mp3.decode_mono(mp3s[name], min_rate=min_rate)
+    third = full.size // 3 + 7
+    for start, stop in [(0, full.size), (third, third + 20000), (full.size - 999, full.size)]:
+        span = _FixedSpan(start, stop)
+        y, span_rate, first, length = mp3.decode_span(mp3s[name], min_rate=min_rate, span=span)
+        assert span.asked == [(full.size, rate)] and (span_rate, first, length) == (rate, start, full.size)
+        assert y.shape == (stop - start,)
+        np.testing.assert_allclose(y, full[start:stop], rtol=0, atol=1e-6)
+
+
+def test_seek_decodes_enough_frames_before_the_target_at_low_bit_rates(tmp_path, monkeypatch):
+    """At 8 kbit/s the bit reservoir reaches back ~4 frames: libmpg123's default of 4 frames
+    decoded before a seek target leaves errors of ~1 in the first frames after it."""
+    from bad_audio import chirp_signal, encode_mp3
+
+    path = tmp_path / "low.mp3"
+    path.write_bytes(encode_mp3(chirp_signal(20.0, rate=8000, seed=5), rate=8000, kbps=8))
+    full, _ = mp3.decode_mono(path)
+    starts = [full.size // 2 + 1, full.size // 3, full.size - 4000]
+
+    def largest_error() -> float:
+        return max(float(np.abs(mp3.decode_span(path, span=_FixedSpan(start, start + 2000))[0]
+                                - full[start:start + 2000]).max()) for start in starts)
+
+    assert largest_error() < 1e-6
+    monkeypatch.setattr(mp3, "SEEK_PREFRAMES", 4)
+    assert largest_error() > 0.1
+
+
+def test_a_change_of_sampling_rate_ends_the_stream(mp3s, tmp_path, monkeypatch):
+    """Two mp3s of different rates concatenated: both decoders keep the first, rather than the
+    second's samples at the first's rate (20 s of the wrong speed, before)."""
+    path = tmp_path / "two_rates.mp3"
+    path.write_bytes(mp3s["stereo_44k"].read_bytes() + mp3s["mono_22k"].read_bytes())
+    first, rate = mp3.decode_mono(mp3s["stereo_44k"])
+    y, y_rate = mp3.decode_mono(path)
+    assert y_rate == rate and np.array_equal(y, first)
+    assert _soundfile_decode(path, monkeypatch)[0].shape == first.shape
+    with pytest.raises(UnreadableAudioError, match="sampling rate changes"):
+        mp3.decode_span(path, span=_FixedSpan(first.size - 100, first.size + 100))
+
+
 def test_truncated_file_keeps_its_first_frames(mp3s):
     full, _ = mp3.decode_mono(mp3s["stereo_44k"])
     part, _ = mp3.decode_mono(mp3s["truncated"])
@@ -167,7 +243,7 @@ def test_every_demo_mp3_decodes_as_through_soundfile(demo_data_dir, monkeypatch)
     paths = sorted((demo_data_dir / "fma_small").rglob("*.mp3"))
     assert len(paths) > 10
     for path in paths:
-        fast = _outcome(audio._decode, path)
+        fast = _outcome(_decode, path)
         slow = _outcome(lambda p: _soundfile_decode(p, monkeypatch), path)
         if isinstance(slow[0], np.ndarray):
             assert fast[1] == slow[1] and fast[0].shape == slow[0].shape, path
@@ -196,7 +272,7 @@ def test_non_mp3_data_is_unreadable_for_both_decoders(tmp_path, kind, monkeypatc
     with pytest.raises(UnreadableAudioError) as slow:
         _soundfile_decode(path, monkeypatch)
     with pytest.raises(UnreadableAudioError) as through_audio:
-        audio._decode(path)
+        _decode(path)
     assert fast.value.reason == slow.value.reason == through_audio.value.reason == "unreadable"
     assert fast.value.path == path and "libmpg123" in fast.value.detail
 
@@ -231,20 +307,20 @@ def decode_spy(monkeypatch) -> list[Path]:
 def test_decode_uses_libmpg123_for_mp3(mp3s, tmp_path, suffix, decode_spy):
     path = tmp_path / f"song{suffix}"
     path.write_bytes(mp3s["stereo_44k"].read_bytes())
-    y, rate = audio._decode(path)
+    y, rate = _decode(path)
     assert decode_spy == [path] and rate == 44100 and y.size > 0
 
 
 def test_decode_uses_soundfile_without_libmpg123(mp3s, decode_spy, monkeypatch):
     monkeypatch.setattr(mp3, "available", lambda: False)
-    y, rate = audio._decode(mp3s["stereo_44k"])
+    y, rate = _decode(mp3s["stereo_44k"])
     assert decode_spy == [] and rate == 44100 and y.size > 0
 
 
 def test_other_formats_go_through_soundfile(tmp_path, signal, decode_spy):
     wav = tmp_path / "tone.wav"
     sf.write(wav, signal("sine", sr=16000, seconds=1.0, channels=2), 16000)
-    y, rate = audio._decode(wav)
+    y, rate = _decode(wav)
     assert decode_spy == [] and rate == 16000 and y.shape == (16000,)
 
 
@@ -255,7 +331,7 @@ def test_wav_named_mp3_still_decodes_through_soundfile(tmp_path, signal, decode_
     with pytest.raises(UnreadableAudioError):
         mp3.decode_mono(path)
     decode_spy.clear()
-    y, rate = audio._decode(path)
+    y, rate = _decode(path)
     assert decode_spy == [path] and rate == 16000 and y.shape == (16000,)
 
 
@@ -266,7 +342,7 @@ def test_without_the_library_mp3s_go_through_soundfile(mp3s, monkeypatch):
         assert not mp3.available()
         with pytest.raises(UnreadableAudioError, match="libmpg123 is not installed"):
             mp3.decode_mono(mp3s["stereo_44k"])
-        y, rate = audio._decode(mp3s["stereo_44k"])
+        y, rate = _decode(mp3s["stereo_44k"])
         assert rate == 44100 and y.size > 0
     finally:
         mp3._library.cache_clear()
@@ -290,9 +366,9 @@ def test_reduced_rate_decode_goes_half_rate_only_with_margin(mp3s):
     assert mp3.decode_mono(mp3s["stereo_44k"], min_rate=8800)[1] == 11025
     assert mp3.decode_mono(mp3s["stereo_44k"], min_rate=24255)[1] == 44100
     assert mp3.decode_mono(mp3s["mono_22k"], min_rate=13200)[1] == 22050  # 11025 is too low: reopened
-    y, rate = audio._decode(mp3s["stereo_44k"], sample_rate=12000)
+    y, rate = _decode(mp3s["stereo_44k"], sample_rate=12000)
     assert rate == 22050 and y.dtype == np.float32
-    assert audio._decode(mp3s["stereo_44k"], sample_rate=22050)[1] == 44100  # no margin at 22.05 kHz
+    assert _decode(mp3s["stereo_44k"], sample_rate=22050)[1] == 44100  # no margin at 22.05 kHz
 
 
 @pytest.mark.parametrize("settings", [FeatureSettings(), FeatureSettings(sample_rate=8000, n_mels=64)],
