@@ -42,11 +42,15 @@ import os
 import select
 import sys
 from collections.abc import Callable
+from typing import Protocol
 
 from common.errors import ToolkitError
 
-#: ``main(argv) -> exit status``.
-Main = Callable[[list[str] | None], int]
+
+class Main(Protocol):
+    """``main(argv=None) -> exit status``: argv None means ``sys.argv[1:]``."""
+
+    def __call__(self, argv: list[str] | None = None) -> int: ...
 
 #: Exit status of a :class:`~common.errors.ToolkitError`.
 EXIT_ERROR = 1

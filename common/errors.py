@@ -107,3 +107,12 @@ class DamagedFoldError(FoldError):
 class DivergedFoldError(FoldError):
     """A finished fold's validation log loss is not finite or far worse than the uniform prior's
     (:func:`common.runs.has_diverged`)."""
+
+
+class FailedFoldError(DivergedFoldError):
+    """A fold's training stopped on a non-finite loss (``"status": "failed"`` in its summary,
+    :func:`common.runs.fold_status`): a diverged fold that did not finish its epochs."""
+
+
+class DiskSpaceError(ToolkitError):
+    """A file system has less free space than a command is about to write, or filled up while it wrote."""

@@ -14,22 +14,40 @@ Layout of one cache directory ``<cache_root>/<source>-<kind>-<digest>/``:
     Written under a temporary name and moved into place (:func:`common.io.atomic_output`),
     so a killed run never leaves half a shard.
 ``shard_NNNNN.json``
-    Per-item status of the shard, written after the shard: its presence marks
-    the shard done, so a re-run computes only the shards without one, and in the
-    others only the items whose failure is *transient* (see below).
+    The shard's done record, written after the shard: ``{"npy": {"bytes", "sha256"},
+    "items": [...]}``, the size and sha256 of the ``.npy`` as written and the per-item
+    status. Its presence marks the shard done, so a re-run computes only the shards without
+    one, and in the others only the items whose failure is *transient* (see below).
+    Records written before the ``.npy``'s check was recorded are a bare ``items`` list.
 ``shard_NNNNN.progress`` / ``shard_NNNNN.crashed``
     While a shard is computed: the rows started, and the rows a worker process died on
     (both removed once the shard is written). A row two workers died on is skipped by the
-    next attempt and recorded as a transient ``worker_died`` failure.
-``index.csv`` / ``failures.csv``
+    next attempt and recorded as a transient ``worker_died`` failure. In a local pool, where
+    one worker's death ends the others, each row then in flight is computed alone to find
+    the one that killed it: the others are not charged (:func:`_find_the_killers`).
+``index.csv`` / ``failures.csv`` / ``index.json``
     Written at the end: ``id, shard, row`` of every success, and
-    ``id, path, reason, detail, kind`` of every failure. ``index.csv`` marks the cache complete.
+    ``id, path, reason, detail, kind`` of every failure; ``index.json``, written before
+    ``index.csv``, holds the ``{"bytes", "sha256"}`` of both CSVs and of every shard.
+    ``index.csv`` marks the cache complete.
+``.lock`` / ``.lock.holder``
+    The writer lock (:func:`common.locks.folder_lock`): one extraction at a time writes into
+    a cache; a second waits for the first and then finds its work done.
 
 Failures never stop a run; each item that fails is one row. A decode failure (the
 :class:`~common.errors.AudioError` family: ``unreadable``, ``silent``, ``too_short``) is
 *permanent*: kept on re-runs unless ``--retry-failed``. A missing file (reason ``missing``)
 and any other exception (reason: its type, e.g. ``MemoryError``) are *transient*: a
 re-run computes those items again into the same shard.
+
+A damaged file is found before it is used. Extraction compares every done shard's size with its record
+(and its sha256 with ``--verify``) and computes a damaged shard again, naming it.
+:class:`FeatureCache` checks both CSVs (size and sha256) and every shard's size when it
+opens a cache, and a shard's sha256 the first time it reads from it, so a model never
+trains on a damaged shard: a :class:`~common.errors.FeatureCacheError` names it and the
+command that heals it. Before computing, extraction compares the bytes its shards will
+take with the free space of the cache's file system (``--force`` skips that), and a full
+disk met while writing stops it with one :class:`~common.errors.DiskSpaceError`.
 
 Nothing in these files depends on time, worker count or order of completion, so a
 resumed run yields byte-identical files to an uninterrupted one. Extraction holds at
@@ -44,19 +62,34 @@ import ctypes
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
 
 from common.audio import AUDIO_SUFFIXES, load_clip, logmel
 from common.cli import command
-from common.errors import AudioError, ConfigError, FeatureCacheError, ToolkitError
-from common.io import TEMPORARY_GLOB, absolute_path, atomic_output, write_bytes_atomic
+from common.errors import AudioError, ConfigError, DiskSpaceError, FeatureCacheError, ToolkitError
+from common.io import (
+    TEMPORARY_GLOB,
+    absolute_path,
+    bytes_record,
+    disk_full_reported,
+    file_damage,
+    file_record,
+    format_bytes,
+    sidecar_path,
+    write_bytes_atomic,
+    write_npy_atomic,
+    write_text_atomic,
+)
+from common.locks import folder_lock
 from common.pretrained import DEFAULT_WEIGHTS_DIR
 from common.settings import FeatureSettings
 
@@ -68,6 +101,14 @@ _RECORD_COLUMNS = ["id", "status", "reason", "detail", "kind"]
 
 #: Failure kinds: retried on every run / kept (retried with ``retry_failed``).
 TRANSIENT, PERMANENT = "transient", "permanent"
+
+#: The dtype of every stored feature.
+FEATURE_DTYPE = np.float16
+
+#: What heals a damaged cache file: for a wrong size or a damaged CSV, and for another sha256.
+_HEAL = "run `make features` (python -m common.features) again: it computes damaged shards again"
+_HEAL_HASH = ("run `make features VERIFY=1` (python -m common.features ... --verify): it checks every shard's "
+              "sha256 and computes the shards that differ again")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,12 +159,18 @@ def cache_dir_for(cache_root: str | Path, source: str, settings: FeatureSettings
     return Path(cache_root) / f"{source}-{settings.kind}-{settings.digest()}"
 
 
+def bytes_per_clip(settings: FeatureSettings) -> int:
+    """Bytes one clip takes in a shard: its :attr:`~FeatureSettings.clip_shape` in float16
+    (262,272 for the default 96 x 1366 log-mel; the README's disk table)."""
+    return int(np.prod(settings.clip_shape)) * np.dtype(FEATURE_DTYPE).itemsize
+
+
 def _shard_name(shard: int) -> str:
     return f"shard_{shard:05d}"
 
 
-def _atomic_write_csv(path: Path, frame: pd.DataFrame) -> None:
-    write_bytes_atomic(path, frame.to_csv(index=False, lineterminator="\n").encode(), overwrite=True)
+def _csv_bytes(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(index=False, lineterminator="\n").encode()
 
 
 def _settings_json(settings: FeatureSettings) -> bytes:
@@ -173,7 +220,7 @@ def _prepare(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: Pat
                 f"{items_path}: this cache was created for another item list or shard size "
                 f"({len(stored_items)} items); extract into a new cache directory or delete {cache_dir}")
     else:
-        _atomic_write_csv(items_path, table)
+        write_bytes_atomic(items_path, _csv_bytes(table), overwrite=True)
     return table
 
 
@@ -222,9 +269,49 @@ def _extract_item(path: str, *, settings: FeatureSettings, weights_dir: str,
     return {"status": "ok", "reason": "", "detail": "", "kind": ""}
 
 
+@dataclasses.dataclass(frozen=True)
+class _Record:
+    """A shard's done record, ``shard_NNNNN.json``.
+
+    Attributes
+    ----------
+    items : list of dict
+        Per row: ``id, status, reason, detail, kind`` (``kind`` absent in records made before kinds existed).
+    npy : dict or None
+        The :func:`~common.io.file_record` of ``shard_NNNNN.npy`` as written; None in records
+        written before it was recorded (a bare list of items on disk).
+    """
+
+    items: list[dict[str, str]]
+    npy: dict | None
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps({"npy": self.npy, "items": self.items}, indent=1) + "\n").encode()
+
+
+def _read_record(cache_dir: Path, shard: int) -> _Record | None:
+    """The done record of ``shard``; None when it has none.
+
+    Raises
+    ------
+    ValueError
+        The file is not a shard record (damaged JSON or another structure).
+    """
+    path = cache_dir / f"{_shard_name(shard)}.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if isinstance(data, list):
+        return _Record(items=data, npy=None)
+    if not (isinstance(data, dict) and isinstance(data.get("items"), list) and isinstance(data.get("npy"), dict)):
+        raise ValueError("not a shard record")
+    return _Record(items=data["items"], npy=data["npy"])
+
+
 def _extract_shard(cache_dir: str, shard: int, items: list[tuple[str, str]], settings: FeatureSettings,
                    weights_dir: str, retry: list[int] | None = None) -> list[dict[str, str]]:
-    """Compute one shard, write it atomically, then its record; return the record.
+    """Compute one shard, write it atomically, then its record with the shard's size and sha256;
+    return the record's items.
 
     ``retry`` lists rows to compute again into the existing shard and record (the other
     rows are kept as they are); None computes every row. A row is the same numbers
@@ -233,25 +320,27 @@ def _extract_shard(cache_dir: str, shard: int, items: list[tuple[str, str]], set
     Before each row its number is appended to ``shard_NNNNN.progress``. A worker process
     that dies in native code (a decoder or resampler crash, the kernel's OOM killer)
     leaves that file behind; the next attempt at the shard (Dask's retry on another
-    worker, :func:`_run_until_done`'s, or the next run's) records the row it died on in
-    ``shard_NNNNN.crashed``; a row on which two workers died is skipped and recorded as a
-    transient ``worker_died`` failure. One death may be a lost host or an interrupted run
-    (Ctrl-C leaves the marker too), so that row is tried once more. One file that kills
-    its process thus costs that file, never the shard or the run (with ``n_jobs=1``, which
-    computes in the command's own process, the command dies twice before the file is
-    skipped), and the next run after a skip tries it again.
+    worker, or the next run's) records the row it died on in ``shard_NNNNN.crashed``
+    (:func:`_charge_death`; in a local pool, :func:`_run_until_done` does it first and
+    finds which row killed its worker, see :func:`_find_the_killers`); a row on which two
+    workers died is skipped and recorded as a transient ``worker_died`` failure. One death
+    may be a lost host or an interrupted run (Ctrl-C leaves the marker too), so that row is
+    tried once more. One file that kills its process thus costs that file, never the shard
+    or the run (with ``n_jobs=1``, which computes in the command's own process, the command
+    dies twice before the file is skipped), and the next run after a skip tries it again.
     """
     directory = Path(cache_dir)
     name = _shard_name(shard)
     crashed = _rows_that_killed_a_worker(directory, name)
     if retry is None:
-        data = np.zeros((len(items), *settings.clip_shape), dtype=np.float16)
+        data = np.zeros((len(items), *settings.clip_shape), dtype=FEATURE_DTYPE)
         record: list[dict[str, str]] = [{} for _ in items]
-        rows = range(len(items))
+        rows: Sequence[int] = range(len(items))
     else:
         data = np.load(directory / f"{name}.npy")
-        record = json.loads((directory / f"{name}.json").read_text())
-        rows = retry
+        done = _read_record(directory, shard)
+        assert done is not None, "rows are retried in done shards only"
+        record, rows = done.items, retry
     progress = os.open(directory / f"{name}.progress", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         for row in rows:
@@ -269,39 +358,67 @@ def _extract_shard(cache_dir: str, shard: int, items: list[tuple[str, str]], set
             record[row] = {"id": item_id, **entry}
     finally:
         os.close(progress)
-    with atomic_output(directory / f"{name}.npy", overwrite=True) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, data)
-    write_bytes_atomic(directory / f"{name}.json", (json.dumps(record, indent=1) + "\n").encode(), overwrite=True)
+    npy = write_npy_atomic(directory / f"{name}.npy", data, overwrite=True)
+    write_bytes_atomic(directory / f"{name}.json", _Record(items=record, npy=npy).to_bytes(), overwrite=True)
     for marker in (f"{name}.progress", f"{name}.crashed"):
         (directory / marker).unlink(missing_ok=True)
     return record
 
 
+def _charge_death(directory: Path, name: str) -> int | None:
+    """Move the row a dead worker was computing from ``<name>.progress`` to ``<name>.crashed``; that row.
+
+    A ``<name>.progress`` file left by a dead worker ends with the row it was computing: that
+    row is appended to ``<name>.crashed`` (which survives further deaths) and the progress
+    file is removed. None when there is no progress file, or an empty one.
+    """
+    progress = directory / f"{name}.progress"
+    if not progress.exists():
+        return None
+    lines = progress.read_text().split()
+    row = int(lines[-1]) if lines else None
+    if row is not None:
+        _record_death(directory, name, row)
+    progress.unlink()
+    return row
+
+
+def _record_death(directory: Path, name: str, row: int) -> None:
+    """Append ``row`` to ``<name>.crashed``: a worker died computing it."""
+    with open(directory / f"{name}.crashed", "a") as handle:
+        handle.write(f"{row}\n")
+
+
+def _acquit(directory: Path, name: str, row: int) -> None:
+    """Take one death of ``row`` back from ``<name>.crashed`` (removed when none is left)."""
+    crashed = directory / f"{name}.crashed"
+    rows = crashed.read_text().split()
+    rows.remove(str(row))
+    if rows:
+        write_text_atomic(crashed, "".join(f"{other}\n" for other in rows), overwrite=True)
+    else:
+        crashed.unlink()
+
+
 def _rows_that_killed_a_worker(directory: Path, name: str) -> set[int]:
     """Rows of shard ``name`` on which two worker processes died, from ``<name>.crashed``.
 
-    A ``<name>.progress`` file left by a dead worker ends with the row it was computing:
-    that row is appended to ``<name>.crashed`` (which survives further deaths) and the
-    progress file is removed. One death may be the host's fault (a node lost, a job
-    killed), so that row is tried once more; a second death on it names the clip.
+    A dead worker's row is charged first (:func:`_charge_death`). One death may be the host's
+    fault (a node lost, a job killed), so that row is tried once more; a second death on it
+    names the clip.
     """
-    progress, crashed = directory / f"{name}.progress", directory / f"{name}.crashed"
-    if progress.exists():
-        lines = progress.read_text().split()
-        if lines:
-            with open(crashed, "a") as handle:
-                handle.write(f"{lines[-1]}\n")
-        progress.unlink()
+    _charge_death(directory, name)
+    crashed = directory / f"{name}.crashed"
     deaths = collections.Counter(int(row) for row in crashed.read_text().split()) if crashed.exists() else {}
     return {row for row, count in deaths.items() if count >= 2}
 
 
-def _rows_to_retry(record: list[dict[str, str]], *, retry_failed: bool) -> list[int]:
+def _rows_to_retry(record: _Record, *, retry_failed: bool) -> list[int]:
     """Rows of a done shard to compute again: transient failures, or every failure with ``retry_failed``.
 
     Records of caches made before failure kinds existed hold decode failures only: permanent.
     """
-    return [row for row, entry in enumerate(record) if entry["status"] != "ok"
+    return [row for row, entry in enumerate(record.items) if entry["status"] != "ok"
             and (retry_failed or entry.get("kind", PERMANENT) == TRANSIENT)]
 
 
@@ -350,14 +467,16 @@ def _run_task(task: tuple) -> tuple[int, int, list[dict[str, str]]]:
     return task[1], (len(record) if task[5] is None else len(task[5])), record
 
 
-def _read_record(cache_dir: Path, shard: int) -> list[dict[str, str]] | None:
-    path = cache_dir / f"{_shard_name(shard)}.json"
-    if not path.exists() or not (cache_dir / f"{_shard_name(shard)}.npy").exists():
-        return None
-    return json.loads(path.read_text())
+def _probe_clip(clip: tuple[str, FeatureSettings, str]) -> None:
+    """Compute the clip ``(path, settings, weights_dir)`` and throw its features away: run alone
+    in a worker, whether the worker survives it (see :func:`_find_the_killers`)."""
+    path, settings, weights_dir = clip
+    _extract_item(path, settings=settings, weights_dir=weights_dir,
+                  out=np.zeros(settings.clip_shape, dtype=FEATURE_DTYPE))
 
 
-def _run_local(tasks: list[tuple], *, n_jobs: int) -> Iterator[tuple[int, int, list[dict[str, str]]]]:
+def _run_local(function: Callable, tasks: list[tuple], *, n_jobs: int) -> Iterator:
+    """``function(task)`` of every task in a local loky pool of ``n_jobs`` processes, in order of completion."""
     import joblib
 
     if not tasks:
@@ -368,7 +487,7 @@ def _run_local(tasks: list[tuple], *, n_jobs: int) -> Iterator[tuple[int, int, l
     # interleaved runs of 96 real-music clips in shards of 4, 2 cores)
     with joblib.parallel_config(backend="loky", inner_max_num_threads=1):
         yield from joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1)(
-            joblib.delayed(_run_task)(task) for task in tasks)
+            joblib.delayed(function)(task) for task in tasks)
 
 
 def _run_dask(tasks: list[tuple], *, scheduler: str) -> Iterator[tuple[int, int, list[dict[str, str]]]]:
@@ -391,11 +510,19 @@ def _worker_deaths() -> tuple[type[BaseException], ...]:
     return TerminatedWorkerError, KilledWorker
 
 
-def _run_until_done(tasks: list[tuple], *, run, bar) -> None:
+def _run_until_done(tasks: list[tuple], *, run: Callable[[list[tuple]], Iterator], bar,
+                    notify: Callable[[str], None], probe: Callable[[tuple], object] | None) -> None:
     """Run the shard ``tasks`` with ``run``; after a worker died, run the unfinished ones again.
 
     A row on which two workers died is skipped by the next attempt at its shard (see
     :func:`_extract_shard`), so a shard needs at most two attempts per file that kills a worker.
+
+    Parameters
+    ----------
+    probe : callable or None
+        ``probe(clip)`` computes one clip alone (:func:`_probe_clip` in a fresh local pool):
+        given where one worker's death ends the others (loky), to find the clip that killed it
+        (:func:`_find_the_killers`). None for Dask, whose workers die alone.
     """
     done: set[int] = set()
     todo = tasks
@@ -407,17 +534,62 @@ def _run_until_done(tasks: list[tuple], *, run, bar) -> None:
             return
         except _worker_deaths() as error:
             todo = [task for task in todo if task[1] not in done]
-            print(f"features: a worker process died ({type(error).__name__}); attempt {attempt + 1} at "
-                  f"{len(todo)} unfinished shard(s) (a clip two workers died on is skipped)",
-                  file=sys.stderr, flush=True)
+            killers = _find_the_killers(todo, probe=probe) if probe else []
+            notify(f"features: a worker process died ({type(error).__name__})"
+                   + (f"; {', '.join(killers)} killed one alone and is skipped" if killers else "")
+                   + f"; attempt {attempt + 1} at {len(todo)} unfinished shard(s) "
+                     f"(a clip two workers died on is skipped)")
     raise FeatureCacheError("workers kept dying on every clip; see the .crashed files in the cache")
+
+
+def _find_the_killers(tasks: list[tuple], *, probe: Callable[[tuple], object]) -> list[str]:
+    """Which clips killed a local pool: when one loky worker dies, loky ends the others too.
+
+    The progress file of each unfinished shard (``tasks``) names the row its worker was
+    computing when the pool ended: the killer's, or a bystander's. Each such row is charged a
+    death (:func:`_charge_death`), then computed alone (``probe``). A row whose worker dies alone
+    is charged a second death, so that the next attempt skips it; when one did, the rows that
+    survived alone are acquitted (:func:`_acquit`): the pool's end killed them. (Charging them
+    too made a bystander that was twice in flight beside a killing clip a ``worker_died``
+    failure of its own.) When every row survives alone the death was no one clip's (memory the
+    clips took together, a killed process) and the charges stand, as for a death under Dask.
+
+    Returns
+    -------
+    list of str
+        Paths of the clips whose worker died alone: their shards skip them from now on.
+    """
+    killers: list[str] = []
+    survivors: list[tuple[Path, str, int]] = []
+    for task in tasks:
+        directory, name = Path(task[0]), _shard_name(task[1])
+        row = _charge_death(directory, name)
+        if row is None:
+            continue
+        path = task[2][row][1]
+        try:
+            probe((path, task[3], task[4]))
+        except _worker_deaths():
+            _record_death(directory, name, row)
+            killers.append(str(path))
+        else:
+            survivors.append((directory, name, row))
+    if killers:
+        for directory, name, row in survivors:
+            _acquit(directory, name, row)
+    return killers
 
 
 def extract(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: str | Path,
             n_jobs: int = -1, shard_size: int = 256, scheduler: str | None = None,
             progress: bool = True, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,
-            retry_failed: bool = False) -> ExtractionSummary:
-    """Extract the features of ``items`` into ``cache_dir``, computing only missing shards.
+            retry_failed: bool = False, verify: bool = False, check_free_space: bool = True,
+            notify: Callable[[str], None] | None = None) -> ExtractionSummary:
+    """Extract the features of ``items`` into ``cache_dir``, computing only missing or damaged shards.
+
+    The run holds the cache's writer lock (:func:`common.locks.folder_lock`) from start to end:
+    a second run on the same cache waits for it, then finds its work done. Dask workers write
+    shards without the lock: this process holds it for them.
 
     Parameters
     ----------
@@ -445,6 +617,15 @@ def extract(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: str 
     retry_failed : bool
         Compute permanent failures (decode errors) of earlier runs again too; transient
         ones (missing files, unexpected exceptions) are always retried.
+    verify : bool
+        Compare every done shard's sha256 with its record too (its size is always compared),
+        reading the whole cache; a record written before the sha256 was recorded gets it.
+    check_free_space : bool
+        Refuse to start when the shards still to write need more than the free space of the
+        cache's file system.
+    notify : callable, optional
+        Called with each diagnostic line: whose lock the run waits for, each damaged shard it
+        computes again, each worker death. ``fma-features`` prints them on stderr.
 
     Returns
     -------
@@ -456,20 +637,30 @@ def extract(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: str 
     ------
     FeatureCacheError
         ``cache_dir`` holds another item list, shard size or settings.
+    DiskSpaceError
+        Too little free space to start (naming both numbers), or the file system filled up
+        while writing; the work finished so far is kept for the next run.
     ToolkitError
         An embedding kind whose weights are missing (the message names ``make weights``).
     """
     start = time.perf_counter()
+    notify = notify or (lambda line: None)
     # workers run in their own directory (on other hosts): send them absolute paths only
     cache_dir, weights_dir = absolute_path(cache_dir), absolute_path(weights_dir)
     items = [(item_id, absolute_path(path)) for item_id, path in items]
     _require_weights(settings, weights_dir=weights_dir)
-    table = _prepare(items, settings=settings, cache_dir=cache_dir, shard_size=shard_size)
-    plan = _plan_shards(table, settings=settings, cache_dir=cache_dir, weights_dir=weights_dir,
-                        retry_failed=retry_failed)
-    _compute_shards(plan, n_items=len(table), n_jobs=n_jobs, scheduler=scheduler, progress=progress)
-    status = _consolidate_records(table, plan, cache_dir=cache_dir)
-    failures = _write_index_and_failures(table, status, cache_dir=cache_dir)
+    with disk_full_reported(cache_dir), folder_lock(cache_dir, on_wait=notify):
+        table = _prepare(items, settings=settings, cache_dir=cache_dir, shard_size=shard_size)
+        plan = _plan_shards(table, settings=settings, cache_dir=cache_dir, weights_dir=weights_dir,
+                            retry_failed=retry_failed, verify=verify)
+        for damage in plan.damaged:
+            notify(f"features: {damage}; computing the shard again")
+        if check_free_space:
+            _require_free_space(plan, settings=settings, cache_dir=cache_dir, n_items=len(table))
+        _compute_shards(plan, n_items=len(table), n_jobs=n_jobs, scheduler=scheduler, progress=progress,
+                        notify=notify)
+        status, checks = _consolidate_records(table, plan, cache_dir=cache_dir)
+        failures = _write_index_and_failures(table, status, checks, cache_dir=cache_dir)
     return _summarise(failures, n_items=len(table), n_cached=plan.n_cached, seconds=time.perf_counter() - start)
 
 
@@ -488,61 +679,138 @@ class _ShardPlan:
     Attributes
     ----------
     tasks : list of tuple
-        Arguments of :func:`_extract_shard` of every shard to compute: new shards (``retry``
-        None) and done shards with rows to compute again.
-    records : dict of int to list of dict
+        Arguments of :func:`_extract_shard` of every shard to compute: new and damaged shards
+        (``retry`` None) and done shards with rows to compute again.
+    records : dict of int to _Record
         Records of the done shards that need no work, by shard number.
     n_shards : int
     n_cached : int
         Items found done (not retried) in shards of an earlier run.
+    damaged : list of str
+        One line per done shard found damaged (computed again), naming its file and the damage.
     """
 
     tasks: list[tuple]
-    records: dict[int, list[dict[str, str]]]
+    records: dict[int, _Record]
     n_shards: int
     n_cached: int
+    damaged: list[str]
 
 
 def _plan_shards(table: pd.DataFrame, *, settings: FeatureSettings, cache_dir: Path, weights_dir: Path,
-                 retry_failed: bool) -> _ShardPlan:
+                 retry_failed: bool, verify: bool) -> _ShardPlan:
     """Sort the shards of the item ``table`` into done ones and ones to compute (see :class:`_ShardPlan`)."""
-    records: dict[int, list[dict[str, str]]] = {}
+    records: dict[int, _Record] = {}
     tasks = []
+    damaged = []
     n_cached = 0
-    for shard, group in table.groupby("shard", sort=True):
-        record = _read_record(cache_dir, int(shard))
+    for key, group in table.groupby("shard", sort=True):
+        shard = int(cast(int, key))
+        record, damage = _done_record(cache_dir, shard, settings=settings, n_rows=len(group), verify=verify)
+        if damage:
+            damaged.append(damage)
         retry: list[int] | None = None
         if record is not None:
             retry = _rows_to_retry(record, retry_failed=retry_failed)
-            n_cached += len(record) - len(retry)
+            n_cached += len(record.items) - len(retry)
             if not retry:
-                records[int(shard)] = record
+                records[shard] = record
                 continue
-        tasks.append((str(cache_dir), int(shard), list(zip(group["id"], group["path"])), settings,
+        tasks.append((str(cache_dir), shard, list(zip(group["id"], group["path"])), settings,
                       str(weights_dir), retry))
     n_shards = int(table["shard"].max()) + 1 if len(table) else 0
-    return _ShardPlan(tasks=tasks, records=records, n_shards=n_shards, n_cached=n_cached)
+    return _ShardPlan(tasks=tasks, records=records, n_shards=n_shards, n_cached=n_cached, damaged=damaged)
 
 
-def _compute_shards(plan: _ShardPlan, *, n_items: int, n_jobs: int, scheduler: str | None, progress: bool) -> None:
+def _done_record(cache_dir: Path, shard: int, *, settings: FeatureSettings, n_rows: int,
+                 verify: bool) -> tuple[_Record | None, str | None]:
+    """The record of a done shard whose ``.npy`` passes its checks: ``(record, None)``.
+
+    ``(None, None)`` for a shard not done (no record), ``(None, what is wrong)`` for a damaged
+    one: an unreadable record, a missing ``.npy``, or one of another size than recorded (or,
+    with ``verify``, another sha256). A record written before the ``.npy``'s check was recorded
+    is accepted as it is; with ``verify`` it gets the check (rewritten with the file's size
+    and sha256) once the ``.npy`` loads as the shard's ``(n_rows, *clip_shape)`` float16 array.
+    """
+    name = _shard_name(shard)
+    npy_path = cache_dir / f"{name}.npy"
+    try:
+        record = _read_record(cache_dir, shard)
+    except ValueError as error:
+        return None, f"{cache_dir / name}.json: unreadable shard record ({error})"
+    if record is None:
+        return None, None
+    if record.npy is not None:
+        damage = file_damage(npy_path, record.npy, hash=verify)
+        return (None, f"{npy_path}: {damage}") if damage else (record, None)
+    if not npy_path.is_file():
+        return None, f"{npy_path}: missing"
+    if not verify:
+        return record, None
+    try:
+        array = np.load(npy_path, mmap_mode="r")
+    except (OSError, ValueError) as error:
+        return None, f"{npy_path}: unreadable ({error})"
+    if array.shape != (n_rows, *settings.clip_shape) or array.dtype != FEATURE_DTYPE:
+        return None, f"{npy_path}: a {array.dtype} array of shape {array.shape}, not the shard's"
+    record = _Record(items=record.items, npy=file_record(npy_path))
+    write_bytes_atomic(cache_dir / f"{name}.json", record.to_bytes(), overwrite=True)
+    return record, None
+
+
+def _require_free_space(plan: _ShardPlan, *, settings: FeatureSettings, cache_dir: Path, n_items: int) -> None:
+    """Refuse a run whose shards would not fit on the file system of ``cache_dir``.
+
+    The shards still to write take their clips times :func:`bytes_per_clip`, less what their
+    files already hold (a shard with rows to retry is rewritten in place).
+
+    Raises
+    ------
+    DiskSpaceError
+        More bytes to write than ``shutil.disk_usage`` reports free, naming both and the folder.
+    """
+    per_clip = bytes_per_clip(settings)
+    n_clips = sum(len(task[2]) for task in plan.tasks)
+    written = sum((cache_dir / f"{_shard_name(task[1])}.npy").stat().st_size
+                  for task in plan.tasks if (cache_dir / f"{_shard_name(task[1])}.npy").is_file())
+    needed = n_clips * per_clip - written
+    free = shutil.disk_usage(cache_dir).free
+    if needed > free:
+        raise DiskSpaceError(
+            f"{cache_dir}: the feature cache needs {format_bytes(needed)} more ({n_clips} clip{'s' * (n_clips != 1)} "
+            f"of {per_clip:,} bytes; {format_bytes(n_items * per_clip)} when complete), but its file system has "
+            f"{format_bytes(free)} free; free some space or choose another cache folder (--cache, make's CACHE), "
+            f"or pass --force to start anyway")
+
+
+def _compute_shards(plan: _ShardPlan, *, n_items: int, n_jobs: int, scheduler: str | None, progress: bool,
+                    notify: Callable[[str], None]) -> None:
     """Run the plan's tasks in local worker processes, or on the Dask cluster of ``scheduler``,
     until every shard is written; a tqdm bar over all ``n_items`` clips (cached ones counted) on stderr."""
     from tqdm.auto import tqdm
 
+    def run(todo: list[tuple]) -> Iterator:
+        return _run_dask(todo, scheduler=scheduler) if scheduler else _run_local(_run_task, todo, n_jobs=n_jobs)
+
+    def probe(clip: tuple) -> list:
+        return list(_run_local(_probe_clip, [clip], n_jobs=n_jobs))
+
     with tqdm(total=n_items, initial=plan.n_cached, unit="clip", desc="features", disable=not progress,
               file=sys.stderr) as bar:
-        _run_until_done(plan.tasks, run=lambda todo: (_run_dask(todo, scheduler=scheduler) if scheduler
-                                                       else _run_local(todo, n_jobs=n_jobs)), bar=bar)
+        _run_until_done(plan.tasks, run=run, bar=bar, notify=notify, probe=None if scheduler else probe)
 
 
-def _consolidate_records(table: pd.DataFrame, plan: _ShardPlan, *, cache_dir: Path) -> pd.DataFrame:
-    """Every item's status from the shard records, in ``items.csv`` order.
+def _consolidate_records(table: pd.DataFrame, plan: _ShardPlan, *,
+                         cache_dir: Path) -> tuple[pd.DataFrame, dict[str, dict | None]]:
+    """Every item's status from the shard records, in ``items.csv`` order, and every shard's check.
 
     Returns
     -------
-    pd.DataFrame
+    status : pd.DataFrame
         Columns ``id, status, reason, detail, kind``, one row per row of ``table``; ``kind``
         is empty for successes and ``permanent`` for failures of records made before kinds existed.
+    checks : dict of str to dict or None
+        ``shard_NNNNN.npy`` -> its recorded :func:`~common.io.file_record` (None: not recorded).
 
     Raises
     ------
@@ -556,16 +824,18 @@ def _consolidate_records(table: pd.DataFrame, plan: _ShardPlan, *, cache_dir: Pa
         if record is None:
             raise FeatureCacheError(f"{cache_dir}: {_shard_name(shard)} was not written; run again to finish it")
         records[shard] = record
-    status = pd.DataFrame([entry for shard in range(plan.n_shards) for entry in records[shard]],
+    status = pd.DataFrame([entry for shard in range(plan.n_shards) for entry in records[shard].items],
                           columns=_RECORD_COLUMNS)
     status["kind"] = status["kind"].where(status["status"] == "ok", status["kind"].fillna(PERMANENT)).fillna("")
     if not status["id"].equals(table["id"]):
         raise FeatureCacheError(f"{cache_dir}: shard records do not match items.csv")
-    return status
+    return status, {f"{_shard_name(shard)}.npy": records[shard].npy for shard in range(plan.n_shards)}
 
 
-def _write_index_and_failures(table: pd.DataFrame, status: pd.DataFrame, *, cache_dir: Path) -> pd.DataFrame:
-    """Write ``failures.csv``, then ``index.csv`` (which marks the cache complete); return the failures.
+def _write_index_and_failures(table: pd.DataFrame, status: pd.DataFrame, checks: dict[str, dict | None], *,
+                              cache_dir: Path) -> pd.DataFrame:
+    """Write ``failures.csv``, ``index.json`` (the checks of both CSVs and of the shards), then
+    ``index.csv`` (which marks the cache complete); return the failures.
 
     Returns
     -------
@@ -575,8 +845,11 @@ def _write_index_and_failures(table: pd.DataFrame, status: pd.DataFrame, *, cach
     ok = (status["status"] == "ok").to_numpy()
     failures = pd.concat([table.loc[~ok, ["id", "path"]], status.loc[~ok, ["reason", "detail", "kind"]]],
                          axis=1)[_FAILURE_COLUMNS]
-    _atomic_write_csv(cache_dir / "failures.csv", failures)
-    _atomic_write_csv(cache_dir / "index.csv", table.loc[ok, ["id", "shard", "row"]])
+    failures_csv, index_csv = _csv_bytes(failures), _csv_bytes(table.loc[ok, ["id", "shard", "row"]])
+    write_bytes_atomic(cache_dir / "failures.csv", failures_csv, overwrite=True)
+    index = {"index.csv": bytes_record(index_csv), "failures.csv": bytes_record(failures_csv), "shards": checks}
+    write_text_atomic(sidecar_path(cache_dir / "index.csv"), json.dumps(index, indent=1) + "\n", overwrite=True)
+    write_bytes_atomic(cache_dir / "index.csv", index_csv, overwrite=True)
     return failures
 
 
@@ -598,6 +871,11 @@ class FeatureCache:
     Use :meth:`open`. :meth:`get` copies rows out of the memory-mapped shards, so a
     random batch reads only its own rows; ``get()`` reads the whole cache into memory.
 
+    Every shard's size is checked when the cache opens, and its sha256 the first time a row
+    of it is read (once per shard and :class:`FeatureCache`: a read of the shard, cheap beside
+    the training or prediction that reads its rows), against ``index.json``; caches written
+    before it existed are read unchecked.
+
     Attributes
     ----------
     directory : Path
@@ -609,7 +887,7 @@ class FeatureCache:
     """
 
     def __init__(self, directory: Path, settings: FeatureSettings, index: pd.DataFrame,
-                 failures: pd.DataFrame) -> None:
+                 failures: pd.DataFrame, shard_checks: dict[str, dict | None]) -> None:
         self.directory = directory
         self.settings = settings
         self.failures = failures
@@ -617,16 +895,18 @@ class FeatureCache:
         self._position = pd.Series(np.arange(len(index)), index=pd.Index(self.ids))
         self._shard = index["shard"].to_numpy(dtype=np.int64)
         self._row = index["row"].to_numpy(dtype=np.int64)
+        self._checks = shard_checks
         self._maps: dict[int, np.ndarray] = {}
 
     @classmethod
     def open(cls, cache_dir: str | Path) -> FeatureCache:
-        """Open a complete cache.
+        """Open a complete cache, checking its CSVs (size and sha256) and every shard's size.
 
         Raises
         ------
         FeatureCacheError
-            Missing or incomplete (extraction not finished), naming the command to run.
+            Missing or incomplete (extraction not finished), or damaged (naming the file);
+            the message names the command to run.
         """
         directory = Path(cache_dir)
         hint = "run `make features ...` (python -m common.features) to create or finish it"
@@ -635,16 +915,33 @@ class FeatureCache:
         if not (directory / "index.csv").exists():
             raise FeatureCacheError(f"{directory}: feature cache is incomplete (no index.csv); {hint}")
         settings = FeatureSettings.from_dict(json.loads((directory / "settings.json").read_text()))
+        checks = _read_index_checks(directory)
+        for name in ("index.csv", "failures.csv"):
+            if name in checks:
+                _raise_if_damaged(directory / name, checks[name], hash=True)
+        shard_checks = checks.get("shards", {})
+        for name, record in shard_checks.items():
+            if record is not None:
+                _raise_if_damaged(directory / name, record, hash=False)
         index = pd.read_csv(directory / "index.csv", dtype={"id": str})
         failures = pd.read_csv(directory / "failures.csv", dtype=str, keep_default_na=False)
-        return cls(directory, settings, index, failures)
+        return cls(directory, settings, index, failures, shard_checks)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def _map(self, shard: int) -> np.ndarray:
+        """The memory map of ``shard``; the first time, after its size and sha256 are checked."""
         if shard not in self._maps:
-            self._maps[shard] = np.load(self.directory / f"{_shard_name(shard)}.npy", mmap_mode="r")
+            path = self.directory / f"{_shard_name(shard)}.npy"
+            record = self._checks.get(path.name)
+            if record is not None:
+                _raise_if_damaged(path, record, hash=True)
+            try:
+                self._maps[shard] = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as error:
+                raise FeatureCacheError(f"{path}: unreadable ({error}); the feature cache is damaged: "
+                                        f"{_HEAL}") from error
         return self._maps[shard]
 
     def get(self, ids: Sequence[str] | np.ndarray | None = None) -> np.ndarray:
@@ -663,6 +960,8 @@ class FeatureCache:
         ------
         KeyError
             An id that is not in the cache (failed or never extracted).
+        FeatureCacheError
+            A shard to read is damaged (another size or sha256 than recorded, or unreadable).
         """
         keys = pd.Index(np.asarray(self.ids if ids is None else ids, dtype=str))
         positions = self._position.reindex(keys).to_numpy()
@@ -670,12 +969,49 @@ class FeatureCache:
             missing = list(keys[pd.isna(positions)][:5])
             raise KeyError(f"{self.directory}: ids not in the cache (failed or never extracted): {missing}")
         positions = positions.astype(np.int64)
-        out = np.empty((len(keys), *self.settings.clip_shape), dtype=np.float16)
+        out = np.empty((len(keys), *self.settings.clip_shape), dtype=FEATURE_DTYPE)
         shards, rows = self._shard[positions], self._row[positions]
         for shard in np.unique(shards):
             selected = np.flatnonzero(shards == shard)
             out[selected] = self._map(int(shard))[rows[selected]]
         return out
+
+
+def _read_index_checks(directory: Path) -> dict:
+    """``index.json`` of a complete cache: the checks of its CSVs and shards; ``{}`` for a cache
+    written before it existed.
+
+    Raises
+    ------
+    FeatureCacheError
+        ``index.json`` is unreadable.
+    """
+    path = sidecar_path(directory / "index.csv")
+    if not path.exists():
+        return {}
+    try:
+        checks = json.loads(path.read_text())
+        if not isinstance(checks, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as error:
+        raise FeatureCacheError(f"{path}: unreadable ({error}); the feature cache is damaged: {_HEAL}") from error
+    return checks
+
+
+def _raise_if_damaged(path: Path, record: dict, *, hash: bool) -> None:
+    """Compare ``path`` with its recorded size (and, with ``hash``, sha256).
+
+    Raises
+    ------
+    FeatureCacheError
+        Naming the file, what is wrong, and the command that heals it: ``make features``, or
+        for a shard of the recorded size but another sha256, ``make features VERIFY=1``.
+    """
+    damage, heal = file_damage(path, record, hash=False), _HEAL
+    if damage is None and hash:
+        damage, heal = file_damage(path, record, hash=True), (_HEAL_HASH if path.suffix == ".npy" else _HEAL)
+    if damage is not None:
+        raise FeatureCacheError(f"{path}: {damage}; the feature cache is damaged: {heal}")
 
 
 def folder_items(audio_dir: str | Path) -> list[Item]:
@@ -726,7 +1062,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "missing files and unexpected errors are always retried")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR,
                         help="musicnn weights for embedding kinds (default: %(default)s; `make weights`)")
+    parser.add_argument("--verify", action="store_true",
+                        help="compare every finished shard's sha256 with its record (reads the whole cache) and "
+                             "compute the shards that differ again; their size is always compared")
+    parser.add_argument("--force", action="store_true",
+                        help="start even when the cache's file system has less free space than the shards need")
     return parser
+
+
+def _print_diagnostic(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 @command("fma-features", resume="run it again: the finished shards are kept")
@@ -751,7 +1096,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cache: {cache_dir}", file=sys.stderr)
     summary = extract(items, settings=settings, cache_dir=cache_dir, n_jobs=args.jobs,
                       shard_size=args.shard_size, scheduler=args.scheduler, progress=not args.no_progress,
-                      weights_dir=args.weights, retry_failed=args.retry_failed)
+                      weights_dir=args.weights, retry_failed=args.retry_failed, verify=args.verify,
+                      check_free_space=not args.force, notify=_print_diagnostic)
     print(summary.line(), flush=True)
     if summary.mostly_failed():
         reasons = "; ".join(f"{count} {reason} (e.g. {example})" for reason, count, example in summary.top_reasons)

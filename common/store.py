@@ -34,6 +34,13 @@ class ClipStore:
         otherwise every gather reads the memory-mapped cache shards.
     memory_limit : int, optional
         A further cap on the budget in bytes (a Dask worker's ``--memory-limit``).
+
+    Raises
+    ------
+    common.errors.FeatureCacheError
+        A damaged cache shard, naming it and ``make features``: the cache checks each shard's
+        sha256 the first time it reads from it (when the rows are loaded, or at the first
+        :meth:`gather` that reads the shard).
     """
 
     def __init__(self, cache, ids: Sequence[str], *, in_memory: bool | str = "auto",

@@ -76,6 +76,15 @@ def _files(directory: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
 
 
+def _files_renamed(directory: Path, rename: tuple[Path, Path] | None = None) -> dict[str, bytes]:
+    """:func:`_files` but ``index.json``, whose sha256 of ``failures.csv`` covers the audio paths; with
+    ``rename=(read, original)``, of a cache of audio read from a copy, once it is named as the original
+    (paths and decoder messages hold it)."""
+    old, new = (str(path).encode() for path in rename) if rename else (b"", b"")
+    return {name: data.replace(old, new) if rename else data
+            for name, data in _files(directory).items() if name != "index.json"}
+
+
 def test_features_for_dispatches_on_kind():
     y = np.random.default_rng(1).standard_normal(SETTINGS.clip_samples).astype(np.float32)
     features = features_for(y, settings=SETTINGS)
@@ -138,8 +147,7 @@ def test_killed_run_resumes_to_the_same_cache_as_a_clean_run(clean_cache, audio_
         assert process.poll() is None and time.monotonic() < deadline, "first shard never appeared"
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    process.stdout.close()
+    process.communicate()
     assert not (cache_dir / "index.csv").exists()
     with pytest.raises(FeatureCacheError, match="make features"):
         FeatureCache.open(cache_dir)
@@ -288,11 +296,11 @@ def test_unexpected_exceptions_are_transient_rows_retried_on_the_next_run(clean_
     assert (summary.n_ok, summary.n_failed) == (22, 7)
     failures = FeatureCache.open(cache_dir).failures.set_index("id")
     assert list(FeatureCache.open(cache_dir).failures.columns) == ["id", "path", "reason", "detail", "kind"]
-    assert failures.loc["song05", ["reason", "detail", "kind"]].tolist() == [
+    assert list(failures.loc["song05", ["reason", "detail", "kind"]]) == [
         "RuntimeError", "resampler exploded", "transient"]
-    assert failures.loc["song10", ["reason", "kind"]].tolist() == ["MemoryError", "transient"]
-    assert failures.loc["b_silent", ["reason", "kind"]].tolist() == ["OSError", "transient"]
-    assert failures.loc["b_short", ["reason", "kind"]].tolist() == ["too_short", "permanent"]
+    assert list(failures.loc["song10", ["reason", "kind"]]) == ["MemoryError", "transient"]
+    assert list(failures.loc["b_silent", ["reason", "kind"]]) == ["OSError", "transient"]
+    assert list(failures.loc["b_short", ["reason", "kind"]]) == ["too_short", "permanent"]
     assert summary.n_transient == 3 and "3 transient failures will be retried" in summary.line()
 
     monkeypatch.undo()
@@ -315,10 +323,8 @@ def test_a_missing_file_is_retried_and_the_healed_cache_equals_a_clean_one(clean
     shutil.move(kept, folder / "song07.mp3")
     healed = extract(items, settings=SETTINGS, cache_dir=cache_dir, n_jobs=1, shard_size=4, progress=False)
     assert (healed.n_ok, healed.n_failed, healed.n_cached) == (24, 5, 28)
-    # the same files, once this copy's folder is named as the original's (paths and decoder messages hold it)
-    ours = {name: data.replace(str(folder).encode(), str(audio_folder).encode())
-            for name, data in _files(cache_dir).items()}
-    assert ours == _files(clean_cache)
+    assert _files_renamed(cache_dir, rename=(folder, audio_folder)) == _files_renamed(clean_cache)
+    FeatureCache.open(cache_dir).get()  # its index.json holds the checks of its own files
 
 
 def test_decode_failures_stay_cached_unless_retry_failed(clean_cache, audio_folder, tmp_path, monkeypatch):
@@ -327,8 +333,12 @@ def test_decode_failures_stay_cached_unless_retry_failed(clean_cache, audio_fold
     copy = shutil.copytree(clean_cache, tmp_path / "copy")
     items = folder_items(audio_folder)
     calls = []
-    monkeypatch.setattr(features, "load_clip", lambda path, *, settings: (calls.append(Path(path).stem),
-                                                                          load_clip(path, settings=settings))[1])
+
+    def counted_load_clip(path, *, settings):
+        calls.append(Path(path).stem)
+        return load_clip(path, settings=settings)
+
+    monkeypatch.setattr(features, "load_clip", counted_load_clip)
     assert extract(items, settings=SETTINGS, cache_dir=copy, n_jobs=1, shard_size=4, progress=False).n_cached == 29
     assert calls == []
     again = extract(items, settings=SETTINGS, cache_dir=copy, n_jobs=1, shard_size=4, progress=False,
@@ -385,11 +395,11 @@ def test_a_superset_archive_is_read_and_named(metadata_only, demo_data_dir, tiny
                  "--cache", str(tmp_path / "cache"), "--jobs", "2", "--no-progress"]) == 0
     assert f"audio: {metadata_only / 'fma_large'}" in capsys.readouterr().err
     settings = FeatureSettings.from_dict(TINY_FEATURES)
-    ours = _files(cache_dir_for(tmp_path / "cache", "fma_small", settings))
-    local = _files(cache_dir_for(tiny_training_data["cache"], "fma_small", settings))
-    # the same files, once the folder read is named as the original's (paths and decoder messages hold it)
-    renamed = (str(metadata_only / "fma_large").encode(), str(demo_data_dir / "fma_small").encode())
-    assert {name: data.replace(*renamed) for name, data in ours.items()} == local
+    ours = _files_renamed(cache_dir_for(tmp_path / "cache", "fma_small", settings),
+                          rename=(metadata_only / "fma_large", demo_data_dir / "fma_small"))
+    local = _files_renamed(cache_dir_for(tiny_training_data["cache"], "fma_small", settings))
+    FeatureCache.open(cache_dir_for(tmp_path / "cache", "fma_small", settings)).get()
+    assert ours == local
 
 
 # Loaded by every Python process of the test's run (the CLI and its loky workers): the clip
@@ -432,7 +442,7 @@ def test_a_clip_that_kills_its_worker_costs_that_clip_only_and_heals_on_the_next
     assert "a worker process died" in crashed.stderr
     assert crashed.stdout.strip().splitlines()[-1].startswith("features: 23 ok, 6 failed, 0 cached")
     cache = FeatureCache.open(cache_dir)
-    assert cache.failures.set_index("id").loc["song05", ["reason", "kind"]].tolist() == ["worker_died", "transient"]
+    assert list(cache.failures.set_index("id").loc["song05", ["reason", "kind"]]) == ["worker_died", "transient"]
     assert not [*cache_dir.glob("*.progress"), *cache_dir.glob("*.crashed")]
     others = [item_id for item_id in FeatureCache.open(clean_cache).ids if item_id != "song05"]
     np.testing.assert_array_equal(cache.get(others), FeatureCache.open(clean_cache).get(others))
@@ -463,7 +473,7 @@ def test_on_a_dask_cluster_a_clip_that_kills_its_worker_costs_that_clip_only(
                           scheduler=cluster.scheduler_address, progress=False)
     assert (summary.n_ok, summary.n_failed) == (23, 6)
     cache = FeatureCache.open(cache_dir)
-    assert cache.failures.set_index("id").loc["song05", ["reason", "kind"]].tolist() == ["worker_died", "transient"]
+    assert list(cache.failures.set_index("id").loc["song05", ["reason", "kind"]]) == ["worker_died", "transient"]
     assert not [*cache_dir.glob("*.progress"), *cache_dir.glob("*.crashed")]
     others = [item_id for item_id in FeatureCache.open(clean_cache).ids if item_id != "song05"]
     np.testing.assert_array_equal(cache.get(others), FeatureCache.open(clean_cache).get(others))
