@@ -14,10 +14,12 @@ without an artist id is its own group.
 
 The folds file is a CSV with columns ``track_id, fold, artist_id, genre_top`` (empty
 ``genre_top`` for tracks without one) and a sidecar JSON (``<file>.json``) holding
-``k``, ``seed``, ``subset``, ``n_tracks`` and ``checksum``, the SHA-256 of the sorted
-track ids. :func:`read_folds` refuses a file whose tracks are not exactly the eligible
-tracks of the metadata it is used with. Files are written once: :func:`write_folds`
-never replaces an existing file unless asked to.
+``k``, ``seed``, ``subset``, ``n_tracks``, ``checksum``, the SHA-256 of the sorted
+track ids, and ``csv``, the size and SHA-256 of the CSV's bytes. :func:`read_folds` refuses
+a CSV of another size or hash (a copy cut short, flipped bytes: every later step reads the
+folds, and hashing a folds file costs little next to any of them), and a file whose tracks
+are not exactly the eligible tracks of the metadata it is used with. Files are written once:
+:func:`write_folds` never replaces an existing file unless asked to.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from common.errors import ConfigError, MetadataError, OutputExistsError
-from common.io import sidecar_path, write_text_atomic
+from common.io import sidecar_path, write_bytes_atomic, write_text_atomic
+from common.runs import bytes_record, file_damage
 
 #: Columns of the folds CSV, in order.
 FOLD_COLUMNS: tuple[str, ...] = ("track_id", "fold", "artist_id", "genre_top")
@@ -65,7 +68,7 @@ def eligible_tracks(tracks: pd.DataFrame) -> pd.DataFrame:
     selected = tracks[tracks[("set", "split")].astype(str).isin(FOLD_SPLITS)]
     genre = selected[("track", "genre_top")].astype("object")
     flat = pd.DataFrame({
-        "artist_id": pd.array(selected[("artist", "id")], dtype="Int64"),
+        "artist_id": selected[("artist", "id")].astype("Int64").array,
         "genre_top": genre.where(genre.notna(), np.nan),
     }, index=pd.Index(selected.index.astype(np.int64), name="track_id"))
     return flat.sort_index()
@@ -140,15 +143,16 @@ def write_folds(path: str | Path, folds: pd.DataFrame, *, subset: str, k: int, s
         for existing in (path, sidecar_path(path)):
             if existing.exists():
                 raise OutputExistsError(existing)
+    data = folds[list(FOLD_COLUMNS)].to_csv(index=False).encode("utf-8")
     meta = {
         "k": int(k), "seed": int(seed), "subset": subset, "n_tracks": int(len(folds)),
         "checksum": track_ids_checksum(folds["track_id"]),
         "tracks_per_fold": [int(n) for n in np.bincount(folds["fold"], minlength=k)],
         "splits": list(FOLD_SPLITS), "stratified_by": "genre_top (none for tracks without one)",
-        "grouped_by": "artist_id",
+        "grouped_by": "artist_id", "csv": bytes_record(data),
     }
     write_text_atomic(sidecar_path(path), json.dumps(meta, indent=2) + "\n", overwrite=overwrite)
-    write_text_atomic(path, folds[list(FOLD_COLUMNS)].to_csv(index=False), overwrite=overwrite)
+    write_bytes_atomic(path, data, overwrite=overwrite)
     return path
 
 
@@ -170,8 +174,10 @@ def read_folds(path: str | Path, *, tracks: pd.DataFrame) -> pd.DataFrame:
     Raises
     ------
     MetadataError
-        The file or its sidecar is missing or malformed, or its tracks are not exactly the
-        eligible tracks of ``tracks`` (other subset, other metadata).
+        The file or its sidecar is missing or malformed, the CSV differs in size or SHA-256
+        from what its sidecar records (damaged), or its tracks are not exactly the eligible
+        tracks of ``tracks`` (other subset, other metadata). The messages name the command
+        that writes the file again.
     """
     path = Path(path)
     meta_path = sidecar_path(path)
@@ -184,6 +190,14 @@ def read_folds(path: str | Path, *, tracks: pd.DataFrame) -> pd.DataFrame:
                                 "(python -m experiments.folds)")
     try:
         meta = json.loads(meta_path.read_text())
+    except (ValueError, OSError) as error:
+        raise MetadataError(f"{meta_path}: cannot read the folds file's sidecar ({error}); write both again with "
+                            f"`{rewrite_command(path, {})}`") from error
+    damage = file_damage(path, meta["csv"], hash=True) if "csv" in meta else None  # older files: not recorded
+    if damage:
+        raise MetadataError(f"{path}: damaged: {damage} (recorded in {meta_path}); write it again with "
+                            f"`{rewrite_command(path, meta)}`")
+    try:
         folds = pd.read_csv(path, dtype={"genre_top": "object"})
     except (ValueError, OSError) as error:
         raise MetadataError(f"{path}: cannot read folds file: {error}") from error
@@ -205,8 +219,15 @@ def read_folds(path: str | Path, *, tracks: pd.DataFrame) -> pd.DataFrame:
             f"{path}: folds made for subset {meta['subset']!r} with {meta['n_tracks']} tracks do "
             f"not match the metadata ({len(expected)} training/validation tracks; {missing} of them "
             f"not in the file, {extra} tracks of the file not in the metadata). Use the folds file of "
-            "this data and subset, or rewrite it with `python -m experiments.folds ... --force`.")
+            f"this data and subset, or write it again for them with `{rewrite_command(path, meta)}`.")
     return folds.set_index("track_id")
+
+
+def rewrite_command(path: str | Path, meta: dict) -> str:
+    """The command that writes the folds file ``path`` again, with the ``subset``, ``k`` and ``seed``
+    of its sidecar ``meta`` (placeholders where it lacks them)."""
+    return (f"python -m experiments.folds --data DATA --subset {meta.get('subset', 'SUBSET')} "
+            f"--k {meta.get('k', 'K')} --seed {meta.get('seed', 0)} --out {path} --force")
 
 
 def fold_track_ids(folds: pd.DataFrame, fold: int) -> tuple[np.ndarray, np.ndarray]:

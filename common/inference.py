@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,8 +48,24 @@ def _call_models(models, x):
     return tf.stack([tf.cast(model(x, training=False), tf.float32) for model in models])
 
 
+@dataclass(frozen=True)
+class TracedForward:
+    """A traced model call on numpy arrays: ``forward(x) -> np.ndarray``.
+
+    Attributes
+    ----------
+    traced : tf.types.experimental.PolymorphicFunction
+        The ``tf.function`` (``experimental_get_tracing_count()``, ``get_concrete_function()``).
+    """
+
+    traced: Any
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.traced(np.asarray(x, dtype=np.float32)).numpy()
+
+
 @functools.lru_cache(maxsize=8)
-def forward_function(model, batch_size: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+def forward_function(model, batch_size: int | None = None) -> TracedForward:
     """``model(x, training=False)`` as a function traced once; a tuple of models in one graph.
 
     ``model.predict_on_batch`` traces its graph again for each new batch size until
@@ -70,10 +88,9 @@ def forward_function(model, batch_size: int | None = None) -> Callable[[np.ndarr
 
     Returns
     -------
-    callable
+    TracedForward
         ``(batch, *model.input_shape[1:])`` float32 array -> ``(batch, *model.output_shape[1:])``,
-        or ``(n_models, batch, *output_shape[1:])`` float32 for a tuple. Its ``traced``
-        attribute is the ``tf.function`` (``experimental_get_tracing_count()``).
+        or ``(n_models, batch, *output_shape[1:])`` float32 for a tuple.
     """
     import tensorflow as tf
 
@@ -81,14 +98,8 @@ def forward_function(model, batch_size: int | None = None) -> Callable[[np.ndarr
     spec = tf.TensorSpec((batch_size, *first.input_shape[1:]), tf.float32)
     # A partial, not a lambda: TensorFlow's retracing detector keys on a function's code
     # object, shared by every lambda made here; a partial object is its own key.
-    traced = tf.function(functools.partial(_call_models if isinstance(model, tuple) else _call_model, model),
-                         input_signature=[spec])
-
-    def forward(x: np.ndarray) -> np.ndarray:
-        return traced(np.asarray(x, dtype=np.float32)).numpy()
-
-    forward.traced = traced
-    return forward
+    return TracedForward(tf.function(functools.partial(_call_models if isinstance(model, tuple) else _call_model,
+                                                       model), input_signature=[spec]))
 
 
 #: Crops per inference call on a CPU. Full-size spectrogram batches spill out of the CPU's
@@ -140,7 +151,7 @@ def eval_starts(n_frames: int, *, crop_frames: int, eval: str, chunk_hop_frames:
 
 def predict_clips(models, features, *, crop_frames: int, eval: str = "center",
                   chunk_hop_frames: int | None = None, batch_size: int = 32,
-                  on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+                  on_batch: Callable[[int], object] | None = None) -> np.ndarray:
     """Probabilities of every clip, batched across clips; the mean over ``models`` when several.
 
     The chunks of consecutive clips fill fixed-size batches (a clip's chunks may span
@@ -189,7 +200,9 @@ def predict_clips(models, features, *, crop_frames: int, eval: str = "center",
     batch = int(min(batch_size, 1 << int(np.ceil(np.log2(n_chunks.sum())))))
     forward = forward_function(tuple(models), batch)
     sums = np.zeros((n, n_classes))
-    x = owners = last_chunk = None
+    x = np.zeros(0, dtype=np.float32)  # (batch, *clip.shape[:-1], crop_frames), once the first clip is read
+    owners = np.zeros(batch, dtype=np.int64)
+    last_chunk = np.zeros(batch, dtype=bool)
     filled = 0
 
     def flush() -> None:
@@ -202,10 +215,8 @@ def predict_clips(models, features, *, crop_frames: int, eval: str = "center",
         if clip.shape[-1] < crop_frames:
             pad = [(0, 0)] * (clip.ndim - 1) + [(0, crop_frames - clip.shape[-1])]
             clip = np.pad(clip, pad, mode="minimum")
-        if x is None:
+        if index == 0:
             x = np.zeros((batch, *clip.shape[:-1], crop_frames), dtype=np.float32)
-            owners = np.zeros(batch, dtype=np.int64)
-            last_chunk = np.zeros(batch, dtype=bool)
         starts = eval_starts(clip.shape[-1], crop_frames=crop_frames, eval=eval, chunk_hop_frames=chunk_hop_frames)
         for start in starts:
             x[filled] = clip[..., start:start + crop_frames]
@@ -231,7 +242,8 @@ def load_fold_models(exp_dir: str | Path, *, hash: bool = True, allow_diverged: 
         Check the sha256 of each fold's ``model.keras``, not only its size
         (:func:`common.runs.verify_fold`; the fold's other files are not read here).
     allow_diverged : bool
-        Load folds marked ``"diverged"`` too.
+        Load folds whose status is ``"diverged"`` or ``"failed"`` too; a fold that failed before
+        keeping any model is refused all the same.
 
     Raises
     ------
@@ -241,7 +253,8 @@ def load_fold_models(exp_dir: str | Path, *, hash: bool = True, allow_diverged: 
         A fold's files differ from those recorded, or Keras cannot load its ``model.keras``;
         names the fold and the command that retrains it.
     DivergedFoldError
-        A fold diverged and ``allow_diverged`` is false.
+        A fold diverged or failed (:class:`~common.errors.FailedFoldError`) and ``allow_diverged``
+        is false.
     """
     folds = finished_fold_dirs(exp_dir, required=True)
     for fold in folds:

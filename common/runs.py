@@ -6,24 +6,27 @@ exists: training writes it last. Anything else in ``runs/<exp>`` named ``fold_*`
 user's ``fold_1.bak`` or ``fold_old`` copy, a file) is no fold and is skipped.
 
 A finished fold's ``summary.json`` records the size and sha256 of its ``model.keras`` and
-``oof.csv`` (``"files"``) and whether it diverged (``"diverged"``: its validation log loss is
-not finite or over :data:`DIVERGENCE_FACTOR` times the uniform prior's, ``"prior_log_loss"``);
-:func:`verify_fold`
-checks both before a fold's files are used. Summaries written before these keys existed
-are accepted unchecked.
+``oof.csv`` (``"files"``; none when the fold kept no model) and its ``"status"``
+(:func:`fold_status`): ``"ok"``; ``"diverged"``, its validation log loss is not finite or
+over :data:`DIVERGENCE_FACTOR` times the uniform prior's (``"prior_log_loss"``); ``"failed"``,
+training stopped on a non-finite loss (``"failure"``: the epoch and the loss).
+:func:`verify_fold` checks both before a fold's files are used. Summaries written before
+these keys existed are read too: one with only ``"diverged": true`` is diverged, one without
+``"files"`` is accepted unchecked.
 
 Keras-free: run folders are listed by the CLIs that only read JSON and CSV.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from common.errors import DamagedFoldError, DivergedFoldError, ToolkitError
+from common.errors import DamagedFoldError, DivergedFoldError, FailedFoldError, ToolkitError
 from common.io import file_sha256
 
 #: Written last into a fold folder: its presence marks the fold as finished.
@@ -71,7 +74,7 @@ def fold_dirs(exp_dir: str | Path) -> list[Path]:
     if not exp_dir.is_dir():
         return []
     folds = [path for path in exp_dir.glob(f"{_PREFIX}*") if path.is_dir() and fold_number(path) is not None]
-    return sorted(folds, key=fold_number)
+    return sorted(folds, key=lambda path: fold_number(path) or 0)
 
 
 def finished_fold_dirs(exp_dir: str | Path, *, required: bool = False) -> list[Path]:
@@ -101,9 +104,15 @@ def finished_fold_dirs(exp_dir: str | Path, *, required: bool = False) -> list[P
 
 
 def file_record(path: str | Path) -> dict:
-    """``{"bytes": size, "sha256": hex}`` of a file, as a fold summary's ``"files"`` holds it."""
+    """``{"bytes": size, "sha256": hex}`` of a file, as a fold summary's ``"files"`` holds it
+    (and a folds file's sidecar, a blend's ``blend.json``); checked by :func:`file_damage`."""
     path = Path(path)
     return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def bytes_record(data: bytes) -> dict:
+    """:func:`file_record` of a file that will hold ``data``, before it is written."""
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def retrain_command(fold_path: str | Path, summary: dict | None = None) -> str:
@@ -116,11 +125,6 @@ def retrain_command(fold_path: str | Path, summary: dict | None = None) -> str:
     return f"make train EXP={exp} FOLD={fold_number(fold_path)}"
 
 
-def is_diverged(summary: dict) -> bool:
-    """Whether a fold summary is marked ``"diverged"`` (absent in summaries that predate the mark: False)."""
-    return bool(summary.get("diverged", False))
-
-
 #: A fold diverged when its validation log loss is not finite or over this many times the
 #: uniform prior's. A weak or over-confident model (a few epochs on little data) can score a few
 #: times the prior and is still a model a blend's temperature calibrates (a 1-epoch musicnn head
@@ -128,18 +132,55 @@ def is_diverged(summary: dict) -> bool:
 #: worse (a learning rate of 1e6: 28.9) or not at all (NaN probabilities).
 DIVERGENCE_FACTOR = 5.0
 
+#: The ``"status"`` of a fold summary: trained as asked; finished but diverged
+#: (:func:`has_diverged`); stopped on a non-finite training loss.
+FOLD_STATUSES = ("ok", "diverged", "failed")
+
 
 def has_diverged(log_loss: float, *, prior: float) -> bool:
     """Whether a fold's validation ``log_loss`` marks it diverged against the uniform ``prior``'s."""
     return not (math.isfinite(log_loss) and log_loss <= DIVERGENCE_FACTOR * prior)
 
 
-def divergence_detail(fold_path: str | Path, summary: dict) -> str:
-    """One line on a diverged fold: its validation log loss against the uniform prior's."""
+def fold_outcome(log_loss: float, *, prior: float, failed: bool) -> str:
+    """The ``"status"`` a fold summary records: ``"failed"`` when training stopped on a non-finite
+    loss, else ``"diverged"`` or ``"ok"`` by :func:`has_diverged` of its validation ``log_loss``."""
+    if failed:
+        return "failed"
+    return "diverged" if has_diverged(log_loss, prior=prior) else "ok"
+
+
+def fold_status(summary: dict) -> str:
+    """One of :data:`FOLD_STATUSES`: the summary's ``"status"``; for a summary that predates it,
+    ``"diverged"`` when it is marked ``"diverged": true``, else ``"ok"``."""
+    if "status" in summary:
+        return summary["status"]
+    return "diverged" if summary.get("diverged", False) else "ok"
+
+
+def status_detail(fold_path: str | Path, summary: dict) -> str:
+    """One line on a fold whose status is not ``"ok"``: the failing epoch and loss, or its validation
+    log loss against the uniform prior's."""
+    head = f"{Path(fold_path) / FOLD_SUMMARY}: fold {fold_number(fold_path)}"
+    if fold_status(summary) == "failed":
+        failure = summary.get("failure") or {}
+        return (f"{head} failed: its training loss became {failure.get('loss', math.nan)} in epoch "
+                f"{failure.get('epoch', '?')}, and training stopped there")
     loss = (summary.get("metrics") or {}).get("log_loss", math.nan)
     prior = summary.get("prior_log_loss", math.nan)
-    return (f"{Path(fold_path) / FOLD_SUMMARY}: fold {fold_number(fold_path)} diverged: validation log loss "
-            f"{loss:.4g}, over {DIVERGENCE_FACTOR:g} times the uniform prior's {prior:.4g}")
+    return (f"{head} diverged: validation log loss {loss:.4g}, over {DIVERGENCE_FACTOR:g} times the uniform "
+            f"prior's {prior:.4g}")
+
+
+#: What to change before training a failed or diverged fold again.
+RETRAIN_HINT = "lower training.optimizer.learning_rate of the config first"
+
+
+def folds_complete(exp_dir: str | Path, folds: Iterable[int]) -> bool:
+    """Whether every fold of ``folds`` is finished and none failed: the experiment can be summarised."""
+    paths = [fold_dir(exp_dir, k) for k in folds]
+    return all(is_finished(p) for p in paths) and not any(fold_status(read_fold_summary(p)) == "failed"
+                                                          for p in paths)
 
 
 def read_fold_summary(fold_path: str | Path) -> dict:
@@ -163,7 +204,7 @@ def read_fold_summary(fold_path: str | Path) -> dict:
 
 def verify_fold(fold_path: str | Path, *, files: Iterable[str] | None = None, hash: bool = True,
                 allow_diverged: bool = False) -> dict:
-    """Check a finished fold's recorded files (and that it did not diverge) before using it.
+    """Check a finished fold's recorded files (and that it neither diverged nor failed) before using it.
 
     Parameters
     ----------
@@ -174,9 +215,11 @@ def verify_fold(fold_path: str | Path, *, files: Iterable[str] | None = None, ha
         to blend); every recorded file when omitted. A packaged submission carries the models
         only, so prediction must not ask for ``oof.csv``.
     hash : bool
-        Also compare each file's sha256 with the recorded one (its size is always checked).
+        Also compare each file's sha256 with the recorded one (its size is always checked);
+        what a command's ``--verify`` asks for where it is not the default.
     allow_diverged : bool
-        Accept a fold marked ``"diverged"`` (``compare`` shows it; submissions and blends refuse it).
+        Accept a fold whose status is ``"diverged"`` or ``"failed"`` (``compare`` shows them;
+        submissions, blends and packages refuse them unless told ``--allow-diverged``).
 
     Returns
     -------
@@ -190,27 +233,36 @@ def verify_fold(fold_path: str | Path, *, files: Iterable[str] | None = None, ha
         A recorded file is missing, of another size, or (``hash``) of another sha256.
     DivergedFoldError
         The fold diverged and ``allow_diverged`` is false.
+    FailedFoldError
+        The fold failed and ``allow_diverged`` is false, or it kept none of ``files`` (it
+        failed in its first epoch, before any model was kept).
     """
     fold_path = Path(fold_path)
     summary = read_fold_summary(fold_path)
     retrain = retrain_command(fold_path, summary)
-    wanted = None if files is None else set(files)
-    for name, record in (summary.get("files") or {}).items():
-        if wanted is not None and name not in wanted:
-            continue
+    records = summary.get("files")  # None: written before files were recorded
+    recorded: dict = records or {}
+    wanted = set(recorded) if files is None else set(files)
+    for name in sorted(wanted & set(recorded)):
         path = fold_path / name
-        what = _damage(path, record, hash=hash)
+        what = file_damage(path, recorded[name], hash=hash)
         if what:
             raise DamagedFoldError(fold_path, f"{path}: {what} (fold {fold_number(fold_path)} is damaged)",
                                    retrain=retrain)
-    if is_diverged(summary) and not allow_diverged:
-        raise DivergedFoldError(fold_path, divergence_detail(fold_path, summary), retrain=retrain,
-                                hint="lower training.optimizer.learning_rate of the config first")
+    status = fold_status(summary)
+    unkept = sorted(wanted - set(recorded)) if records is not None else []
+    if status != "ok" and (unkept or not allow_diverged):
+        error = FailedFoldError if status == "failed" else DivergedFoldError
+        detail = status_detail(fold_path, summary) + (f"; it kept no {', '.join(unkept)}" if unkept else "")
+        raise error(fold_path, detail, retrain=retrain, hint=RETRAIN_HINT)
     return summary
 
 
-def _damage(path: Path, record: dict, *, hash: bool) -> str | None:
-    """What is wrong with ``path`` against its recorded ``{"bytes", "sha256"}``, or None."""
+def file_damage(path: Path, record: dict, *, hash: bool) -> str | None:
+    """What is wrong with ``path`` against its recorded ``{"bytes", "sha256"}`` (:func:`file_record`), or None.
+
+    The size is always compared, the sha256 only with ``hash``.
+    """
     if not path.is_file():
         return "missing"
     size = path.stat().st_size

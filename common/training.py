@@ -12,6 +12,12 @@ the ``ReduceLROnPlateau`` counters, and every epoch's batches are a function of 
 and the epoch number (:func:`common.data.train_dataset`), so the resumed fold ends with
 the history and weights of an uninterrupted one.
 
+A fold's training holds the fold folder's writer lock (:func:`common.locks.folder_lock`): a
+second run of the same fold waits, then skips the finished fold. A training loss that stops
+being finite stops the fold at once (:class:`FoldCheckpoint`); it is finished all the same,
+its ``summary.json`` saying ``"status": "failed"`` (``"diverged"`` for a fold that trained its
+epochs but scores far worse than the uniform prior; see :mod:`common.runs`).
+
 Under ``strategy: mirrored`` (:func:`select_runtime`) ``data.batch_size`` is the global
 batch: each replica trains on its share (:func:`check_global_batch`), Keras averages the
 loss over the global batch, and the batch norms use the whole batch's statistics, so that a
@@ -32,7 +38,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +53,8 @@ from common.data import feature_stats, train_dataset
 from common.errors import ConfigError
 from common.inference import inference_batch_size, predict_clips
 from common.io import atomic_output, write_text_atomic
-from common.runs import FOLD_CHECKED_FILES, FOLD_SUMMARY, file_record, has_diverged
+from common.locks import folder_lock
+from common.runs import FOLD_CHECKED_FILES, FOLD_SUMMARY, file_record, fold_outcome, read_fold_summary
 from common.store import ClipStore
 from common.tasks import Task
 
@@ -329,6 +336,10 @@ class FoldCheckpoint(keras.callbacks.Callback):
     state) and then ``checkpoint/state.json``, and stops training after
     ``patience`` epochs without improvement (0: never).
 
+    A training loss that is no longer finite stops training at once, after the batch that
+    made it so (what Keras' ``TerminateOnNaN`` does, without its print): that epoch is not
+    validated, logged or checkpointed, and ``state["failure"]`` records it (``epoch``, ``loss``).
+
     A ``plateau`` callback (``ReduceLROnPlateau``) is stepped here, after validation and
     before the checkpoint, so that the saved optimizer holds the learning rate of the next
     epoch; its counters (``best``, ``wait``, ``cooldown_counter``) are kept in
@@ -360,8 +371,16 @@ class FoldCheckpoint(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._started = time.perf_counter()
 
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if not math.isfinite(float((logs or {}).get("loss", 0.0))):
+            self.model.stop_training = True
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
+        loss = float(logs["loss"])
+        if not math.isfinite(loss):
+            self.state["failure"] = {"epoch": epoch + 1, "loss": loss}
+            return
         probs = predict_clips(self.model, self.val_features, crop_frames=self.crop_frames, eval=self.eval,
                               chunk_hop_frames=self.chunk_hop_frames, batch_size=self.batch_size)
         scores = score_predictions(self.task, self.y_val, probs)
@@ -370,7 +389,7 @@ class FoldCheckpoint(keras.callbacks.Callback):
             if key not in ("log_loss", "n", "n_classes_scored"):
                 logs[f"val_{key}"] = value
         seconds = time.perf_counter() - self._started
-        row = {"epoch": epoch + 1, "loss": float(logs["loss"]), "val_loss": float(logs["val_loss"]),
+        row = {"epoch": epoch + 1, "loss": loss, "val_loss": float(logs["val_loss"]),
                **{k: float(v) for k, v in logs.items() if k.startswith("val_") and k != "val_loss"},
                "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
                "seconds": seconds}
@@ -463,9 +482,11 @@ class _FoldInputs:
 def _fold_inputs(config: ExperimentConfig, *, store: ClipStore, train_positions: np.ndarray,
                  val_positions: np.ndarray) -> _FoldInputs:
     """Crop and hop lengths, steps per epoch, validation clips and training statistics of a fold."""
-    mean, std = feature_stats(store, train_positions, layout=config.features.layout)
+    band_mean, band_std = feature_stats(store, train_positions, layout=config.features.layout)
+    mean: np.ndarray | float = band_mean
+    std: np.ndarray | float = band_std
     if config.features.layout == "waveform":
-        mean, std = float(mean[0]), float(std[0])
+        mean, std = float(band_mean[0]), float(band_std[0])
     return _FoldInputs(crop_frames=config.data.crop_frames(config.features),
                        chunk_hop_frames=config.data.chunk_hop_frames(config.features),
                        steps_per_epoch=int(np.ceil(len(train_positions) / config.data.batch_size)),
@@ -518,8 +539,8 @@ def _is_finished(training: TrainingConfig, state: dict) -> bool:
 
 
 def _fit(model: keras.Model, *, config: ExperimentConfig, task: Task, fold: int, store: ClipStore,
-         train_positions: np.ndarray, y_train: np.ndarray, y_val: np.ndarray, inputs: _FoldInputs, state: dict,
-         run_dir: Path, callbacks: tuple, verbose: int) -> None:
+         train_positions: np.ndarray, y_train: np.ndarray, sample_weights: np.ndarray | None, y_val: np.ndarray,
+         inputs: _FoldInputs, state: dict, run_dir: Path, callbacks: tuple, verbose: int) -> None:
     """Train the remaining epochs, from ``state["epoch"]``; :class:`FoldCheckpoint` updates ``state`` and the run files.
 
     The batches of the remaining epochs (:func:`common.data.train_dataset`) are those an
@@ -529,7 +550,7 @@ def _fit(model: keras.Model, *, config: ExperimentConfig, task: Task, fold: int,
     dataset = train_dataset(store, train_positions, y_train, crop_frames=inputs.crop_frames,
                             batch_size=data.batch_size, seed=training.seed + 1000 * fold,
                             mixup_alpha=data.mixup_alpha, specaugment=data.specaugment, fill=inputs.mean,
-                            balance=data.balance, first_epoch=state["epoch"],
+                            balance=data.balance, sample_weights=sample_weights, first_epoch=state["epoch"],
                             n_epochs=training.epochs - state["epoch"])
     plateau = None
     if training.schedule == "reduce_on_plateau":
@@ -545,15 +566,17 @@ def _fit(model: keras.Model, *, config: ExperimentConfig, task: Task, fold: int,
               shuffle=False, callbacks=[checkpoint, *callbacks], verbose=verbose)
 
 
-def _predict_best(run_dir: Path, *, config: ExperimentConfig, inputs: _FoldInputs) -> tuple[keras.Model, np.ndarray]:
-    """The fold's best model (``model.keras``) and its out-of-fold probabilities ``(n_val, n_classes)``."""
+def _predict_best(run_dir: Path, *, config: ExperimentConfig, inputs: _FoldInputs) -> np.ndarray | None:
+    """The out-of-fold probabilities ``(n_val, n_classes)`` of the fold's best model (``model.keras``);
+    None when the fold kept none (its training loss stopped being finite in the first epoch)."""
     import common.models  # noqa: F401  (custom layers)
 
+    if not (run_dir / "model.keras").is_file():
+        return None
     best = keras.models.load_model(run_dir / "model.keras", compile=False)
-    probs = predict_clips(best, inputs.val_features, crop_frames=inputs.crop_frames, eval=config.data.eval,
-                          chunk_hop_frames=inputs.chunk_hop_frames,
-                          batch_size=inference_batch_size(config.data.batch_size))
-    return best, probs
+    return predict_clips(best, inputs.val_features, crop_frames=inputs.crop_frames, eval=config.data.eval,
+                         chunk_hop_frames=inputs.chunk_hop_frames,
+                         batch_size=inference_batch_size(config.data.batch_size))
 
 
 def score_predictions(task: Task, y: np.ndarray, probs: np.ndarray) -> dict:
@@ -578,28 +601,35 @@ def prior_log_loss(task: Task) -> float:
 
 
 def _finish_fold(run_dir: Path, *, config: ExperimentConfig, task: Task, fold: int, runtime: Runtime,
-                 best: keras.Model, probs: np.ndarray, y_val: np.ndarray, val_ids, n_train: int,
+                 params: int, probs: np.ndarray | None, y_val: np.ndarray, val_ids, n_train: int,
                  state: dict, jit_compile: bool, prior: float) -> dict:
     """Write ``oof.csv`` and then ``summary.json`` (the fold is finished), remove the checkpoint; the summary.
 
     ``jit_compile`` is whether Keras compiled the training step with XLA: it can drop a
-    ``true`` of the config with only a warning (a cuDNN GRU, op determinism). ``prior`` is
-    :func:`prior_log_loss`: a fold whose validation log loss is not finite or far above it
-    is marked ``"diverged"`` (:func:`common.runs.has_diverged`). ``"files"`` records the size
-    and sha256 of ``model.keras`` and ``oof.csv`` (checked by :func:`common.runs.verify_fold`).
+    ``true`` of the config with only a warning (a cuDNN GRU, op determinism). ``"status"``
+    (:func:`common.runs.fold_outcome`) is ``"failed"`` when training stopped on a non-finite
+    loss (``state["failure"]``, recorded as ``"failure"``: epoch and loss), else ``"diverged"``
+    when the validation log loss is not finite or far above ``prior`` (:func:`prior_log_loss`),
+    else ``"ok"``. ``"files"`` records the size and sha256 of ``model.keras`` and ``oof.csv``
+    (checked by :func:`common.runs.verify_fold`). ``probs`` is None for a fold that kept no
+    model (it failed in its first epoch): it gets no ``oof.csv``, ``"metrics"`` or ``"files"``.
     """
-    write_oof(run_dir / "oof.csv", ids=val_ids, fold=fold, task=task, y=y_val, probs=probs)
-    scores = score_predictions(task, y_val, probs)
-    loss = scores["log_loss"]
+    scores = None
+    if probs is not None:
+        write_oof(run_dir / "oof.csv", ids=val_ids, fold=fold, task=task, y=y_val, probs=probs)
+        scores = score_predictions(task, y_val, probs)
+    failure = state.get("failure")
     summary = {
         "experiment": config.name, "fold": fold, "task": task.name, "model": config.model.name,
-        "params": int(best.count_params()), "epochs": state["epoch"], "best_epoch": state["best_epoch"],
+        "params": int(params), "epochs": state["epoch"], "best_epoch": state["best_epoch"],
         "seconds_per_epoch": float(np.mean(state["seconds"])) if state["seconds"] else None,
         "metrics": scores, "n_train": int(n_train), "n_val": len(val_ids),
         "device": runtime.device, "precision": runtime.precision, "jit_compile": jit_compile,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "prior_log_loss": prior, "diverged": has_diverged(loss, prior=prior),
-        "files": {name: file_record(run_dir / name) for name in FOLD_CHECKED_FILES},
+        "prior_log_loss": prior,
+        "status": fold_outcome(scores["log_loss"] if scores else math.inf, prior=prior, failed=failure is not None),
+        "failure": failure,
+        "files": {name: file_record(run_dir / name) for name in FOLD_CHECKED_FILES} if scores else {},
     }
     write_text_atomic(run_dir / FOLD_SUMMARY, json.dumps(summary, indent=2) + "\n", overwrite=True)
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
@@ -608,8 +638,13 @@ def _finish_fold(run_dir: Path, *, config: ExperimentConfig, task: Task, fold: i
 
 def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipStore,
                train_positions: np.ndarray, y_train: np.ndarray, val_positions: np.ndarray,
-               y_val: np.ndarray, run_dir: str | Path, callbacks: tuple = (), verbose: int = 0) -> dict:
-    """Train (or resume, or skip) one fold and write its run files.
+               y_val: np.ndarray, run_dir: str | Path, sample_weights: np.ndarray | None = None,
+               callbacks: tuple = (), verbose: int = 0, on_wait: Callable[[str], None] | None = None) -> dict:
+    """Train (or resume, or skip) one fold and write its run files, holding the fold folder's lock.
+
+    One writer per fold: the whole of it runs under :func:`common.locks.folder_lock` of
+    ``run_dir``, so that a second run of the same fold waits for the first, then finds
+    the fold finished and skips it. Other folds of the experiment may train meanwhile.
 
     Parameters
     ----------
@@ -623,15 +658,21 @@ def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipSt
     y_train, y_val : np.ndarray, shape (n_train, n_classes), (n_val, n_classes)
     run_dir : path-like
         ``runs/<exp>/fold_<k>``.
+    sample_weights : np.ndarray, shape (n_train,), optional
+        Loss weight of each training row (:func:`common.data.train_dataset`); None: unweighted.
     callbacks : tuple of keras.callbacks.Callback
         Extra callbacks, run after the checkpointing one.
     verbose : int
         Keras ``fit`` verbosity.
+    on_wait : callable, optional
+        Given one line naming the holder of the fold's lock when another run holds it, before
+        waiting for it (a command prints it).
 
     Returns
     -------
     dict
-        The fold summary (also in ``run_dir/summary.json``).
+        The fold summary (also in ``run_dir/summary.json``); its ``"status"`` says whether
+        the fold trained well (``"ok"``), diverged or failed (:func:`_finish_fold`).
 
     Raises
     ------
@@ -640,23 +681,27 @@ def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipSt
         ``run_dir`` holds a run of another config (:func:`prepare_run_dir`).
     """
     run_dir = Path(run_dir)
-    if (run_dir / FOLD_SUMMARY).exists():
-        return json.loads((run_dir / FOLD_SUMMARY).read_text())
+    if (run_dir / FOLD_SUMMARY).exists():  # finished: never trained again, whatever this machine
+        return read_fold_summary(run_dir)
     runtime = select_runtime(config.training)
-    check_global_batch(config.data.batch_size, replicas=runtime.replicas)
-    prepare_run_dir(run_dir, config=config, task=task)
-    inputs = _fold_inputs(config, store=store, train_positions=train_positions, val_positions=val_positions)
-    with fold_globals(runtime, seed=config.training.seed + fold):
-        model, state = _build_or_resume_model(config, task=task, run_dir=run_dir, runtime=runtime, inputs=inputs)
-        if not _is_finished(config.training, state):
-            _fit(model, config=config, task=task, fold=fold, store=store, train_positions=train_positions,
-                 y_train=y_train, y_val=y_val, inputs=inputs, state=state, run_dir=run_dir,
-                 callbacks=callbacks, verbose=verbose)
-        best, probs = _predict_best(run_dir, config=config, inputs=inputs)
-    return _finish_fold(run_dir, config=config, task=task, fold=fold, runtime=runtime, best=best, probs=probs,
-                        y_val=y_val, val_ids=inputs.val_features.ids, n_train=len(train_positions), state=state,
-                        jit_compile=bool(model.jit_compile),
-                        prior=prior_log_loss(task))
+    check_global_batch(config.data.batch_size, replicas=runtime.replicas)  # before anything is written
+    with folder_lock(run_dir, on_wait=on_wait):
+        if (run_dir / FOLD_SUMMARY).exists():  # finished by the run this one waited for
+            return read_fold_summary(run_dir)
+        prepare_run_dir(run_dir, config=config, task=task)
+        inputs = _fold_inputs(config, store=store, train_positions=train_positions, val_positions=val_positions)
+        with fold_globals(runtime, seed=config.training.seed + fold):
+            model, state = _build_or_resume_model(config, task=task, run_dir=run_dir, runtime=runtime, inputs=inputs)
+            if not _is_finished(config.training, state):
+                _fit(model, config=config, task=task, fold=fold, store=store, train_positions=train_positions,
+                     y_train=y_train, sample_weights=sample_weights, y_val=y_val, inputs=inputs, state=state,
+                     run_dir=run_dir, callbacks=callbacks, verbose=verbose)
+            probs = _predict_best(run_dir, config=config, inputs=inputs)
+        return _finish_fold(run_dir, config=config, task=task, fold=fold, runtime=runtime,
+                            params=model.count_params(), probs=probs,
+                            y_val=y_val, val_ids=inputs.val_features.ids, n_train=len(train_positions), state=state,
+                            jit_compile=bool(model.jit_compile),
+                            prior=prior_log_loss(task))
 
 
 def write_oof(path: Path, *, ids, fold: int | np.ndarray, task: Task, y: np.ndarray, probs: np.ndarray) -> pd.DataFrame:

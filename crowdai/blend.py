@@ -2,10 +2,13 @@
 
 Usage::
 
-    python -m crowdai.blend --exp crnn,shortchunk --runs runs [--name NAME] [--stacking] [--overwrite]
+    python -m crowdai.blend --exp crnn,shortchunk --runs runs [--name NAME] [--stacking] [--overwrite] \
+        [--allow-diverged]
 
 Reads ``RUNS/<exp>/oof.csv`` of every experiment and keeps the tracks they all predicted
-(the *common* tracks; nothing else is fitted on). Stages, each fitted with scipy or
+(the *common* tracks; nothing else is fitted on). Each experiment's finished folds are checked
+first (sizes and sha256 of their files; a failed or diverged fold is refused unless
+``--allow-diverged``). Stages, each fitted with scipy or
 scikit-learn (:mod:`crowdai.calibration`):
 
 ``raw:<exp>``
@@ -30,6 +33,12 @@ parameter of every stage, the chosen stage, the floor, the training prior, the
 experiments with their ``oof.csv`` sha256 and git commits, the scores), ``blend.md`` and
 ``blend.csv`` (the score table) and ``reliability.png``. An existing blend is never
 replaced without ``--overwrite``. ``make submit BLEND=<name>`` applies it to the test set.
+
+``blend.json`` is written last and carries its own ``"checksum"``: the sha256 of its content
+without that key, in canonical JSON (:func:`blend_checksum`). :func:`read_blend` (``submit``,
+``package``) checks it every time (a blend is small): a damaged blend is an error naming the file
+and the ``make blend`` command that fits it again. Blends written before the checksum are read
+unchecked. The report files (``blend.md``, ``blend.csv``, ``reliability.png``) are never read back.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -112,11 +121,12 @@ def _git_commits(exp_dir: Path) -> list[str]:
     return sorted({path.read_text().strip() for path in commits if path.is_file()})
 
 
-def read_oof(runs: str | Path, name: str) -> pd.DataFrame:
+def read_oof(runs: str | Path, name: str, *, allow_diverged: bool = False) -> pd.DataFrame:
     """``RUNS/<name>/oof.csv`` of a single-label experiment, indexed by ``id`` (str).
 
     The experiment's finished folds are checked first (:func:`common.runs.verify_folds`,
-    with sha256): a damaged or diverged fold is not blended.
+    with sha256): a damaged fold is not blended, nor a failed or diverged one unless
+    ``allow_diverged``.
 
     Raises
     ------
@@ -124,9 +134,10 @@ def read_oof(runs: str | Path, name: str) -> pd.DataFrame:
         Missing file, wrong columns, or targets that are not class columns (a multi-label
         experiment), naming the file.
     DamagedFoldError, DivergedFoldError
-        A fold's ``model.keras`` or ``oof.csv`` differs from what its summary records, or it diverged.
+        A fold's ``model.keras`` or ``oof.csv`` differs from what its summary records, or it
+        failed or diverged (:class:`~common.errors.FailedFoldError` is a ``DivergedFoldError``).
     """
-    verify_folds(Path(runs) / name, hash=True)
+    verify_folds(Path(runs) / name, hash=True, allow_diverged=allow_diverged)
     path = Path(runs) / name / "oof.csv"
     if not path.is_file():
         raise ToolkitError(f"{path}: missing; it is written when every fold of {name!r} is trained "
@@ -144,16 +155,18 @@ def read_oof(runs: str | Path, name: str) -> pd.DataFrame:
     return oof.set_index("id")
 
 
-def load_out_of_fold(runs: str | Path, names: Sequence[str]) -> OutOfFold:
+def load_out_of_fold(runs: str | Path, names: Sequence[str], *, allow_diverged: bool = False) -> OutOfFold:
     """The out-of-fold predictions of ``names`` on the tracks they all predicted.
+
+    ``allow_diverged``: blend experiments with failed or diverged folds too (:func:`read_oof`).
 
     Raises
     ------
     ToolkitError
         An experiment is missing or multi-label, the experiments have different classes,
-        disagree on a track's target, or share no track.
+        disagree on a track's target, or share no track; a fold is damaged, failed or diverged.
     """
-    tables = [read_oof(runs, name) for name in names]
+    tables = [read_oof(runs, name, allow_diverged=allow_diverged) for name in names]
     class_names = tuple(tables[0].columns[2:])
     for name, table in zip(names, tables):
         if tuple(table.columns[2:]) != class_names:
@@ -200,12 +213,19 @@ class Stage:
     def name(self, experiments: Sequence[str]) -> str:
         return self.kind if self.experiment is None else f"{self.kind}:{experiments[self.experiment]}"
 
+    @property
+    def index(self) -> int:
+        """Position of the one experiment of a ``raw`` or ``calibrated`` stage."""
+        if self.experiment is None:
+            raise ValueError(f"stage {self.kind!r} pools every experiment, not one")
+        return self.experiment
+
     def fit(self, probs: list[np.ndarray], y: np.ndarray, folds: np.ndarray) -> dict[str, Any]:
         """JSON-ready parameters fitted on ``(probs, y)``; ``folds`` groups stacking's CV."""
         if self.kind == "raw":
             return {}
         if self.kind == "calibrated":
-            return {"temperature": calibration.fit_temperature(probs[self.experiment], y)}
+            return {"temperature": calibration.fit_temperature(probs[self.index], y)}
         if self.kind in ("arithmetic", "geometric"):
             temperatures = [calibration.fit_temperature(p, y) for p in probs]
             calibrated = [calibration.apply_temperature(p, t) for p, t in zip(probs, temperatures)]
@@ -216,9 +236,9 @@ class Stage:
     def apply(self, params: dict[str, Any], probs: list[np.ndarray]) -> np.ndarray:
         """Probabilities ``(n, C)`` of fitted ``params`` on the experiments' ``probs``."""
         if self.kind == "raw":
-            return np.asarray(probs[self.experiment], dtype=np.float64)
+            return np.asarray(probs[self.index], dtype=np.float64)
         if self.kind == "calibrated":
-            return calibration.apply_temperature(probs[self.experiment], params["temperature"])
+            return calibration.apply_temperature(probs[self.index], params["temperature"])
         if self.kind in ("arithmetic", "geometric"):
             calibrated = [calibration.apply_temperature(p, t) for p, t in zip(probs, params["temperatures"])]
             return combine(calibrated, weights=np.asarray(params["weights"]), mean=self.kind)
@@ -406,7 +426,9 @@ class FittedBlend:
         if missing:
             raise ToolkitError(f"{self.path}: no predictions of experiments {missing}")
         stage = Stage.parse(self.chosen, self.experiments)
-        return stage.apply(self.document["stages"][self.chosen]["params"], [probs.get(n) for n in self.experiments])
+        # the stage reads only the used experiments' entries; the others may be None
+        by_position = cast(list[np.ndarray], [probs.get(name) for name in self.experiments])
+        return stage.apply(self.document["stages"][self.chosen]["params"], by_position)
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready record for a submission's sidecar."""
@@ -423,25 +445,60 @@ def blend_path(name: str, *, runs: str | Path) -> Path:
     return Path(runs) / "blends" / name / "blend.json"
 
 
+def blend_checksum(document: dict[str, Any]) -> str:
+    """The sha256 of a blend document without its ``"checksum"``, in canonical JSON (sorted keys,
+    no spaces): what ``blend.json`` records as ``"checksum"`` (whitespace and key order aside,
+    any change of its content changes it)."""
+    content = {key: value for key, value in document.items() if key != "checksum"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def refit_command(path: Path, document: dict[str, Any] | None = None) -> str:
+    """The ``make blend`` command that fits the blend of ``path`` again (its experiments, name and
+    stacking from ``document`` when it is readable)."""
+    document = document or {}
+    experiments = ",".join(str(s.get("name")) for s in document.get("experiments") or []) or "<experiments>"
+    stacking = "--stacking " if "stacking" in (document.get("stages") or {}) else ""
+    return (f"make blend EXP={experiments} NAME={document.get('name') or path.parent.name} "
+            f'BLEND_ARGS="{stacking}--overwrite"')
+
+
 def load_blend(name: str, *, runs: str | Path) -> FittedBlend:
-    """The fitted blend ``name`` (a name under ``RUNS/blends`` or a ``blend.json`` path).
+    """The fitted blend ``name`` (a name under ``RUNS/blends`` or a ``blend.json`` path), checked by :func:`read_blend`.
 
     Raises
     ------
     ToolkitError
-        No such blend (the message lists the blends there) or an unreadable file.
+        No such blend (the message lists the blends there), or :func:`read_blend`'s errors.
     """
     path = blend_path(name, runs=runs)
     if not path.is_file():
         folder = Path(runs) / "blends"
         known = sorted(p.parent.name for p in folder.glob("*/blend.json")) if folder.is_dir() else []
         raise ToolkitError(f"{path}: no such blend (in {folder}: {known}); fit one with make blend EXP=a,b")
+    return read_blend(path)
+
+
+def read_blend(path: Path) -> FittedBlend:
+    """The blend file ``path``, its ``"checksum"`` checked (:func:`blend_checksum`; a blend written before
+    the checksum is read unchecked).
+
+    Raises
+    ------
+    ToolkitError
+        An unreadable file, not a blend, or one whose content does not match its checksum; the
+        message names the file and the command that fits the blend again.
+    """
     raw = path.read_bytes()
     try:
         document = json.loads(raw)
         Stage.parse(document["chosen"], [s["name"] for s in document["experiments"]])
     except (ValueError, KeyError, TypeError) as error:
-        raise ToolkitError(f"{path}: not a blend file: {error}") from error
+        raise ToolkitError(f"{path}: not a blend file ({error}); if it was one, it is damaged: fit it again "
+                           f"with `{refit_command(path)}`") from error
+    if "checksum" in document and document["checksum"] != blend_checksum(document):
+        raise ToolkitError(f"{path}: damaged: its content differs from the checksum it was written with; "
+                           f"fit it again with `{refit_command(path, document)}`")
     return FittedBlend(path=path, sha256=hashlib.sha256(raw).hexdigest(), document=document)
 
 
@@ -516,7 +573,7 @@ def plot_reliability(curves: dict[str, np.ndarray], y: np.ndarray, *, out: Path,
 
 def write_blend(out_dir: Path, document: dict[str, Any], cross_fitted: dict[str, np.ndarray], oof: OutOfFold, *,
                 overwrite: bool = False) -> list[Path]:
-    """Write the :data:`BLEND_FILES` of a fitted blend into ``out_dir``.
+    """Write the :data:`BLEND_FILES` of a fitted blend into ``out_dir``, ``blend.json`` last with its ``"checksum"``.
 
     Raises
     ------
@@ -539,6 +596,7 @@ def write_blend(out_dir: Path, document: dict[str, Any], cross_fitted: dict[str,
     curves.setdefault(document["chosen"], cross_fitted[document["chosen"]])
     plot_reliability(curves, oof.y, out=out_dir / "reliability.png",
                      title=f"blend {document['name']}: cross-fitted out-of-fold reliability")
+    document = {**document, "checksum": blend_checksum(json.loads(json.dumps(document)))}  # as it will be read
     write_text_atomic(json_path, json.dumps(document, indent=2) + "\n", overwrite=overwrite)
     return [out_dir / name for name in BLEND_FILES]
 
@@ -555,6 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"keep the simplest stage within this relative log loss of the best "
                              f"(default: {DEFAULT_TOLERANCE})")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing blend of that name")
+    parser.add_argument("--allow-diverged", action="store_true",
+                        help="blend experiments with failed or diverged folds too (refused by default)")
     return parser
 
 
@@ -571,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     if (out_dir / "blend.json").exists() and not args.overwrite:
         raise ToolkitError(f"{out_dir / 'blend.json'} already exists; not overwriting it "
                            f"(choose another --name, or pass --overwrite)")
-    oof = load_out_of_fold(args.runs, names)
+    oof = load_out_of_fold(args.runs, names, allow_diverged=args.allow_diverged)
     document, cross_fitted = fit_blend(oof, stacking=args.stacking, tolerance=args.tolerance)
     document = {"name": name, "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 **document}

@@ -134,7 +134,7 @@ class FoldEnsemble:
         return self.config.data.crop_frames(self.settings)
 
     def predict(self, features, *, batch_size: int | None = None,
-                on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+                on_batch: Callable[[int], object] | None = None) -> np.ndarray:
         """Fold-ensemble probabilities of clips of the experiment's feature settings.
 
         Batches of chunks of many clips go through every fold model before the next
@@ -212,7 +212,7 @@ def load_ensemble(runs: str | Path, name: str, *, require_top_genres: bool = Fal
         Refuse anything but a ``single`` experiment over the 16 ``TOP_GENRES`` in
         leaderboard order (what a crowdAI submission needs).
     allow_diverged : bool
-        Use folds marked ``"diverged"`` too.
+        Use folds whose status is ``"diverged"`` or ``"failed"`` too (:func:`common.runs.fold_status`).
 
     Raises
     ------
@@ -220,7 +220,7 @@ def load_ensemble(runs: str | Path, name: str, *, require_top_genres: bool = Fal
         No such experiment, no finished fold, or (with ``require_top_genres``) the wrong task.
     DamagedFoldError, DivergedFoldError
         A fold's files differ from their size or sha256 recorded in its summary, its model
-        does not load, or (without ``allow_diverged``) it diverged
+        does not load, or (without ``allow_diverged``) it failed or diverged
         (:func:`common.inference.load_fold_models`).
     """
     from common.inference import load_fold_models, load_run_config

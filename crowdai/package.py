@@ -3,7 +3,8 @@
 Usage::
 
     python -m crowdai.package --exp crnn,shortchunk --runs runs --out package_round2 \\
-        [--blend runs/blends/NAME/blend.json] [--mean geometric] [--blend-weights 0.7,0.3] [--gpu]
+        [--blend runs/blends/NAME/blend.json] [--mean geometric] [--blend-weights 0.7,0.3] [--gpu] \\
+        [--allow-diverged]
 
 Round 2 of the challenge took a repository that ``repo2docker`` builds into an image; the
 grader runs ``/home/crowdai/run.sh`` offline with ``TEST_DIRECTORY`` and ``OUTPUT_PATH``.
@@ -26,6 +27,11 @@ The expected run time comes from the fit ``T(K) = F + K * M`` of :mod:`crowdai.t
 measured on this machine with untrained models of each experiment's architecture and
 feature settings over generated 30-s clips. Nothing in the folder needs the network.
 An existing ``--out`` is never touched: the folder is built beside it and moved in place.
+
+Every fold model is checked against the size and sha256 its fold's summary records, the blend
+against its checksum, and a failed or diverged fold is refused unless ``--allow-diverged``
+(the package's ``run.sh`` then exports ``ALLOW_DIVERGED=1``, for ``crowdai/run.sh`` to pass
+``--allow-diverged`` on to ``crowdai.submit``).
 """
 
 from __future__ import annotations
@@ -161,8 +167,10 @@ def estimate_run_time(ensembles: Sequence, *, n_clips: int, clip_seconds: float 
             "total_seconds": round(feature_seconds + model_seconds, 1)}
 
 
-def run_sh(names: Sequence[str], *, mean: str, weights: str | None, blend: bool = False) -> str:
-    """The package's entry point: ``crowdai/run.sh`` with the packaged experiments (or blend) as defaults."""
+def run_sh(names: Sequence[str], *, mean: str, weights: str | None, blend: bool = False,
+           allow_diverged: bool = False) -> str:
+    """The package's entry point: ``crowdai/run.sh`` with the packaged experiments (or blend) as defaults,
+    and ``ALLOW_DIVERGED=1`` when the package holds failed or diverged folds on purpose."""
     lines = [
         "#!/usr/bin/env bash",
         "# crowdAI round-2 entry point (written by fma-package): predicts every mp3 of $TEST_DIRECTORY",
@@ -175,6 +183,8 @@ def run_sh(names: Sequence[str], *, mean: str, weights: str | None, blend: bool 
         lines.append(f'export BLEND_WEIGHTS="${{BLEND_WEIGHTS:-{weights}}}"')
     if blend:
         lines.append('export BLEND="${BLEND:-$HERE/blend.json}"')
+    if allow_diverged:
+        lines.append('export ALLOW_DIVERGED="${ALLOW_DIVERGED:-1}"')
     lines += ['exec "$HERE/crowdai/run.sh"', ""]
     return "\n".join(lines)
 
@@ -259,6 +269,15 @@ def _copy_code(out: Path) -> None:
         shutil.copytree(PROJECT_ROOT / name, out / name, ignore=ignore)
 
 
+def _check_blend(blend: Path) -> None:
+    """Refuse a missing or damaged blend file (:func:`crowdai.blend.read_blend`) before any work."""
+    from crowdai.blend import read_blend
+
+    if not blend.is_file():
+        raise ToolkitError(f"{blend}: blend file not found")
+    read_blend(blend)
+
+
 def _copy_blend(blend: Path | None, out: Path) -> str | None:
     """Copy the fitted blend (``runs/blends/<name>/blend.json``, :mod:`crowdai.blend`) as ``blend.json``.
 
@@ -266,12 +285,6 @@ def _copy_blend(blend: Path | None, out: Path) -> str | None:
     """
     if blend is None:
         return None
-    if not blend.is_file():
-        raise ToolkitError(f"{blend}: blend file not found")
-    try:
-        json.loads(blend.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ToolkitError(f"{blend}: not a JSON file ({error})") from None
     shutil.copy2(blend, out / "blend.json")
     return str(blend)
 
@@ -286,8 +299,10 @@ def resolve_blend(text: str, *, runs: Path) -> Path:
 def build_package(*, names: Sequence[str], runs: Path, out: Path, blend: Path | None = None, mean: str = "arithmetic",
                   weights: str | None = None, gpu: bool = False, authors: Sequence[str] = ("your-aicrowd-user-name",),
                   musicnn_dir: Path | None = None, timing_clips: int = 16, timing_seconds: float = 30.0,
-                  jobs: int = -1) -> dict[str, Any]:
+                  jobs: int = -1, allow_diverged: bool = False) -> dict[str, Any]:
     """Write the round-2 folder ``out`` (see the module docstring); returns its manifest.
+
+    ``allow_diverged`` packages experiments with failed or diverged folds too (refused otherwise).
 
     Raises
     ------
@@ -295,7 +310,10 @@ def build_package(*, names: Sequence[str], runs: Path, out: Path, blend: Path | 
         ``out`` exists (it is left untouched).
     ToolkitError
         Unknown or unfinished experiment, not the 16 top genres, missing musicnn weights,
-        bad weights or mean, unreadable blend.
+        bad weights or mean, unreadable or damaged blend.
+    DamagedFoldError, DivergedFoldError
+        A fold's model differs from what its summary records, or (without ``allow_diverged``)
+        a fold failed or diverged.
     """
     from common.pretrained import DEFAULT_WEIGHTS_DIR, weights_present
     from crowdai.ensemble import MEANS, load_ensemble, parse_weights
@@ -308,7 +326,9 @@ def build_package(*, names: Sequence[str], runs: Path, out: Path, blend: Path | 
     if mean not in MEANS:
         raise ToolkitError(f"--mean {mean!r}: one of {list(MEANS)}")
     weight_values = parse_weights(weights, n=len(names))
-    ensembles = [load_ensemble(runs, name, require_top_genres=True) for name in names]
+    if blend is not None:
+        _check_blend(blend)
+    ensembles = [load_ensemble(runs, name, require_top_genres=True, allow_diverged=allow_diverged) for name in names]
     files = {e.name: experiment_files(e.exp_dir) for e in ensembles}
     musicnn_dir = Path(musicnn_dir or DEFAULT_WEIGHTS_DIR)
     needs_weights = any(uses_musicnn_weights(e.config) for e in ensembles)
@@ -334,9 +354,10 @@ def build_package(*, names: Sequence[str], runs: Path, out: Path, blend: Path | 
             "experiments": [{**e.describe(), "exp_dir": f"runs/{e.name}"} for e in ensembles],
             "mean": mean, "weights": {e.name: float(w) for e, w in zip(ensembles, weight_values)},
             "blend": _copy_blend(blend, staging), "musicnn_weights": needs_weights,
-            "requirements": requirements, "timing": timing,
+            "requirements": requirements, "timing": timing, "allow_diverged": allow_diverged,
         }
-        (staging / "run.sh").write_text(run_sh(names, mean=mean, weights=weights, blend=blend is not None))
+        (staging / "run.sh").write_text(run_sh(names, mean=mean, weights=weights, blend=blend is not None,
+                                               allow_diverged=allow_diverged))
         (staging / "run.sh").chmod(0o755)
         (staging / "requirements.txt").write_text("\n".join(requirements) + "\n")
         (staging / "runtime.txt").write_text("python-3.11\n")
@@ -374,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timing-seconds", type=float, default=30.0,
                         help="length of those clips (default: 30, the test clips' length)")
     parser.add_argument("--jobs", type=int, default=-1, help="feature workers of the timing run")
+    parser.add_argument("--allow-diverged", action="store_true",
+                        help="package experiments with failed or diverged folds too (refused by default)")
     return parser
 
 
@@ -386,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                              weights=args.blend_weights, gpu=args.gpu,
                              authors=[a.strip() for a in args.authors.split(",") if a.strip()],
                              musicnn_dir=args.weights, timing_clips=args.timing_clips,
-                             timing_seconds=args.timing_seconds, jobs=args.jobs)
+                             timing_seconds=args.timing_seconds, jobs=args.jobs, allow_diverged=args.allow_diverged)
     models = "+".join(f"{e['name']}({len(e['folds'])} folds)" for e in manifest["experiments"])
     timing = manifest["timing"]
     expected = (f"; expected {timing['total_seconds'] / 60:.1f} min for {timing['target_clips']:,} clips here"

@@ -9,7 +9,8 @@
 # CACHE (feature cache root, default a temporary folder), MEAN (arithmetic|geometric),
 # BLEND_WEIGHTS (e.g. 0.7,0.3), or BLEND (a fitted blend: name under RUNS/blends or a
 # blend.json path; replaces EXP, MEAN and BLEND_WEIGHTS), ADAPT_PRIOR=1 (EM test-prior
-# adaptation), WEIGHTS (musicnn weights folder, for musicnn-embedding experiments),
+# adaptation), ALLOW_DIVERGED=1 (use runs whose folds diverged), WEIGHTS (musicnn weights
+# folder, for musicnn-embedding experiments),
 # PYTHON (default .venv/bin/python, else python3), JOBS (-1: all cores).
 set -euo pipefail
 
@@ -41,6 +42,7 @@ else
 fi
 [[ -n "${WEIGHTS:-}" ]] && args+=(--weights "$WEIGHTS")
 [[ "${ADAPT_PRIOR:-0}" == 1 ]] && args+=(--adapt-prior)
+[[ "${ALLOW_DIVERGED:-0}" == 1 ]] && args+=(--allow-diverged)
 mkdir -p "$(dirname "$OUTPUT_PATH")"
 cd "$ROOT"
 "$PYTHON" -m crowdai.submit "${args[@]}"

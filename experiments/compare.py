@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m experiments.compare --runs runs --out runs/compare
+    python -m experiments.compare --runs runs --out runs/compare [--verify]
 
 Reads ``RUNS/<exp>/summary.json`` (or ``RUNS/<group>/<exp>/``, one level down, as
 ``make demo`` trains into ``runs/demo/demo``; such an experiment is named ``<group>/<exp>``)
@@ -20,6 +20,10 @@ seconds per epoch, date — and writes into OUT:
 
 Rows are sorted by task (``single`` first), then by CV log loss ascending: categorical and
 binary log losses are on different scales, so experiments are only ranked within a task.
+The status column says whether an experiment is complete and names its failed and diverged
+folds (:func:`common.runs.fold_status`). Every finished fold's ``model.keras`` and ``oof.csv``
+are checked against the sizes its summary records, and against their sha256 with ``--verify``:
+a damaged fold stops the command with an error naming it and the command that retrains it.
 The files in OUT are reports derived from the runs and are rewritten on every call.
 """
 
@@ -39,7 +43,7 @@ from matplotlib.ticker import MaxNLocator
 from common.cli import command
 from common.errors import ToolkitError
 from common.io import make_folder
-from common.runs import fold_dirs, is_diverged, verify_folds
+from common.runs import FOLD_STATUSES, fold_dirs, fold_status, verify_folds
 
 #: Metrics of the table, in column order.
 METRICS: tuple[str, ...] = ("log_loss", "macro_f1", "accuracy")
@@ -105,7 +109,7 @@ def _record(summary: dict, *, cv: dict, folds: int, status: str, name: str) -> d
     return record
 
 
-def load_experiment(exp_dir: Path, *, name: str | None = None) -> dict | None:
+def load_experiment(exp_dir: Path, *, name: str | None = None, hash: bool = False) -> dict | None:
     """One row of the comparison table, or None when the experiment has no finished fold.
 
     Parameters
@@ -114,23 +118,25 @@ def load_experiment(exp_dir: Path, *, name: str | None = None) -> dict | None:
         ``RUNS/<exp>`` (or ``RUNS/<group>/<exp>``).
     name : str, optional
         Shown as ``experiment`` (default: the folder name).
+    hash : bool
+        Check the sha256 of every finished fold's recorded files, not only their sizes (``--verify``).
 
     Returns
     -------
     dict or None
         Keys :data:`TABLE_COLUMNS`. An experiment without ``summary.json`` is reported
         ``incomplete`` with CV statistics over its finished folds (std with ``ddof=0``) and
-        no test scores. A status ends in ``; diverged fold 0, 2`` when folds diverged.
+        no test scores. A status ends in ``; diverged folds 0, 2; failed fold 1`` when folds
+        failed or diverged.
 
     Raises
     ------
     DamagedFoldError
-        A finished fold's recorded files have another size (:func:`common.runs.verify_folds`,
-        without sha256), naming the fold and the command that retrains it.
+        A finished fold's recorded files differ from what its summary records
+        (:func:`common.runs.verify_folds`), naming the fold and the command that retrains it.
     """
-    fold_summaries = verify_folds(exp_dir, hash=False, allow_diverged=True)
-    diverged = [str(f.get("fold")) for f in fold_summaries if is_diverged(f)]
-    note = f"; diverged fold{'s' if len(diverged) > 1 else ''} {', '.join(diverged)}" if diverged else ""
+    fold_summaries = verify_folds(exp_dir, hash=hash, allow_diverged=True)
+    note = status_note(fold_summaries)
     summary_path = exp_dir / "summary.json"
     if summary_path.is_file():
         summary = _read_json(summary_path)
@@ -144,14 +150,26 @@ def load_experiment(exp_dir: Path, *, name: str | None = None) -> dict | None:
         if values:
             cv[metric] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
     first = dict(fold_summaries[0], test=None)
-    first["seconds_per_epoch"] = float(np.mean([f.get("seconds_per_epoch", np.nan) for f in fold_summaries]))
+    # None (a fold that failed in its first epoch) and absent are NaN
+    first["seconds_per_epoch"] = float(np.mean(np.array([f.get("seconds_per_epoch") for f in fold_summaries],
+                                                        dtype=float)))
     return _record(first, cv=cv, folds=len(fold_summaries),
                    status=f"incomplete ({len(fold_summaries)} fold{'s' if len(fold_summaries) > 1 else ''} done)"
                           + note,
                    name=name or exp_dir.name)
 
 
-def collect(runs_dir: Path, *, exclude: tuple[Path, ...] = ()) -> tuple[pd.DataFrame, list[str]]:
+def status_note(fold_summaries: list[dict]) -> str:
+    """``"; diverged folds 0, 2; failed fold 1"``: the folds of each status but ``"ok"``, or ``""``."""
+    note = ""
+    for status in FOLD_STATUSES[1:]:
+        folds = [str(f.get("fold")) for f in fold_summaries if fold_status(f) == status]
+        if folds:
+            note += f"; {status} fold{'s' if len(folds) > 1 else ''} {', '.join(folds)}"
+    return note
+
+
+def collect(runs_dir: Path, *, exclude: tuple[Path, ...] = (), hash: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """The comparison table of every experiment in ``runs_dir``.
 
     Parameters
@@ -159,6 +177,8 @@ def collect(runs_dir: Path, *, exclude: tuple[Path, ...] = ()) -> tuple[pd.DataF
     runs_dir : Path
     exclude : tuple of Path
         Folders to leave out (the output folder when it lies inside ``runs_dir``).
+    hash : bool
+        Check the sha256 of the finished folds' files too (:func:`load_experiment`).
 
     Returns
     -------
@@ -171,7 +191,7 @@ def collect(runs_dir: Path, *, exclude: tuple[Path, ...] = ()) -> tuple[pd.DataF
         raise ToolkitError(f"{runs_dir}: runs folder not found; train an experiment first (make train)")
     records, notes = [], []
     for exp_dir in experiment_dirs(runs_dir, exclude=exclude):
-        record = load_experiment(exp_dir, name=exp_dir.relative_to(runs_dir).as_posix())
+        record = load_experiment(exp_dir, name=exp_dir.relative_to(runs_dir).as_posix(), hash=hash)
         if record is None:
             notes.append(f"skipped {exp_dir}: no summary.json and no finished fold yet")
         else:
@@ -230,8 +250,9 @@ def plot_learning_curves(runs_dir: Path, table: pd.DataFrame, *, out: Path) -> P
     colours = [f"C{i % 10}" for i in range(len(table))]
     for record, colour in zip(table.itertuples(index=False), colours):
         ax = axes[tasks.index(record.task if isinstance(record.task, str) else "unknown")]
-        label = record.experiment
-        for fold_path in fold_dirs(runs_dir / record.experiment):
+        experiment = str(record.experiment)
+        label: str | None = experiment
+        for fold_path in fold_dirs(runs_dir / experiment):
             history_path = fold_path / "history.csv"
             if not history_path.is_file():
                 continue
@@ -293,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=Path, default=Path("runs"),
                         help="folder holding one folder per experiment (or per group of experiments)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: RUNS/compare)")
+    parser.add_argument("--verify", action="store_true",
+                        help="check the sha256 of every fold's model.keras and oof.csv, not only their sizes")
     return parser
 
 
@@ -300,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = args.out or args.runs / "compare"
-    table, notes = collect(args.runs, exclude=(out, args.runs / "compare"))
+    table, notes = collect(args.runs, exclude=(out, args.runs / "compare"), hash=args.verify)
     for note in notes:
         print(f"compare: {note}", file=sys.stderr)
     if table.empty:
@@ -319,9 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     if best is None:
         print("compare: no single-label experiment with oof.csv; no confusion matrix", file=sys.stderr)
     else:
+        name = str(best.experiment)
         written.append(plot_confusion(
-            args.runs / best.experiment / "oof.csv", out=out / f"confusion_{best.experiment.replace('/', '_')}.png",
-            title=f"{best.experiment}: out-of-fold confusion (CV log loss {best.cv_log_loss_mean:.4f})"))
+            args.runs / name / "oof.csv", out=out / f"confusion_{name.replace('/', '_')}.png",
+            title=f"{name}: out-of-fold confusion (CV log loss {best.cv_log_loss_mean:.4f})"))
     print("compare: wrote " + ", ".join(str(p) for p in written))
     return 0
 

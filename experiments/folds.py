@@ -5,8 +5,9 @@ Usage::
     python -m experiments.folds --data data --subset medium --k 5 --seed 0 \
         --out data/folds-medium-k5.csv [--force]
 
-An existing folds file is left alone (and checked against the metadata); ``--force``
-rewrites it.
+An existing folds file is left alone (and checked: its size and sha256 against those its
+sidecar records, its tracks against the metadata); ``--force`` rewrites it, the way to repair
+a damaged one.
 """
 
 from __future__ import annotations

@@ -9,8 +9,17 @@ the folds file is finished, ``RUNS/<exp>/oof.csv`` (out-of-fold predictions of a
 ``RUNS/<exp>/classes.json`` and ``RUNS/<exp>/summary.json`` (CV mean ± std and the
 test-split scores of the mean of the fold models' probabilities).
 A finished fold is never retrained; an interrupted one resumes from its checkpoint.
-A fold marked diverged in its summary gets a warning line on stderr (``submit`` and
-``blend`` refuse it; see :func:`common.runs.verify_fold`).
+
+A fold whose training loss stops being finite stops at once and is finished as failed
+(``"status": "failed"`` in its summary): the other folds asked for still train, then the
+command exits 1 with one ``fma-train: error:`` line per failed fold asked for (the
+experiment gets no summary). A fold that trained but diverged (``"diverged"``), or a failed
+fold not asked for, gets a ``warning:`` line on stderr. ``submit``, ``blend`` and
+``package`` refuse both unless told ``--allow-diverged`` (see :func:`common.runs.verify_fold`).
+
+One writer per fold: a second run of a fold that another run is training waits for it,
+with a line on stderr naming the other run's host and pid, then skips the finished fold
+(:func:`common.training.train_fold`).
 This module is the command line only: the work is done by :mod:`experiments.experiment`
 (locally) or :mod:`experiments.distributed` (``--scheduler``).
 """
@@ -21,9 +30,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.cli import command
+from common.cli import EXIT_ERROR, command
 from common.config import load_config
-from common.runs import divergence_detail, finished_fold_dirs, is_diverged, read_fold_summary, retrain_command
+from common.runs import (
+    RETRAIN_HINT,
+    finished_fold_dirs,
+    fold_number,
+    fold_status,
+    read_fold_summary,
+    retrain_command,
+    status_detail,
+)
 from experiments.distributed import summarise_on_dask, train_folds_on_dask
 from experiments.experiment import check_folds, open_experiment_data, train_experiment
 
@@ -51,16 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     # the client of --scheduler training reads no feature row: folds and summary run on workers
     exp_data = open_experiment_data(config, data=args.data, subset=args.subset, folds_path=args.folds,
                                      cache=args.cache, in_memory=False if args.scheduler else None)
-    folds = None if args.fold is None else [args.fold]
+    asked = check_folds(exp_data, None if args.fold is None else [args.fold])
     if args.scheduler:
         where = {"scheduler": args.scheduler, "data": args.data, "subset": args.subset,
                  "folds_path": args.folds, "cache": args.cache, "runs": args.runs}
-        train_folds_on_dask(config, **where, folds=check_folds(exp_data, folds), verbose=args.verbose)
+        train_folds_on_dask(config, **where, folds=asked, verbose=args.verbose)
         summary = summarise_on_dask(config, **where, fold_numbers=check_folds(exp_data, None))
     else:
-        summary = train_experiment(config, exp_data, runs=args.runs, folds=folds, verbose=args.verbose)
+        summary = train_experiment(config, exp_data, runs=args.runs, folds=asked, verbose=args.verbose,
+                                   on_wait=_say_waiting)
     exp_dir = args.runs / config.name
-    _warn_diverged(exp_dir)
+    errors, warnings = fold_problems(exp_dir, asked=asked)
+    for line in warnings:
+        print(f"fma-train: warning: {line}", file=sys.stderr)
+    for line in errors:
+        print(f"fma-train: error: {line}", file=sys.stderr)
+    if errors:
+        return EXIT_ERROR
     if summary is None:
         print(f"{config.name}: fold {args.fold} done; other folds remain (runs in {exp_dir})")
         return 0
@@ -74,14 +98,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _warn_diverged(exp_dir: Path) -> None:
-    """One ``warning:`` line on stderr per finished fold of ``exp_dir`` marked diverged."""
+def _say_waiting(line: str) -> None:
+    """Print the line of a lock another run holds (:func:`common.locks.folder_lock`'s ``on_wait``)."""
+    print(f"fma-train: {line}", file=sys.stderr, flush=True)
+
+
+def fold_problems(exp_dir: Path, *, asked: list[int]) -> tuple[list[str], list[str]]:
+    """One line per finished fold of ``exp_dir`` whose status is not ``"ok"``, naming the retrain command.
+
+    Returns
+    -------
+    errors : list of str
+        The failed folds of ``asked``: the command exits 1.
+    warnings : list of str
+        The diverged folds, and the failed folds not asked for.
+    """
+    errors: list[str] = []
+    warnings: list[str] = []
     for fold in finished_fold_dirs(exp_dir):
         summary = read_fold_summary(fold)
-        if is_diverged(summary):
-            print(f"fma-train: warning: {divergence_detail(fold, summary)}; submit and blend refuse it; "
-                  f"lower training.optimizer.learning_rate, move {fold} away and run "
-                  f"`{retrain_command(fold, summary)}`", file=sys.stderr)
+        status = fold_status(summary)
+        if status == "ok":
+            continue
+        line = (f"{status_detail(fold, summary)}; submit, blend and package refuse it (unless --allow-diverged); "
+                f"{RETRAIN_HINT}, move {fold} away and run `{retrain_command(fold, summary)}`")
+        if status == "failed" and fold_number(fold) in asked:
+            errors.append(line)
+        else:
+            warnings.append(line)
+    return errors, warnings
 
 
 if __name__ == "__main__":

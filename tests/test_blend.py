@@ -209,3 +209,48 @@ def test_bench_blend_records_the_gain_and_the_summary_shows_it(complementary, tm
     assert record["meets_target"] and record["chosen"] in ("arithmetic", "geometric", "stacking")
     assert "Blend of a+b" in "\n".join(headlines({"blend": record}, {"cores": 2}))
     assert bench_blend.main(["--runs", str(tmp_path / "none"), "--out", str(tmp_path / "x.json")]) == 1
+
+
+def flip_a_digit(path, *, after: str) -> None:
+    """Change the first digit after ``after`` in a text file: same size, still JSON, another value."""
+    text = path.read_text()
+    at = text.index(after) + len(after)
+    at += next(i for i, c in enumerate(text[at:]) if c.isdigit() and c != "0")
+    path.write_text(text[:at] + str(int(text[at]) % 9 + 1) + text[at + 1:])
+
+
+def test_a_damaged_blend_is_refused_naming_the_command_that_fits_it_again(complementary, tmp_path, capsys):
+    """Issue 25: a blend.json with a flipped digit (its floor, a weight) was applied as it was by submit."""
+    from crowdai import package, submit
+
+    runs, n = tmp_path / "runs", 300
+    for i, name in enumerate(("a", "b")):
+        write_oof(runs, name, complementary.probs[i][:n], complementary.y[:n], complementary.folds[:n],
+                  class_names=complementary.class_names)
+    assert blend.main(["--exp", "a,b", "--runs", str(runs), "--name", "ab"]) == 0
+    path = runs / "blends" / "ab" / "blend.json"
+    document = json.loads(path.read_text())
+    assert document["checksum"] == blend.blend_checksum(document)
+    assert blend.load_blend("ab", runs=runs).document == document
+    good = path.read_bytes()
+    flip_a_digit(path, after='"floor": ')
+    assert path.stat().st_size == len(good)
+    refit = 'fit it again with `make blend EXP=a,b NAME=ab BLEND_ARGS="--overwrite"`'
+    with pytest.raises(blend.ToolkitError) as damaged:
+        blend.load_blend("ab", runs=runs)
+    assert str(damaged.value) == (f"{path}: damaged: its content differs from the checksum it was written with; "
+                                  f"{refit}")
+    capsys.readouterr()
+    for command, main, argv in (
+            ("fma-submit", submit.main, ["--blend", "ab", "--runs", str(runs), "--test-dir", str(tmp_path),
+                                         "--output", str(tmp_path / "s.csv")]),
+            ("fma-package", package.main, ["--exp", "a,b", "--runs", str(runs), "--out", str(tmp_path / "p"),
+                                           "--blend", "ab"])):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err == f"{command}: error: {damaged.value}\n"
+    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "p").exists()
+    path.write_bytes(good[:len(good) // 2])
+    with pytest.raises(blend.ToolkitError, match=r"not a blend file .*it is damaged: fit it again with "
+                                                 r"`make blend EXP=<experiments> NAME=ab"):
+        blend.load_blend("ab", runs=runs)

@@ -91,6 +91,7 @@ def test_a_blend_stage_of_one_experiment_predicts_only_that_one(trained, tmp_pat
         assert blend.main(["--exp", "tiny,musicnn_head", "--runs", str(runs)]) == 0
     document = json.loads((runs / "blends" / "tiny+musicnn_head" / "blend.json").read_text())
     document["chosen"] = "calibrated:musicnn_head"
+    document["checksum"] = blend.blend_checksum(document)  # edited on purpose: sealed again
     one = tmp_path / "one" / "blend.json"
     one.parent.mkdir()
     one.write_text(json.dumps(document))

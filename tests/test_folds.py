@@ -12,7 +12,7 @@ import pytest
 
 from common.errors import MetadataError, ToolkitError
 from common.folds import FOLD_COLUMNS, fold_track_ids, make_folds, read_folds, write_folds
-from common.io import sidecar_path
+from common.io import file_sha256, sidecar_path
 from common.metadata import TOP_GENRES
 from experiments import folds as folds_cli
 
@@ -90,10 +90,10 @@ def test_read_folds_rejects_other_metadata(tracks, tmp_path):
         read_folds(path, tracks=other)
     with pytest.raises(MetadataError, match="folds file not found"):
         read_folds(tmp_path / "nope.csv", tracks=tracks)
-    # A hand-edited file no longer matches its checksum.
+    # A hand-edited file no longer matches the size and sha256 its sidecar records.
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:-1]) + "\n")
-    with pytest.raises(MetadataError, match="checksum"):
+    with pytest.raises(MetadataError, match="damaged"):
         read_folds(path, tracks=tracks)
 
 
@@ -123,3 +123,49 @@ def test_folds_sidecar_is_beside_the_csv_and_old_folds_files_still_read(tracks, 
     # folds files are written once and kept: one written with the old <name>.csv.json sidecar still reads
     (tmp_path / "folds.json").rename(tmp_path / "folds.csv.json")
     assert read_folds(path, tracks=tracks)["fold"].tolist() == folds["fold"].tolist()
+
+
+def move_first_track_to_another_fold(path: Path) -> None:
+    """Flip the fold digit of the first data row: same size, same track ids, another assignment."""
+    lines = path.read_bytes().split(b"\n")
+    track, fold, rest = lines[1].split(b",", 2)
+    lines[1] = b",".join([track, b"1" if fold == b"0" else b"0", rest])
+    path.write_bytes(b"\n".join(lines))
+
+
+def test_a_damaged_folds_file_is_refused_naming_the_command_that_rewrites_it(tracks, tmp_path):
+    """Issue 25: a folds CSV with flipped bytes (same size, same tracks) was read as it was, moving a track
+    from one fold to another for every later step; a truncated one was refused only for its track ids."""
+    path = write_folds(tmp_path / "folds.csv", make_folds(tracks, k=3, seed=4), subset="small", k=3, seed=4)
+    meta = json.loads(sidecar_path(path).read_text())
+    assert meta["csv"] == {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    good = path.read_bytes()
+    rewrite = f"`python -m experiments.folds --data DATA --subset small --k 3 --seed 4 --out {path} --force`"
+    move_first_track_to_another_fold(path)
+    assert path.stat().st_size == len(good)
+    with pytest.raises(MetadataError) as flipped:
+        read_folds(path, tracks=tracks)
+    assert str(flipped.value).startswith(f"{path}: damaged: sha256 ") and "(same size)" in str(flipped.value)
+    assert str(flipped.value).endswith(rewrite)
+    path.write_bytes(good[:len(good) // 2])
+    with pytest.raises(MetadataError, match=rf"damaged: {len(good) // 2} bytes, but {len(good)} were written"):
+        read_folds(path, tracks=tracks)
+
+
+def test_make_folds_reports_a_damaged_file_and_force_repairs_it(tmp_path, capsys):
+    metadata = tmp_path / "data" / "fma_metadata"
+    metadata.mkdir(parents=True)
+    for name in ("tracks.csv", "genres.csv"):
+        shutil.copy(Path(__file__).parent / "data" / name, metadata / name)
+    out = tmp_path / "folds.csv"
+    argv = ["--data", str(tmp_path / "data"), "--subset", "small", "--k", "2", "--out", str(out)]
+    assert folds_cli.main(argv) == 0
+    written = out.read_bytes()
+    move_first_track_to_another_fold(out)
+    capsys.readouterr()
+    assert folds_cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"fma-folds: error: {out}: damaged: ") and "--force`" in err
+    assert folds_cli.main([*argv, "--force"]) == 0
+    assert out.read_bytes() == written  # same metadata, k and seed: the same folds
