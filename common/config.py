@@ -24,7 +24,7 @@ import yaml
 
 from common.errors import ConfigError
 from common.settings import FeatureSettings
-from common.tasks import TaskName
+from common.tasks import MultiRoot, TaskName
 
 EvalMode = Literal["center", "chunks"]
 Balance = Literal["none", "class_weights", "sampling"]
@@ -34,6 +34,13 @@ Schedule = Literal["constant", "cosine", "reduce_on_plateau"]
 Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
 Strategy = Literal["auto", "default", "mirrored"]
 JitCompile = Literal["auto", True, False]
+
+
+#: Metadata of a field added after runs were written with the config: the resolved config
+#: (:meth:`ExperimentConfig.to_dict`, a run's ``config.yaml``) holds it only when it differs
+#: from its default, so that a config which does not use it resolves as before and its
+#: interrupted runs resume.
+_WRITTEN_WHEN_SET = {"written_when_set": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,10 +54,22 @@ class TaskConfig:
         ``genres_all`` with at least ``min_tracks`` training tracks (sigmoid).
     min_tracks : int
         ``multi`` only: minimum number of training tracks per genre.
+    multi_root : {"none", "soft"}
+        ``single`` only: what to do with the fold tracks without a ``genre_top`` (in FMA:
+        those whose genres span several roots). ``none`` leaves them out; ``soft`` adds
+        them to the training side of the folds with a target spread uniformly over the
+        top-level genres of their ``genres_all`` (:meth:`common.tasks.Task.root_targets`).
+        They are never validated or scored: the out-of-fold predictions, CV and test
+        scores are those of the same tracks as without them.
+    multi_root_weight : float
+        ``soft`` only: loss weight of each such track (the tracks with a ``genre_top``
+        weigh 1).
     """
 
     name: TaskName = "single"
     min_tracks: int = 20
+    multi_root: MultiRoot = dataclasses.field(default="none", metadata=_WRITTEN_WHEN_SET)
+    multi_root_weight: float = dataclasses.field(default=1.0, metadata=_WRITTEN_WHEN_SET)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,13 +203,28 @@ class ExperimentConfig:
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved config as plain data, without the name (which is the file stem)."""
+        """The resolved config as plain data, without the name (which is the file stem).
+
+        A field added after runs existed (``_WRITTEN_WHEN_SET``) appears only when it is not
+        at its default.
+        """
         values = dataclasses.asdict(self)
         del values["name"]
+        _drop_unset_fields(self, values)
         return values
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _drop_unset_fields(record: Any, values: dict[str, Any]) -> None:
+    """Remove from ``values`` (``dataclasses.asdict(record)``) the ``_WRITTEN_WHEN_SET`` fields at their default."""
+    for field in dataclasses.fields(record):
+        value = getattr(record, field.name)
+        if field.metadata.get("written_when_set") and value == field.default:
+            del values[field.name]
+        elif dataclasses.is_dataclass(value):
+            _drop_unset_fields(value, values[field.name])
 
 
 _SECTIONS: dict[str, type] = {
@@ -224,7 +258,7 @@ def _check_value(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, annotation):
             raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}")
         return value
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         return _build(annotation, value, key)
     raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # programming error
 
@@ -271,6 +305,18 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
                                   f"clip (no time axis); leave it unset")
     if sa.freq_width > cfg.features.n_mels:
         raise ConfigError(f"data.specaugment.freq_width: {sa.freq_width} exceeds features.n_mels {cfg.features.n_mels}")
+
+
+def _check_task(task: TaskConfig) -> None:
+    """``multi_root`` and its weight fit the task."""
+    if task.multi_root != "none" and task.name != "single":
+        raise ConfigError(f"task.multi_root: {task.multi_root!r} spreads a target over the top-level genres, "
+                          f"for task.name 'single' (task {task.name!r} already learns every genre of genres_all)")
+    if task.multi_root_weight <= 0:
+        raise ConfigError(f"task.multi_root_weight: {task.multi_root_weight} must be positive")
+    if task.multi_root == "none" and task.multi_root_weight != 1.0:
+        raise ConfigError("task.multi_root_weight: weighs the tracks added by task.multi_root: soft; "
+                          "set multi_root: soft or remove the weight")
 
 
 def _check_model(name: str, features: FeatureSettings) -> None:
@@ -329,6 +375,7 @@ def config_from_dict(values: dict[str, Any] | None, *, name: str, check_model: b
     sections = {key: _build(cls, values.get(key), key) for key, cls in _SECTIONS.items()}
     cfg = ExperimentConfig(name=name, features=FeatureSettings.from_dict(features), **sections)
     _check_ranges(cfg)
+    _check_task(cfg.task)
     if check_model:
         _check_model(cfg.model.name, cfg.features)
         cfg = _resolve_model_params(cfg)

@@ -166,8 +166,9 @@ def mixup(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor | None, seed: tf.Tensor, *, a
 
 def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, crop_frames: int,
                   batch_size: int, seed: int, mixup_alpha: float = 0.0,
-                  specaugment: SpecAugmentConfig | None = None, fill: np.ndarray | None = None,
-                  balance: str = "none", first_epoch: int = 0, n_epochs: int = 1) -> tf.data.Dataset:
+                  specaugment: SpecAugmentConfig | None = None, fill: np.ndarray | float | None = None,
+                  balance: str = "none", sample_weights: np.ndarray | None = None,
+                  first_epoch: int = 0, n_epochs: int = 1) -> tf.data.Dataset:
     """Shuffled, cropped, augmented training batches of epochs ``first_epoch .. first_epoch + n_epochs - 1``.
 
     Every random choice of an epoch (its order or balanced draw, crops, SpecAugment,
@@ -187,11 +188,16 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
     mixup_alpha : float
         0 disables mixup.
     specaugment : SpecAugmentConfig or None
-    fill : np.ndarray, shape (n_mels,)
-        SpecAugment fill value per band (needed when SpecAugment is enabled).
+    fill : np.ndarray, shape (n_mels,), or float
+        SpecAugment fill value per band (needed when SpecAugment is enabled; a float for
+        waveforms, which SpecAugment leaves alone).
     balance : {"none", "class_weights", "sampling"}
         ``class_weights`` yields a third element, the sample weights; ``sampling`` draws
         each batch with probabilities proportional to the inverse class frequency.
+    sample_weights : np.ndarray, shape (n,), optional
+        Loss weight of each row (e.g. ``task.multi_root_weight`` for the tracks with soft
+        targets): yielded as the third element, times the ``class_weights`` when those are
+        on. ``None`` leaves the batches exactly as without it.
     first_epoch, n_epochs : int
         The epochs (0-based) the dataset holds, one after the other, ``ceil(n / batch_size)``
         batches each (pass ``steps_per_epoch`` to ``fit``).
@@ -200,15 +206,23 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
     -------
     tf.data.Dataset
         Of ``(x, y)`` or ``(x, y, w)``: ``x`` ``(batch, n_mels, crop_frames)`` or
-        ``(batch, crop_frames)`` float32, ``y`` ``(batch, n_classes)`` float32.
+        ``(batch, crop_frames)`` float32, ``y`` ``(batch, n_classes)`` float32, ``w`` ``(batch,)`` float32.
     """
     positions = np.asarray(positions, dtype=np.int64)
     y = np.asarray(y, dtype=np.float32)
     n = len(positions)
     steps = math.ceil(n / batch_size)
-    weights = class_sample_weights(y) if balance != "none" else None
+    class_weights = class_sample_weights(y) if balance != "none" else None
     base_seed = tf.constant([seed, 0], tf.int64)
-    logits = None if balance != "sampling" else tf.constant(np.log(weights / weights.sum())[None, :], tf.float32)
+    logits = None
+    if class_weights is not None and balance == "sampling":
+        logits = tf.constant(np.log(class_weights / class_weights.sum())[None, :], tf.float32)
+    weights = class_weights if balance == "class_weights" else None
+    if sample_weights is not None:
+        sample_weights = np.asarray(sample_weights, dtype=np.float32)
+        if sample_weights.shape != (n,):
+            raise ValueError(f"train_dataset: sample_weights has shape {sample_weights.shape}, expected ({n},)")
+        weights = sample_weights if weights is None else weights * sample_weights
 
     def epoch_batches(epoch):
         epoch_seed = tf.random.experimental.stateless_fold_in(base_seed, epoch)
@@ -226,14 +240,14 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
         return tf.data.Dataset.zip(rows, seeds)
 
     batches = tf.data.Dataset.range(first_epoch, first_epoch + n_epochs).flat_map(epoch_batches)
-    with_weights = balance == "class_weights"
+    with_weights = weights is not None
     clip_shape = store.clip_shape
     n_classes = y.shape[1]
 
     def load(rows_np: np.ndarray):
         x = store.gather(positions[rows_np])
         out = [x.astype(np.float16), y[rows_np]]
-        return (*out, weights[rows_np]) if with_weights else tuple(out)
+        return tuple(out) if weights is None else (*out, weights[rows_np])
 
     def gather(rows_t, seed_t):
         types = [tf.float16, tf.float32] + ([tf.float32] if with_weights else [])
@@ -244,9 +258,9 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
             parts[2].set_shape([None])
         return (*parts, seed_t)
 
-    sa_enabled = specaugment is not None and specaugment.enabled
+    sa_config = specaugment if specaugment is not None and specaugment.enabled else None
     fill_t = None if fill is None else tf.constant(np.asarray(fill, np.float32))
-    if sa_enabled and fill_t is None:
+    if sa_config is not None and fill_t is None:
         raise ValueError("train_dataset: SpecAugment needs the per-band fill value")
 
     def augment(*parts):
@@ -254,8 +268,8 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
         seed_t = parts[-1]
         wb = rest[0] if rest else None
         x = tf.cast(random_crop(x, seed_t, crop_frames=crop_frames), tf.float32)
-        if sa_enabled:
-            x = spec_augment(x, seed_t + tf.constant([0, 101], tf.int64), config=specaugment, fill=fill_t)
+        if sa_config is not None:
+            x = spec_augment(x, seed_t + tf.constant([0, 101], tf.int64), config=sa_config, fill=fill_t)
         if mixup_alpha > 0:
             x, yb, wb = mixup(x, yb, wb, seed_t + tf.constant([0, 211], tf.int64), alpha=mixup_alpha)
         return (x, yb) if wb is None else (x, yb, wb)

@@ -4,13 +4,26 @@
 
     fma_metadata/tracks.csv            real three-row header, all 52 columns
     fma_metadata/genres.csv            genre_id,#tracks,parent,title,top_level
-    fma_small/NNN/NNNNNN.mp3           44.1 kHz stereo mp3 (lameenc)
+    fma_small/NNN/NNNNNN.mp3           44.1 kHz stereo mp3 (lameenc) of subset small
+    fma_large/NNN/NNNNNN.mp3           every track: copies of fma_small's, the medium and large ones
     crowdai_fma_test/<uuid4>.mp3       the crowdAI-style unlabelled test folder
     crowdai_fma_test_labels.csv        file_id,genre (outside the test folder, for scoring)
     demo.json                          parameters, counts and the deliberately broken files
 
+Subsets nest as FMA's do: ``('set', 'subset')`` names the smallest subset a track is in
+(``small`` within ``medium`` within ``large``). Subset ``large`` is about half tracks
+without a ``genre_top``, as in FMA: the ``large``-only tracks (``n_large``, by default as
+many as ``small`` has) all have genres under 2 or 3 top-level genres, an empty
+``genre_top`` cell, and audio mixing those genres' styles equally. ``small`` also holds a
+few such tracks (``n_tracks // 16``). Each part of the data draws from its own random
+stream, so every row of ``tracks.csv`` that the generator wrote before the ``large``-only
+tracks were added (format 1), every file of ``fma_small/`` and of the test folder and the
+test labels are byte for byte what it wrote then; what changed is the added rows, the
+``#tracks`` counts of ``genres.csv`` (which count them too) and ``fma_large/``.
+
 The genre ids, titles and parents come from the real FMA ``genres.csv``
-(mdeff/fma, ``fma_metadata/genres.csv``); ``#tracks`` counts the demo's own tracks.
+(mdeff/fma, ``fma_metadata/genres.csv``); ``#tracks`` counts the demo's own tracks (all
+subsets, as FMA's counts all of FMA).
 Each genre has an audio *style* (pitch range, harmonic timbre, attack/decay,
 tempo, drum pattern, noise colour, distortion, onset regularity); artists and
 sub-genres shift it, and every clip draws its own tempo, notes, pan, gain and
@@ -41,7 +54,7 @@ from joblib import Parallel, delayed
 from common.cli import command
 from common.errors import ToolkitError
 from common.io import make_folder
-from common.metadata import SPLITS, TOP_GENRE_IDS, TOP_GENRES, TRACKS_COLUMNS, audio_path, parse_id_list
+from common.metadata import SPLITS, SUBSETS, TOP_GENRE_IDS, TOP_GENRES, TRACKS_COLUMNS, audio_path, parse_id_list
 
 #: Output audio format (that of FMA's mp3s).
 SAMPLE_RATE = 44100
@@ -52,8 +65,23 @@ BIT_RATE_KBPS = 128
 #: the 12-kHz and 22.05-kHz features never see above 11 kHz anyway).
 RENDER_RATE = 22050
 
-#: Version of the layout written by this module (stored in demo.json).
-FORMAT_VERSION = 1
+#: Version of the layout written by this module (stored in demo.json). 2: ``fma_large/`` and
+#: the ``large``-only multi-root tracks (the rows and files of version 1 are unchanged).
+FORMAT_VERSION = 2
+
+#: Audio folders: ``fma_small/`` holds the ``small`` tracks; ``fma_large/`` every track of
+#: ``tracks.csv`` (``small`` ones are copies, as in FMA's archives, where each holds the smaller ones).
+SMALL_AUDIO = "fma_small"
+LARGE_AUDIO = "fma_large"
+
+#: Track ids are drawn below this (real FMA's go up to 155,320).
+MAX_TRACK_ID = 156000
+
+#: Share of tracks whose ``genres`` name a top-level genre itself rather than a sub-genre.
+ROOT_ONLY_SHARE = 0.15
+
+#: Share of the ``large``-only multi-root tracks with three roots (the others have two).
+THREE_ROOT_SHARE = 0.25
 
 #: Durations of the deliberately short clips.
 SHORT_SECONDS = 2.0
@@ -85,7 +113,7 @@ _PARENT = {gid: parent for gid, parent, _, _ in GENRE_TREE}
 TRAIN_BROKEN_KINDS: tuple[str, ...] = ("zero_byte", "truncated", "silent", "too_short", "missing")
 TEST_BROKEN_KINDS: tuple[str, ...] = ("silent", "too_short", "zero_byte")
 
-_OUTPUTS = ("fma_metadata", "fma_small", "crowdai_fma_test", "crowdai_fma_test_labels.csv",
+_OUTPUTS = ("fma_metadata", SMALL_AUDIO, LARGE_AUDIO, "crowdai_fma_test", "crowdai_fma_test_labels.csv",
             "demo.json")
 
 
@@ -348,7 +376,7 @@ def _track_row(rng: np.random.Generator, *, track_id: int, artist: dict, genres:
     genres_all = sorted({a for g in genres for a in _ancestors(g)})
     tags = [str(t) for t in rng.choice(_TAGS, size=int(rng.integers(0, 3)), replace=False)]
     album_id = artist["id"] * 3 + int(rng.integers(0, 2))
-    row = {column: "" for column in TRACKS_COLUMNS}
+    row: dict[tuple[str, str], object] = {column: "" for column in TRACKS_COLUMNS}
     row.update({
         ("album", "comments"): int(rng.integers(0, 3)),
         ("album", "date_created"): _date(rng),
@@ -395,15 +423,30 @@ def _track_row(rng: np.random.Generator, *, track_id: int, artist: dict, genres:
     return row
 
 
-def _plan(*, n_tracks: int, n_test: int, clip_seconds: float, seed: int):
-    """Decide every track, file and broken kind; no audio is rendered here."""
+def _plan(*, n_tracks: int, n_test: int, n_large: int, clip_seconds: float, seed: int):
+    """Decide every track, file and broken kind; no audio is rendered here.
+
+    Each part draws from its own random stream (``[seed, 0]`` for the ``small`` tracks and
+    the ``medium``/``large`` rows among them, ``[seed, 2]`` for the test folder,
+    ``[seed, 5]`` for the multi-root tracks of :func:`_plan_multi_root`), so a part added
+    later changes none of the others.
+
+    Returns
+    -------
+    rows : list of (int, dict)
+        ``(track_id, row)`` of every ``tracks.csv`` row (:func:`_track_row`).
+    specs : list of dict
+        One per audio file to write (:func:`render_clip`, plus ``path``, ``id``, ``broken``).
+    labels : list of (str, str)
+        ``(file_id, genre)`` of the test folder.
+    """
     rng = np.random.default_rng([seed, 0])
     genre_counts = {g: n_tracks // len(DEMO_GENRES) + (i < n_tracks % len(DEMO_GENRES))
                     for i, g in enumerate(DEMO_GENRES)}
     artists = _artist_table(rng, genre_counts)
     by_genre = {g: [a for a in artists if a["genre"] == g] for g in DEMO_GENRES}
     n_extra = max(3, n_tracks // 16)
-    track_ids = np.sort(rng.choice(np.arange(2, 156000), size=n_tracks + n_extra, replace=False))
+    track_ids = np.sort(rng.choice(np.arange(2, MAX_TRACK_ID), size=n_tracks + n_extra, replace=False))
     order = rng.permutation(n_tracks + n_extra)
     titles = [g for g, c in genre_counts.items() for _ in range(c)]
     titles += [str(g) for g in rng.choice(DEMO_GENRES, size=n_extra)]
@@ -424,7 +467,7 @@ def _plan(*, n_tracks: int, n_test: int, clip_seconds: float, seed: int):
         sub = int(rng.integers(len(style.subgenres)))
         mix = [(title, sub)]
         r = rng.random()
-        genres = [TOP_GENRE_IDS[title]] if r < 0.15 else [style.subgenres[sub]]
+        genres = [TOP_GENRE_IDS[title]] if r < ROOT_ONLY_SHARE else [style.subgenres[sub]]
         if r > 0.9:
             other = (sub + 1) % len(style.subgenres)
             genres.append(style.subgenres[other])
@@ -442,11 +485,10 @@ def _plan(*, n_tracks: int, n_test: int, clip_seconds: float, seed: int):
         subset = "small" if i < n_tracks else ("large" if (i - n_tracks) % 3 == 2 else "medium")
         rows.append((track_id, _track_row(rng, track_id=track_id, artist=artist, genres=genres,
                                           genre_top=genre_top, subset=subset, seconds=seconds)))
-        if subset == "small":
-            specs.append({"path": audio_path("fma_small", track_id).as_posix(),
-                          "id": str(track_id), "genres": mix, "artist": artist["traits"],
-                          "seconds": seconds, "seed": [seed, 1, i], "silent": kind == "silent",
-                          "broken": kind})
+        specs.append({"path": audio_path(SMALL_AUDIO if subset == "small" else LARGE_AUDIO, track_id).as_posix(),
+                      "id": str(track_id), "genres": mix, "artist": artist["traits"],
+                      "seconds": seconds, "seed": [seed, 1, i], "silent": kind == "silent",
+                      "broken": kind})
 
     test_rng = np.random.default_rng([seed, 2])
     test_artists = [{"genre": g, "traits": {
@@ -458,7 +500,7 @@ def _plan(*, n_tracks: int, n_test: int, clip_seconds: float, seed: int):
     labels = []
     for j in range(n_test):
         artist = test_artists[int(test_rng.integers(len(test_artists)))]
-        title = artist["genre"]
+        title = str(artist["genre"])
         file_id = str(uuid.UUID(bytes=test_rng.bytes(16), version=4))
         kind = test_broken.get(j)
         seconds = SHORT_SECONDS if kind == "too_short" else round(
@@ -468,7 +510,49 @@ def _plan(*, n_tracks: int, n_test: int, clip_seconds: float, seed: int):
                       "genres": [(title, sub)], "artist": artist["traits"], "seconds": seconds,
                       "seed": [seed, 3, j], "silent": kind == "silent", "broken": kind})
         labels.append((file_id, title))
-    return rows, specs, labels
+    large_rows, large_specs = _plan_multi_root(
+        np.random.default_rng([seed, 5]), n_large=n_large, by_genre=by_genre,
+        used_ids=track_ids, clip_seconds=clip_seconds, seed=seed)
+    return rows + large_rows, specs + large_specs, labels
+
+
+def _plan_multi_root(rng: np.random.Generator, *, n_large: int, by_genre: dict[str, list[dict]],
+                     used_ids: np.ndarray, clip_seconds: float, seed: int) -> tuple[list, list]:
+    """The ``large``-only tracks: multi-root tracks without a ``genre_top``, as FMA's.
+
+    Each track takes 2 roots (3 with probability :data:`THREE_ROOT_SHARE`) of
+    :data:`DEMO_GENRES`, a sub-genre (or the root itself) of each, and an artist of its
+    first root (so artists have tracks with and without a ``genre_top``). Its audio mixes
+    the styles of all its roots in equal parts, as the multi-root tracks of ``small`` do,
+    so that the uniform soft target over the roots (``task.multi_root: soft``) describes it.
+    Track ids are drawn among those ``used_ids`` leaves free.
+
+    Returns
+    -------
+    rows, specs
+        As :func:`_plan`'s, ``n_large`` each; the audio goes to ``fma_large/``.
+    """
+    free = np.setdiff1d(np.arange(2, MAX_TRACK_ID), used_ids)
+    track_ids = np.sort(rng.choice(free, size=n_large, replace=False))
+    rows, specs = [], []
+    for j, track_id in enumerate(track_ids.tolist()):
+        n_roots = 3 if rng.random() < THREE_ROOT_SHARE else 2
+        roots = [str(g) for g in rng.choice(DEMO_GENRES, size=n_roots, replace=False)]
+        pool = by_genre[roots[0]]
+        artist = pool[int(rng.integers(len(pool)))]
+        genres, mix = [], []
+        for title in roots:
+            style = STYLES[title]
+            sub = int(rng.integers(len(style.subgenres)))
+            genres.append(TOP_GENRE_IDS[title] if rng.random() < ROOT_ONLY_SHARE else style.subgenres[sub])
+            mix.append((title, sub))
+        seconds = round(clip_seconds * rng.uniform(0.9, 1.1), 3)
+        rows.append((track_id, _track_row(rng, track_id=track_id, artist=artist, genres=genres, genre_top="",
+                                          subset="large", seconds=seconds)))
+        specs.append({"path": audio_path(LARGE_AUDIO, track_id).as_posix(), "id": str(track_id),
+                      "genres": mix, "artist": artist["traits"], "seconds": seconds,
+                      "seed": [seed, 6, j], "silent": False, "broken": None})
+    return rows, specs
 
 
 def tracks_table(rows: list[tuple[int, dict]]) -> pd.DataFrame:
@@ -527,8 +611,9 @@ def _genres_table(tracks: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- driver
 
 
-def _parameters(n_tracks: int, n_test: int, clip_seconds: float, seed: int) -> dict:
+def _parameters(n_tracks: int, n_test: int, n_large: int | None, clip_seconds: float, seed: int) -> dict:
     return {"n_tracks": int(n_tracks), "n_test": int(n_test),
+            "n_large": int(n_tracks if n_large is None else n_large),
             "clip_seconds": float(clip_seconds), "seed": int(seed)}
 
 
@@ -539,6 +624,8 @@ def _check_parameters(params: dict) -> None:
                            f"({len(DEMO_GENRES)} genres x 3 artists plus broken files)")
     if params["n_test"] < 2 * len(TEST_BROKEN_KINDS):
         raise ToolkitError(f"n_test={params['n_test']}: need at least {2 * len(TEST_BROKEN_KINDS)}")
+    if params["n_large"] < 0:
+        raise ToolkitError(f"n_large={params['n_large']}: must be at least 0")
     if not 3.0 <= params["clip_seconds"] <= 60.0:
         raise ToolkitError(f"clip_seconds={params['clip_seconds']}: must be within 3..60")
 
@@ -548,19 +635,22 @@ def _existing_outputs(out_dir: Path) -> list[Path]:
 
 
 def generate_demo_dataset(out_dir: str | Path, *, n_tracks: int = 320, n_test: int = 48,
-                          clip_seconds: float = 10.0, seed: int = 0, n_jobs: int = -1,
-                          force: bool = False) -> dict:
-    """Write a mini-FMA (metadata, fma_small mp3s, crowdAI-style test folder).
+                          n_large: int | None = None, clip_seconds: float = 10.0, seed: int = 0,
+                          n_jobs: int = -1, force: bool = False) -> dict:
+    """Write a mini-FMA (metadata, fma_small and fma_large mp3s, crowdAI-style test folder).
 
     Parameters
     ----------
     out_dir : path-like
         Destination; becomes the ``--data`` folder of the other commands.
     n_tracks : int
-        Tracks of subset ``small`` (with audio); a few ``medium``/``large``-only rows
-        without audio are added to exercise subset filtering.
+        Tracks of subset ``small`` (with audio); ``n_tracks // 16`` (at least 3) more
+        ``medium``/``large`` tracks with a ``genre_top`` exercise subset filtering.
     n_test : int
         Files in ``crowdai_fma_test/``.
+    n_large : int or None
+        ``large``-only multi-root tracks without a ``genre_top`` (:func:`_plan_multi_root`);
+        None: ``n_tracks``, which makes about half of subset ``large`` such tracks, as in FMA.
     clip_seconds : float
         Nominal clip length; each clip draws its length in ``clip_seconds`` +- 10 %.
     seed : int
@@ -582,7 +672,7 @@ def generate_demo_dataset(out_dir: str | Path, *, n_tracks: int = 320, n_test: i
         Bad parameters, ``out_dir`` is a file, or it holds other demo outputs and ``force`` is False.
     """
     out_dir = Path(out_dir)
-    params = _parameters(n_tracks, n_test, clip_seconds, seed)
+    params = _parameters(n_tracks, n_test, n_large, clip_seconds, seed)
     _check_parameters(params)
     make_folder(out_dir)  # before rendering: a wrong --out fails at once
     manifest_path = out_dir / "demo.json"
@@ -594,8 +684,8 @@ def generate_demo_dataset(out_dir: str | Path, *, n_tracks: int = 320, n_test: i
                 return {**manifest, "reused": True}
             raise ToolkitError(
                 f"{manifest_path}: a demo dataset with other parameters "
-                f"{manifest.get('parameters')} is already there; pass --force to replace it "
-                f"or choose another --out")
+                f"{manifest.get('parameters')} (format {manifest.get('format')}; this generator writes "
+                f"format {FORMAT_VERSION}) is already there; pass --force to replace it or choose another --out")
         raise ToolkitError(
             f"{out_dir}: holds {', '.join(p.name for p in existing)} but no demo.json "
             f"(an interrupted run, or not a demo dataset); pass --force to replace them")
@@ -607,6 +697,10 @@ def generate_demo_dataset(out_dir: str | Path, *, n_tracks: int = 320, n_test: i
 
     rows, specs, labels = _plan(**params)
     Parallel(n_jobs=n_jobs)(delayed(_write_clip)(spec, out_dir / spec["path"]) for spec in specs)
+    for path in sorted((out_dir / SMALL_AUDIO).rglob("*.mp3")):
+        copy = out_dir / LARGE_AUDIO / path.relative_to(out_dir / SMALL_AUDIO)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, copy)
 
     tracks = tracks_table(rows)
     metadata_dir = out_dir / "fma_metadata"
@@ -617,6 +711,7 @@ def generate_demo_dataset(out_dir: str | Path, *, n_tracks: int = 320, n_test: i
         out_dir / "crowdai_fma_test_labels.csv", index=False)
 
     subsets = tracks[("set", "subset")].value_counts()
+    without_top = tracks.loc[tracks[("track", "genre_top")] == "", ("set", "subset")].value_counts()
     manifest = {
         "generator": "common.demo_data",
         "format": FORMAT_VERSION,
@@ -625,10 +720,11 @@ def generate_demo_dataset(out_dir: str | Path, *, n_tracks: int = 320, n_test: i
         "channels": CHANNELS,
         "bit_rate_kbps": BIT_RATE_KBPS,
         "top_genres": list(DEMO_GENRES),
-        "rows_by_subset": {s: int(subsets.get(s, 0)) for s in ("small", "medium", "large")},
+        "rows_by_subset": {s: int(subsets.get(s, 0)) for s in SUBSETS},
+        "without_genre_top_by_subset": {s: int(without_top.get(s, 0)) for s in SUBSETS},
         "splits": {s: int((tracks[("set", "split")] == s).sum()) for s in SPLITS},
         "n_test_files": n_test,
-        "paths": {"metadata": "fma_metadata", "audio": "fma_small",
+        "paths": {"metadata": "fma_metadata", "audio": SMALL_AUDIO, "large_audio": LARGE_AUDIO,
                   "test_audio": "crowdai_fma_test",
                   "test_labels": "crowdai_fma_test_labels.csv"},
         "broken": [{"path": spec["path"], "id": spec["id"], "kind": spec["broken"]}
@@ -640,25 +736,29 @@ def generate_demo_dataset(out_dir: str | Path, *, n_tracks: int = 320, n_test: i
 
 @command("fma-demo-data")
 def main(argv: list[str] | None = None) -> int:
-    """``python -m common.demo_data --out data/demo [--tracks N --test N --seconds S --seed N --force]``."""
+    """``python -m common.demo_data --out data/demo [--tracks N --test N --large N --seconds S --seed N --force]``."""
     parser = argparse.ArgumentParser(prog="fma-demo-data", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("data/demo"), help="output folder (default: data/demo)")
     parser.add_argument("--tracks", type=int, default=320, help="tracks in fma_small (default: 320)")
     parser.add_argument("--test", type=int, default=48, help="files in crowdai_fma_test (default: 48)")
+    parser.add_argument("--large", type=int, default=None,
+                        help="large-only multi-root tracks without a genre_top (default: as many as --tracks)")
     parser.add_argument("--seconds", type=float, default=10.0, help="nominal clip length (default: 10)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--jobs", type=int, default=-1, help="parallel workers (default: all cores)")
     parser.add_argument("--force", action="store_true", help="replace an existing demo dataset")
     args = parser.parse_args(argv)
-    manifest = generate_demo_dataset(args.out, n_tracks=args.tracks, n_test=args.test,
+    manifest = generate_demo_dataset(args.out, n_tracks=args.tracks, n_test=args.test, n_large=args.large,
                                      clip_seconds=args.seconds, seed=args.seed,
                                      n_jobs=args.jobs, force=args.force)
     if manifest["reused"]:
         print(f"demo data in {args.out} is up to date (same parameters); nothing to do")
     else:
         kinds = ", ".join(f"{b['kind']} {b['path']}" for b in manifest["broken"])
-        print(f"demo data written to {args.out}: {manifest['rows_by_subset']['small']} tracks in "
-              f"fma_small, {manifest['n_test_files']} test files; broken on purpose: {kinds}")
+        rows = manifest["rows_by_subset"]
+        print(f"demo data written to {args.out}: {rows['small']} tracks in {SMALL_AUDIO}, {sum(rows.values())} in "
+              f"{LARGE_AUDIO} ({sum(manifest['without_genre_top_by_subset'].values())} without a genre_top), "
+              f"{manifest['n_test_files']} test files; broken on purpose: {kinds}")
     return 0
 
 

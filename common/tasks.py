@@ -3,7 +3,9 @@
 ``single``
     The 16 top-level genres of :data:`common.metadata.TOP_GENRES`, in leaderboard order;
     one-hot targets, softmax output, categorical cross-entropy. Tracks without a
-    ``('track', 'genre_top')`` are left out.
+    ``('track', 'genre_top')`` are left out, unless the experiment asks for their soft
+    targets (``task.multi_root: soft``, :meth:`Task.root_targets`): in FMA they are the
+    tracks whose ``genres_all`` spans several roots, about half of ``fma_large``.
 ``multi``
     Every genre id of ``('track', 'genres_all')`` that at least ``min_tracks`` training
     tracks carry, in genre-id order, named by the genre's title; 0/1 targets, sigmoid
@@ -18,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +33,10 @@ from common.metadata import TOP_GENRE_IDS, TOP_GENRES
 #: The task names, the one list of them (config validation, metrics and labels read it).
 TaskName = Literal["single", "multi"]
 TASKS: tuple[str, ...] = typing.get_args(TaskName)
+
+#: What a ``single`` experiment does with the tracks without a ``genre_top`` (``task.multi_root``):
+#: ``none`` leaves them out; ``soft`` trains on them with :meth:`Task.root_targets`.
+MultiRoot = Literal["none", "soft"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,14 +90,52 @@ class Task:
             keep = codes >= 0
             y = np.eye(self.n_classes, dtype=np.float32)[codes[keep]]
             return tracks.index.to_numpy(np.int64)[keep], y
+        y = self._genres_all_hot(tracks)
+        tagged = y.any(axis=1)
+        return tracks.index.to_numpy(np.int64)[tagged], y[tagged]
+
+    def _genres_all_hot(self, tracks: pd.DataFrame) -> np.ndarray:
+        """``(n_tracks, n_classes)`` float32: 1 where the class's genre id is in the track's ``genres_all``."""
         column = {gid: i for i, gid in enumerate(self.genre_ids)}
         y = np.zeros((len(tracks), self.n_classes), dtype=np.float32)
         for row, genres in enumerate(tracks[("track", "genres_all")]):
             for gid in genres:
                 if gid in column:
                     y[row, column[gid]] = 1.0
-        keep = y.any(axis=1)
-        return tracks.index.to_numpy(np.int64)[keep], y[keep]
+        return y
+
+    def root_targets(self, tracks: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Soft targets of the tracks without a ``genre_top``: uniform over the roots of their ``genres_all``.
+
+        A track without a ``('track', 'genre_top')`` whose ``('track', 'genres_all')`` holds
+        ``k >= 1`` of this task's top-level genre ids gets ``1 / k`` on each of them and 0
+        elsewhere (FMA leaves ``genre_top`` empty when a track's genres span several roots,
+        so ``k`` is 2 or more there). Tracks without any root are left out.
+
+        Parameters
+        ----------
+        tracks : pd.DataFrame
+            FMA tracks table (index ``track_id``, two-level columns).
+
+        Returns
+        -------
+        track_ids : np.ndarray, shape (m,), int64
+            The tracks without a ``genre_top`` that have a root, in the order of ``tracks``.
+        y : np.ndarray, shape (m, n_classes), float32
+            Rows summing to 1.
+
+        Raises
+        ------
+        ConfigError
+            The task is not ``single`` (the ``multi`` task already uses these tracks).
+        """
+        if self.name != "single":
+            raise ConfigError(f"task.multi_root: soft targets over the top-level genres are for task 'single', "
+                              f"not {self.name!r}")
+        y = self._genres_all_hot(tracks)
+        roots = y.sum(axis=1)
+        keep = tracks[("track", "genre_top")].isna().to_numpy() & (roots > 0)
+        return tracks.index.to_numpy(np.int64)[keep], y[keep] / roots[keep, None]
 
     def target_strings(self, y: np.ndarray) -> list[str]:
         """Human-readable targets: the class name (``single``) or names joined by ``'|'``."""
@@ -120,7 +164,7 @@ class Task:
 
 
 def build_task(name: str, *, tracks: pd.DataFrame, genres: pd.DataFrame,
-               train_ids: Sequence[int], min_tracks: int = 20) -> Task:
+               train_ids: Iterable[int], min_tracks: int = 20) -> Task:
     """The classes of a task.
 
     Parameters
@@ -130,7 +174,7 @@ def build_task(name: str, *, tracks: pd.DataFrame, genres: pd.DataFrame,
         FMA tracks table (index ``track_id``).
     genres : pd.DataFrame
         FMA genres table (index ``genre_id``, column ``title``).
-    train_ids : sequence of int
+    train_ids : iterable of int
         Training tracks (the folds' tracks); ``multi`` counts genres over these only.
     min_tracks : int
         ``multi``: minimum number of training tracks per kept genre.
@@ -147,7 +191,7 @@ def build_task(name: str, *, tracks: pd.DataFrame, genres: pd.DataFrame,
     if name == "single":
         return Task(name="single", class_names=TOP_GENRES, genre_ids=tuple(TOP_GENRE_IDS[g] for g in TOP_GENRES))
     train = tracks.loc[tracks.index.isin(list(train_ids)), ("track", "genres_all")]
-    counts = pd.Series([gid for genres_ in train for gid in genres_], dtype=np.int64).value_counts()
+    counts = pd.Series([gid for genres_ in train.to_numpy() for gid in genres_], dtype=np.int64).value_counts()
     kept = sorted(int(g) for g in counts.index[counts >= min_tracks])
     if not kept:
         raise ConfigError(f"task.min_tracks: no genre has {min_tracks} training tracks "

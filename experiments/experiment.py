@@ -7,6 +7,11 @@ once; :func:`train_experiment` trains the requested folds into ``RUNS/<exp>/fold
 and ``RUNS/<exp>/summary.json`` (CV mean ± std and the test-split scores of the mean of the
 fold models' probabilities). A finished fold is never retrained; an interrupted one resumes
 from its checkpoint. :mod:`experiments.distributed` runs the same functions on Dask workers.
+
+One writer per folder: a fold trains under its folder's lock (:func:`common.training.train_fold`),
+and the experiment's own files are written under the experiment folder's lock, so that folds of
+one experiment may train in parallel (on Dask workers, in two terminals) but never one fold twice
+at once. An experiment with a failed fold (``"status": "failed"``) gets no summary.
 """
 
 from __future__ import annotations
@@ -14,14 +19,17 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from common.config import ExperimentConfig
-from common.errors import FeatureCacheError, ToolkitError
-from common.runs import FOLD_SUMMARY, fold_dir, is_finished
+from common.errors import FeatureCacheError, MetadataError, ToolkitError
+from common.runs import FOLD_SUMMARY, fold_dir, folds_complete
+from common.store import ClipStore
+from common.tasks import Task, build_task
 
 
 @dataclasses.dataclass
@@ -32,19 +40,40 @@ class ExperimentData:
     ----------
     task : common.tasks.Task
     store : common.store.ClipStore
-        Features of the fold tracks followed by the test-split tracks.
+        Features of the fold tracks (the labelled ones, then those with soft targets
+        when ``train_only`` is set) followed by the test-split tracks.
     folds : np.ndarray, shape (n_fold_tracks,)
         Fold of each of the first ``n_fold_tracks`` rows of ``store``.
     y : np.ndarray, shape (len(store), n_classes)
     n_test : int
         The last ``n_test`` rows of ``store`` are the official test split.
+    train_only : np.ndarray of bool, shape (n_fold_tracks,), or None
+        Fold rows that only ever train (``task.multi_root: soft``: the tracks without a
+        ``genre_top``, with :meth:`~common.tasks.Task.root_targets`): such a row trains
+        every fold but its own and is never validated or scored. ``None``: every fold row
+        is validated in its fold.
     """
 
-    task: object
-    store: object
+    task: Task
+    store: ClipStore
     folds: np.ndarray
     y: np.ndarray
     n_test: int
+    train_only: np.ndarray | None = None
+
+    def fold_rows(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        """Training and validation rows of ``store`` for fold ``fold``.
+
+        Returns
+        -------
+        train, val : np.ndarray of int64, shapes (n_train,), (n_val,)
+            ``train``: every fold row of another fold (train-only rows included);
+            ``val``: the rows of fold ``fold`` that are not train-only.
+        """
+        held_out = self.folds == fold
+        evaluated = held_out if self.train_only is None else held_out & ~self.train_only
+        positions = np.arange(len(self.folds))
+        return positions[~held_out], positions[evaluated]
 
 
 def features_hint(config: ExperimentConfig, *, data: Path, subset: str, cache: Path) -> str:
@@ -63,10 +92,15 @@ def open_experiment_data(config: ExperimentConfig, *, data: Path, subset: str, f
     feature row until asked, as the client of ``--scheduler`` training needs);
     ``memory_limit`` (bytes) further caps the budget of ``auto`` (see :class:`common.store.ClipStore`).
 
+    With ``task.multi_root: soft`` the fold tracks without a ``genre_top`` follow the
+    labelled fold tracks in ``store``, marked ``train_only``, with their soft targets;
+    the labelled and test rows are those of the same config without it.
+
     Raises
     ------
     MetadataError
-        The folds file does not match the metadata.
+        The folds file does not match the metadata, or (``multi_root: soft``) an artist
+        of a train-only track has tracks in several folds.
     FeatureCacheError
         No (complete) cache for the experiment's feature settings, or fold tracks missing
         from it that did not fail extraction; the message names the ``make features`` to run.
@@ -74,8 +108,6 @@ def open_experiment_data(config: ExperimentConfig, *, data: Path, subset: str, f
     from common.features import FeatureCache, cache_dir_for
     from common.folds import read_folds
     from common.metadata import FmaDataset
-    from common.store import ClipStore
-    from common.tasks import build_task
 
     dataset = FmaDataset.open(data, subset)
     tracks = dataset.tracks
@@ -89,40 +121,93 @@ def open_experiment_data(config: ExperimentConfig, *, data: Path, subset: str, f
     task = build_task(config.task.name, tracks=tracks, genres=dataset.genres,
                       train_ids=folds.index, min_tracks=config.task.min_tracks)
     labelled, y = task.targets(tracks)
+    soft_ids, y_soft = task.root_targets(tracks) if config.task.multi_root == "soft" else (labelled[:0], y[:0])
     available = set(features.ids.tolist())
     failed = set(features.failures["id"].astype(str)) if len(features.failures) else set()
     fold_ids = [t for t in labelled if t in folds.index]
-    absent = [t for t in fold_ids if str(t) not in available and str(t) not in failed]
+    train_only_ids = [t for t in soft_ids if t in folds.index]
+    absent = [t for t in fold_ids + train_only_ids if str(t) not in available and str(t) not in failed]
     if absent:
         raise FeatureCacheError(f"{cache_dir}: {len(absent)} fold tracks (e.g. {absent[:3]}) are not in "
                                 f"the feature cache; {hint}")
     split = tracks[("set", "split")]
     test_ids = [t for t in labelled if split.get(t) == "test" and str(t) in available]
     fold_ids = [t for t in fold_ids if str(t) in available]
-    row = {t: i for i, t in enumerate(labelled)}
-    ids = fold_ids + test_ids
+    train_only_ids = [t for t in train_only_ids if str(t) in available]
+    ids = fold_ids + train_only_ids + test_ids
     store = ClipStore(features, [str(t) for t in ids],
                       in_memory=config.data.in_memory if in_memory is None else in_memory, memory_limit=memory_limit)
-    return ExperimentData(task=task, store=store, folds=folds.loc[fold_ids, "fold"].to_numpy(np.int64),
-                          y=y[[row[t] for t in ids]], n_test=len(test_ids))
+    row = {t: i for i, t in enumerate([*labelled, *soft_ids])}
+    fold_of = folds.loc[fold_ids + train_only_ids, "fold"].to_numpy(np.int64)
+    train_only = None
+    if config.task.multi_root != "none":
+        train_only = np.arange(len(fold_of)) >= len(fold_ids)
+        check_artist_grouped(tracks, ids=np.asarray(fold_ids + train_only_ids, np.int64), folds=fold_of,
+                             train_only=train_only, folds_path=folds_path)
+    return ExperimentData(task=task, store=store, folds=fold_of,
+                          y=np.concatenate([y, y_soft])[[row[t] for t in ids]], n_test=len(test_ids),
+                          train_only=train_only)
+
+
+def check_artist_grouped(tracks: pd.DataFrame, *, ids: np.ndarray, folds: np.ndarray, train_only: np.ndarray,
+                         folds_path: Path) -> None:
+    """Every artist of a train-only track has all its fold tracks in one fold.
+
+    A train-only track of fold ``k`` trains every other fold: were a track of its artist
+    validated in one of those, the model would be scored on an artist it trained on.
+    Artist-grouped folds (:func:`common.folds.make_folds`) never allow it; this checks the
+    folds file read.
+
+    Parameters
+    ----------
+    tracks : pd.DataFrame
+        FMA tracks table (index ``track_id``, column ``('artist', 'id')``).
+    ids, folds : np.ndarray of int64, shape (n_fold_tracks,)
+        Fold tracks and their folds.
+    train_only : np.ndarray of bool, shape (n_fold_tracks,)
+    folds_path : Path
+        Named in the error.
+
+    Raises
+    ------
+    MetadataError
+        Such an artist has tracks in several folds.
+    """
+    artists = tracks.loc[ids, ("artist", "id")].to_numpy(np.int64)
+    n_folds = pd.Series(folds).groupby(artists).nunique()
+    spread = n_folds[(n_folds > 1) & n_folds.index.isin(artists[train_only])]
+    if len(spread):
+        artist = int(spread.index[0])
+        raise MetadataError(f"{folds_path}: artist {artist} has a track without a genre_top (trained on with "
+                            f"task.multi_root) and tracks in folds {sorted(set(folds[artists == artist].tolist()))}: "
+                            "the folds are not grouped by artist; rewrite them with `make folds` "
+                            "(python -m experiments.folds ... --force)")
 
 
 def train_experiment(config: ExperimentConfig, exp_data: ExperimentData, *, runs: Path,
-                     folds: list[int] | None = None, callbacks: tuple = (), verbose: int = 0) -> dict | None:
-    """Train the given folds (default: all) and, when all are finished, summarise.
+                     folds: list[int] | None = None, callbacks: tuple = (), verbose: int = 0,
+                     on_wait: Callable[[str], None] | None = None) -> dict | None:
+    """Train the given folds (default: all) and, when all are finished and none failed, summarise.
+
+    A fold that fails (its training loss stops being finite) does not stop the others.
+    ``on_wait`` is given a line naming the holder of a fold's or the experiment's lock when
+    another run holds it, before waiting (:func:`common.locks.folder_lock`).
 
     Returns
     -------
     dict or None
-        The experiment summary, or None while folds remain unfinished.
+        The experiment summary, or None while folds remain unfinished or one failed.
     """
+    from common.locks import folder_lock
+
     exp_dir = Path(runs) / config.name
     all_folds = sorted(set(exp_data.folds.tolist()))
     for fold in check_folds(exp_data, folds):
-        train_one_fold(config, exp_data, runs=runs, fold=fold, callbacks=callbacks, verbose=verbose)
-    if not all(is_finished(fold_dir(exp_dir, k)) for k in all_folds):
+        train_one_fold(config, exp_data, runs=runs, fold=fold, callbacks=callbacks, verbose=verbose, on_wait=on_wait)
+    if not folds_complete(exp_dir, all_folds):
         return None
-    return summarise_experiment(config, exp_data, exp_dir=exp_dir, fold_numbers=all_folds)
+    with folder_lock(exp_dir, on_wait=on_wait):
+        return summarise_experiment(config, exp_data, exp_dir=exp_dir, fold_numbers=all_folds)
 
 
 def check_folds(exp_data: ExperimentData, folds: list[int] | None) -> list[int]:
@@ -135,17 +220,19 @@ def check_folds(exp_data: ExperimentData, folds: list[int] | None) -> list[int]:
 
 
 def train_one_fold(config: ExperimentConfig, exp_data: ExperimentData, *, runs: Path, fold: int,
-                   callbacks: tuple = (), verbose: int = 0) -> dict:
-    """Train (or resume, or skip when finished) fold ``fold`` into ``runs/<exp>/fold_<fold>``; its summary."""
+                   callbacks: tuple = (), verbose: int = 0, on_wait: Callable[[str], None] | None = None) -> dict:
+    """Train (or resume, or skip when finished) fold ``fold`` into ``runs/<exp>/fold_<fold>``, under the fold
+    folder's lock (``on_wait``: see :func:`train_experiment`); its summary."""
     from common.training import train_fold
 
-    held_out = exp_data.folds == fold
-    positions = np.arange(len(exp_data.folds))
-    y_folds = exp_data.y[:len(exp_data.folds)]
+    train, val = exp_data.fold_rows(fold)
+    weights = None
+    if exp_data.train_only is not None:
+        weights = np.where(exp_data.train_only[train], config.task.multi_root_weight, 1.0).astype(np.float32)
     return train_fold(config, task=exp_data.task, fold=fold, store=exp_data.store,
-                      train_positions=positions[~held_out], y_train=y_folds[~held_out],
-                      val_positions=positions[held_out], y_val=y_folds[held_out],
-                      run_dir=fold_dir(Path(runs) / config.name, fold), callbacks=callbacks, verbose=verbose)
+                      train_positions=train, y_train=exp_data.y[train], val_positions=val, y_val=exp_data.y[val],
+                      sample_weights=weights, run_dir=fold_dir(Path(runs) / config.name, fold),
+                      callbacks=callbacks, verbose=verbose, on_wait=on_wait)
 
 
 def summarise_experiment(config: ExperimentConfig, exp_data: ExperimentData, *, exp_dir: Path,

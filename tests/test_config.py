@@ -40,6 +40,12 @@ def test_defaults_resolve_and_round_trip(tmp_path):
     ({"features": {"n_mel": 3}}, "n_mel"),
     ({"features": {"kind": "waveform"}, "data": {"specaugment": {"time_masks": 1, "time_width": 4}}},
      "data.specaugment"),
+    ({"task": {"multi_root": "hard"}}, "task.multi_root"),
+    ({"task": {"multi_root": True}}, "task.multi_root"),
+    ({"task": {"name": "multi", "multi_root": "soft"}}, "task.multi_root"),
+    ({"task": {"multi_root": "soft", "multi_root_weight": 0}}, "task.multi_root_weight"),
+    ({"task": {"multi_root": "soft", "multi_root_weight": "half"}}, "task.multi_root_weight"),
+    ({"task": {"multi_root_weight": 0.5}}, "task.multi_root_weight"),
 ])
 def test_bad_configs_name_the_key(values, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -66,3 +72,18 @@ def test_shipped_configs_cover_the_issue():
     assert crnn.features.clip_shape == (96, 1366) and crnn.data.crop_frames(crnn.features) == 1366
     samplecnn = load_config(CONFIGS[[p.stem for p in CONFIGS].index("samplecnn")])
     assert samplecnn.data.crop_frames(samplecnn.features) == 3 ** 10
+
+
+def test_multi_root_keys_are_written_only_when_set():
+    plain = config_from_dict({"task": {"name": "single"}}, name="plain", check_model=False)
+    assert plain.task.multi_root == "none" and plain.task.multi_root_weight == 1.0
+    # a config without the keys resolves to the config.yaml it had before they existed (runs resume)
+    assert plain.to_dict()["task"] == {"name": "single", "min_tracks": 20}
+    soft = config_from_dict({"task": {"multi_root": "soft", "multi_root_weight": 1}}, name="soft", check_model=False)
+    assert soft.task.multi_root_weight == 1.0 and isinstance(soft.task.multi_root_weight, float)
+    assert soft.to_dict()["task"] == {"name": "single", "min_tracks": 20, "multi_root": "soft"}
+    half = config_from_dict({"task": {"multi_root": "soft", "multi_root_weight": 0.5}}, name="half",
+                            check_model=False)
+    assert half.to_dict()["task"]["multi_root_weight"] == 0.5
+    for cfg in (plain, soft, half):
+        assert config_from_dict(yaml.safe_load(cfg.to_yaml()), name=cfg.name, check_model=False) == cfg

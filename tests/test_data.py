@@ -66,11 +66,11 @@ def test_mixup_specaugment_and_balanced_sampling():
     ds = train_dataset(store, np.arange(64), y, crop_frames=N_FRAMES, batch_size=16, seed=0, mixup_alpha=0.4,
                        specaugment=SpecAugmentConfig(time_masks=2, time_width=5, freq_masks=1, freq_width=3),
                        fill=fill, balance="sampling")
-    xs, ys = zip(*[(b[0].numpy(), b[1].numpy()) for _ in range(5) for b in ds])
-    ys = np.concatenate(ys)
+    x_batches, y_batches = zip(*[(b[0].numpy(), b[1].numpy()) for _ in range(5) for b in ds])
+    ys = np.concatenate(y_batches)
     np.testing.assert_allclose(ys.sum(axis=1), 1.0, atol=1e-5)
     assert ((ys > 0.01) & (ys < 0.99)).any()  # mixed targets
-    assert np.isclose(np.concatenate(xs), 123.0).any()  # masked cells get the fill value
+    assert np.isclose(np.concatenate(x_batches), 123.0).any()  # masked cells get the fill value
     # inverse-frequency sampling: the rare classes (1/8 of the data) make up about half the targets
     assert 0.3 < ys[:, 1:].sum() / len(ys) < 0.8
 
@@ -86,6 +86,29 @@ def test_class_weights_and_feature_stats():
     np.testing.assert_allclose(std, x[:10].astype(np.float64).std(axis=(0, 2)), rtol=1e-4)
     wave_mean, _ = feature_stats(ClipStore.from_array(x[:, 0, :]), np.arange(20))
     assert wave_mean.shape == (1,)
+
+
+def test_sample_weights_are_yielded_per_row_and_leave_the_batches_alone():
+    x, y = synthetic(40, seed=2)
+    store = ClipStore.from_array(x)
+    positions = np.arange(40)
+    per_class = np.array([0.5, 1.0, 2.0, 4.0], np.float32)  # a row's weight tells its class
+    sample_weights = per_class[y.argmax(1)]
+    plain = list(train_dataset(store, positions, y, crop_frames=16, batch_size=8, seed=5))
+    weighted = list(train_dataset(store, positions, y, crop_frames=16, batch_size=8, seed=5,
+                                  sample_weights=sample_weights))
+    assert all(len(b) == 2 for b in plain) and all(len(b) == 3 for b in weighted)
+    for (xp, yp), (xw, yw, ww) in zip(plain, weighted):  # same rows, crops and order; the weights added
+        assert np.array_equal(xp.numpy(), xw.numpy()) and np.array_equal(yp.numpy(), yw.numpy())
+        np.testing.assert_array_equal(ww.numpy(), per_class[yw.numpy().argmax(1)])
+    balanced = list(train_dataset(store, positions, y, crop_frames=16, batch_size=8, seed=5,
+                                  balance="class_weights", sample_weights=sample_weights))
+    class_w = class_sample_weights(y)[[int(np.flatnonzero(y.argmax(1) == c)[0]) for c in range(N_CLASSES)]]
+    for _, yb, wb in balanced:
+        labels = yb.numpy().argmax(1)
+        np.testing.assert_allclose(wb.numpy(), class_w[labels] * per_class[labels], rtol=1e-6)
+    with pytest.raises(ValueError, match="sample_weights"):
+        train_dataset(store, positions, y, crop_frames=16, batch_size=8, seed=5, sample_weights=sample_weights[:-1])
 
 
 def _mean_model(input_shape: tuple[int, ...]):

@@ -1,10 +1,12 @@
-"""Generated mini-FMA: layout, real header, decodable audio, broken kinds, determinism."""
+"""Generated mini-FMA: layout, real header, decodable audio, broken kinds, the large subset, determinism."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,10 +16,10 @@ import soundfile as sf
 from common import demo_data
 from common.demo_data import generate_demo_dataset
 from common.errors import ToolkitError
-from common.metadata import SPLITS, TOP_GENRES, FmaDataset, load_genres
+from common.metadata import SPLITS, SUBSETS, TOP_GENRE_IDS, TOP_GENRES, FmaDataset, load_genres
 
 DATA = Path(__file__).parent / "data"
-TINY = {"n_tracks": 32, "n_test": 6, "clip_seconds": 3.0, "seed": 5}
+TINY: dict[str, Any] = {"n_tracks": 32, "n_test": 6, "clip_seconds": 3.0, "seed": 5}
 
 
 def _manifest(root: Path) -> dict:
@@ -87,12 +89,13 @@ def test_metadata_content(demo_data_dir):
 
 
 def test_default_size_supports_multilabel_subgenres():
-    rows, specs, labels = demo_data._plan(n_tracks=320, n_test=48, clip_seconds=10.0, seed=0)
+    rows, specs, labels = demo_data._plan(n_tracks=320, n_test=48, n_large=320, clip_seconds=10.0, seed=0)
     parents = {gid: parent for gid, parent, _, _ in demo_data.GENRE_TREE}
     counts = pd.Series([g for _, row in rows if row[("set", "subset")] == "small"
                         for g in eval_list(row[("track", "genres_all")]) if parents[g]])
     assert (counts.value_counts() >= 10).sum() >= 10
-    assert len(specs) == 320 + 48
+    assert len(rows) == 320 + 320 // 16 + 320
+    assert len(specs) == len(rows) + 48  # every track (one "missing" file among them) and the test folder
     assert len(labels) == 48
 
 
@@ -103,9 +106,8 @@ def eval_list(cell: str) -> list[int]:
 
 def test_audio_decodes_as_fma(demo_data_dir):
     manifest = _manifest(demo_data_dir)
-    broken = {b["path"] for b in manifest["broken"]}
-    good = [p for p in sorted(demo_data_dir.rglob("*.mp3"))
-            if p.relative_to(demo_data_dir).as_posix() not in broken]
+    broken = {Path(b["path"]).name for b in manifest["broken"]}  # fma_large holds copies of fma_small's
+    good = [p for p in sorted(demo_data_dir.rglob("*.mp3")) if p.name not in broken]
     durations, levels = [], []
     for path in good[::4]:
         y, sr = sf.read(path, dtype="float32")
@@ -142,31 +144,113 @@ def test_broken_kinds(demo_data_dir):
             assert data[:2] == b"\xff\xfb"  # starts as a real mp3 frame
 
 
-def test_genre_is_learnable_from_audio_on_held_out_artists(demo_data_dir):
+def _mel_stats(path: Path) -> np.ndarray:
+    """Mean and std of each of 32 mel bands (dB) over the first 3 s of an mp3, shape (64,)."""
     import librosa
+
+    y, sr = sf.read(path, dtype="float32")
+    mel = librosa.power_to_db(librosa.feature.melspectrogram(
+        y=y.mean(axis=1)[: 3 * sr], sr=sr, n_fft=2048, hop_length=1024, n_mels=32), ref=np.max)
+    return np.concatenate([mel.mean(axis=1), mel.std(axis=1)])
+
+
+def _genre_classifier(ds: FmaDataset, splits: set[str]):
+    """Logistic regression on :func:`_mel_stats` of the ``small`` tracks with a genre_top in ``splits``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    ds = FmaDataset.open(demo_data_dir, "small")
     top = ds.top_genre_labels()
-    feats, labels, split = [], [], []
-    for tid, path in ds.items():
-        if pd.isna(top[int(tid)]) or not path.is_file() or path.stat().st_size < 20000:
-            continue
-        y, sr = sf.read(path, dtype="float32")
-        mel = librosa.power_to_db(librosa.feature.melspectrogram(
-            y=y.mean(axis=1)[: 3 * sr], sr=sr, n_fft=2048, hop_length=1024, n_mels=32), ref=np.max)
-        feats.append(np.concatenate([mel.mean(axis=1), mel.std(axis=1)]))
-        labels.append(top[int(tid)])
-        split.append(ds.tracks.loc[int(tid), ("set", "split")])
-    X, y_true, split = np.array(feats), np.array(labels), np.array(split)
-    train = split == "training"
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X[train], y_true[train])
-    accuracy = (model.predict(X[~train]) == y_true[~train]).mean()
-    assert (~train).sum() >= 10
-    print(f"held-out accuracy {accuracy:.2f} on {(~train).sum()} tracks")
+    rows = [(tid, path) for tid, path in ds.items()
+            if ds.tracks.loc[int(tid), ("set", "subset")] == "small" and pd.notna(top[int(tid)])
+            and ds.tracks.loc[int(tid), ("set", "split")] in splits and path.is_file() and path.stat().st_size > 20000]
+    X = np.array([_mel_stats(path) for _, path in rows])
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(
+        X, np.array([top[int(tid)] for tid, _ in rows]))
+
+
+def test_genre_is_learnable_from_audio_on_held_out_artists(demo_data_dir):
+    ds = FmaDataset.open(demo_data_dir, "small")
+    model = _genre_classifier(ds, {"training"})
+    top = ds.top_genre_labels()
+    held_out = [(tid, path) for tid, path in ds.items()
+                if pd.notna(top[int(tid)]) and ds.tracks.loc[int(tid), ("set", "split")] != "training"
+                and path.is_file() and path.stat().st_size > 20000]
+    predicted = model.predict(np.array([_mel_stats(path) for _, path in held_out]))
+    accuracy = (predicted == np.array([top[int(tid)] for tid, _ in held_out])).mean()
+    assert len(held_out) >= 10
+    print(f"held-out accuracy {accuracy:.2f} on {len(held_out)} tracks")
     assert accuracy >= 0.5, accuracy  # chance is 1/8; held-out splits are unseen artists
+
+
+def _roots(genres_all: Any) -> set[str]:
+    """Titles of the top-level genres in a ``genres_all`` list of ids."""
+    names = {gid: title for title, gid in TOP_GENRE_IDS.items()}
+    return {names[g] for g in genres_all if g in names}
+
+
+def test_large_subset_is_half_multi_root_tracks_in_fma_format(demo_data_dir):
+    subsets = {s: FmaDataset.open(demo_data_dir, s) for s in SUBSETS}
+    ids = {s: set(d.tracks.index) for s, d in subsets.items()}
+    assert ids["small"] < ids["medium"] < ids["large"]  # nested; ('set', 'subset') is the smallest one
+    large = subsets["large"]
+    tracks = large.tracks
+    assert all(set(tracks.loc[list(ids[s] - (ids[SUBSETS[i - 1]] if i else set())), ("set", "subset")]) == {s}
+               for i, s in enumerate(SUBSETS))
+    without_top = tracks[("track", "genre_top")].isna()
+    assert 0.4 <= without_top.mean() <= 0.6, without_top.mean()  # as in fma_large: about half
+    large_only = tracks[tracks[("set", "subset")] == "large"]
+    extra = large_only[large_only[("track", "genre_top")].isna()]
+    assert len(extra) == _manifest(demo_data_dir)["parameters"]["n_large"] == 64
+    assert all(len(_roots(g)) >= 2 for g in extra[("track", "genres_all")])  # every one spans 2+ roots
+    assert {len(_roots(g)) for g in extra[("track", "genres_all")]} == {2, 3}
+    counts = tracks.loc[without_top, ("set", "subset")].value_counts()
+    assert _manifest(demo_data_dir)["without_genre_top_by_subset"] == {s: int(counts.get(s, 0)) for s in SUBSETS}
+    # the cells are written as FMA writes them: an empty genre_top, genre-id lists
+    raw = pd.read_csv(demo_data_dir / "fma_metadata/tracks.csv", index_col=0, header=[0, 1], dtype=str,
+                      keep_default_na=False)
+    assert (raw.loc[[str(t) for t in extra.index], ("track", "genre_top")] == "").all()
+    # artists have tracks with and without a genre_top; every artist is in one split (artist-filtered)
+    artists = tracks[("artist", "id")]
+    assert artists[without_top].isin(artists[~without_top]).all()
+    assert (tracks[("set", "split")].groupby(artists).nunique() == 1).all()
+    # fma_large holds every track, fma_small's as byte-identical copies; large reads it
+    assert large.audio_dir == demo_data_dir / demo_data.LARGE_AUDIO
+    missing = {int(b["id"]) for b in _manifest(demo_data_dir)["broken"] if b["kind"] == "missing"}
+    assert {int(tid) for tid, path in large.items() if path.is_file()} == ids["large"] - missing
+    for _, path in subsets["small"].items():
+        if path.is_file():
+            assert path.read_bytes() == (large.audio_dir / path.relative_to(subsets["small"].audio_dir)).read_bytes()
+
+
+def test_multi_root_audio_mixes_the_styles_of_its_roots(demo_data_dir):
+    """A classifier of the labelled tracks puts far more than chance mass on a multi-root track's roots."""
+    large = FmaDataset.open(demo_data_dir, "large")
+    model = _genre_classifier(large, {"training"})
+    classes = list(model.classes_)
+    tracks = large.tracks
+    held_out = [(tid, path) for tid, path in large.items() if tracks.loc[int(tid), ("set", "subset")] == "large"
+                and tracks.loc[int(tid), ("set", "split")] != "training"]
+    probs = model.predict_proba(np.array([_mel_stats(path) for _, path in held_out]))
+    roots = [_roots(tracks.loc[int(tid), ("track", "genres_all")]) for tid, _ in held_out]
+    mass = np.mean([sum(p[classes.index(r)] for r in rs) for p, rs in zip(probs, roots)])
+    chance = np.mean([len(rs) / len(classes) for rs in roots])
+    print(f"probability on the roots {mass:.2f} (chance {chance:.2f}) over {len(held_out)} unseen-artist tracks")
+    assert len(held_out) >= 10 and mass >= 1.5 * chance
+
+
+def test_rows_and_files_of_format_1_are_unchanged(tiny_dir):
+    """The generator before the large subset (format 1) wrote these rows and files, hashed in
+    tests/data/demo_v1_tiny.json: the large subset draws from its own random stream and changes none.
+    (The mp3 bytes also depend on lameenc, soxr and numpy: a new version of one may change them all.)"""
+    golden = json.loads((DATA / "demo_v1_tiny.json").read_text())
+    lines = (tiny_dir / "fma_metadata/tracks.csv").read_text().splitlines()[3:]
+    rows = {line.split(",", 1)[0]: hashlib.sha256(line.encode()).hexdigest() for line in lines}
+    assert {tid: rows.get(tid) for tid in golden["rows"]} == golden["rows"]
+    assert len(rows) == len(golden["rows"]) + TINY["n_tracks"]
+    files = {name: hashlib.sha256((tiny_dir / name).read_bytes()).hexdigest() for name in golden["files"]
+             if (tiny_dir / name).is_file()}
+    assert files == golden["files"]
 
 
 def test_deterministic_noop_and_refusal(tiny_dir, tmp_path):
@@ -191,13 +275,24 @@ def test_force_replaces_and_different_seed_differs(tiny_dir, tmp_path):
         tiny_dir / "fma_metadata/tracks.csv").read_bytes()
 
 
+def test_refuses_a_dataset_of_the_previous_format(tiny_dir, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(tiny_dir, old)
+    manifest = _manifest(old)
+    manifest["format"] = 1
+    del manifest["parameters"]["n_large"]
+    (old / "demo.json").write_text(json.dumps(manifest))
+    with pytest.raises(ToolkitError, match=r"format 1; this generator writes format 2.*--force"):
+        generate_demo_dataset(old, **TINY)
+
+
 def test_refuses_foreign_or_interrupted_folder(tmp_path):
     (tmp_path / "fma_small").mkdir()
     with pytest.raises(ToolkitError, match=r"no demo\.json.*--force"):
         generate_demo_dataset(tmp_path, **TINY)
 
 
-@pytest.mark.parametrize("bad", [{"n_tracks": 10}, {"n_test": 2}, {"clip_seconds": 1.0}])
+@pytest.mark.parametrize("bad", [{"n_tracks": 10}, {"n_test": 2}, {"n_large": -1}, {"clip_seconds": 1.0}])
 def test_bad_parameters(tmp_path, bad):
     with pytest.raises(ToolkitError):
         generate_demo_dataset(tmp_path, **{**TINY, **bad})
