@@ -44,6 +44,12 @@ CHALLENGE ?=
 DRY_RUN   ?=
 SMOKE     ?=
 WHEELHOUSE ?= .whl
+# VERIFY=1: features and compare re-hash every file against its record; FORCE=1: features start on a
+# nearly full disk, demo-data replaces an older demo dataset; ALLOW_DIVERGED=1: blend, submit and
+# package accept runs whose folds diverged (never failed ones).
+VERIFY    ?=
+FORCE     ?=
+ALLOW_DIVERGED ?=
 
 # Quieter TensorFlow start-up (errors still show).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
@@ -67,23 +73,27 @@ quote = $(if $(1),'$(subst ','\'',$(1))')
 TAG_EXP = $(if $(filter command line environment override,$(origin EXP)),$(EXP),musicnn)
 SCHEDULER_ARG = $(if $(SCHEDULER),--scheduler $(call quote,$(SCHEDULER)),)
 FOLD_ARG = $(if $(FOLD),--fold $(FOLD),)
+VERIFY_ARG = $(if $(VERIFY),--verify,)
+FORCE_ARG = $(if $(FORCE),--force,)
+ALLOW_DIVERGED_ARG = $(if $(ALLOW_DIVERGED),--allow-diverged,)
 # crowdai.submit is given only what it uses: a fitted blend, the zero-shot musicnn (nothing trained,
 # cached or combined: it refuses --runs, --cache, --mean), or the fold ensembles of EXP.
-SUBMIT_TRAINED = --runs $(call quote,$(RUNS)) --cache $(call quote,$(CACHE))
-SUBMIT_SOURCE = $(if $(BLEND),--blend $(call quote,$(BLEND)) $(SUBMIT_TRAINED),$(if $(filter musicnn,$(EXP)),--exp musicnn,\
+SUBMIT_TRAINED = --runs $(call quote,$(RUNS)) --cache $(call quote,$(CACHE)) $(ALLOW_DIVERGED_ARG)
+SUBMIT_SOURCE = $(if $(BLEND),--blend $(call quote,$(BLEND)) $(SUBMIT_TRAINED),$(if $(filter musicnn,$(EXP)),\
+  --exp musicnn --data $(call quote,$(DATA)) --subset $(SUBSET),\
   --exp $(EXP) --mean $(MEAN) $(if $(BLEND_WEIGHTS),--blend-weights $(BLEND_WEIGHTS),) $(SUBMIT_TRAINED)))
 # The variables recipes read, shown by `make help`.
 HELP_VARIABLES := DATA SUBSET EXP CONFIG CACHE RUNS K FOLDS FOLD JOBS SCHEDULER SOURCE TEST_DIR TEST FILE OUT \
                   WEIGHTS MEAN BLEND BLEND_WEIGHTS NAME BLEND_ARGS SUBMIT_ARGS TAG_ARGS SUBMISSION LABELS CHALLENGE \
-                  DRY_RUN SMOKE PYTEST_ARGS WHEELHOUSE EXTRAS VENV PYTHON_SYSTEM
+                  DRY_RUN SMOKE VERIFY FORCE ALLOW_DIVERGED PYTEST_ARGS WHEELHOUSE EXTRAS VENV PYTHON_SYSTEM
 
 .PHONY: help setup download demo-data features plots folds train compare blend submit validate upload package score tag \
-        weights demo test lint test-package gpu-check bench bench-features bench-train bench-predict bench-tag bench-metadata bench-blend clean
+        weights demo test lint typecheck test-package gpu-check bench bench-features bench-train bench-predict bench-tag bench-metadata bench-blend clean
 
 # `make help` lists the targets in the order a newcomer runs them; a target missing here
 # is listed after these, in file order.
 HELP_ORDER := help setup download demo-data demo features plots folds train compare blend submit validate \
-              upload package score tag weights test lint test-package gpu-check bench-features bench-train bench-predict bench-tag bench-metadata bench-blend bench clean
+              upload package score tag weights test lint typecheck test-package gpu-check bench-features bench-train bench-predict bench-tag bench-metadata bench-blend bench clean
 
 help: ## List the targets in the order a newcomer runs them, and what they do
 	@awk -v order="$(HELP_ORDER)" 'BEGIN {FS = ":.*## "} \
@@ -104,12 +114,12 @@ setup: $(STAMP) ## Create .venv and install the toolkit (fast when nothing chang
 download: setup ## Fetch fma_metadata + fma_SUBSET (+ crowdAI test set with TEST=1), SHA-1 checked, resumable; unpack into DATA
 	$(PY) -m common.download --subset $(SUBSET) --data $(call quote,$(DATA)) $(if $(TEST),--test,)
 
-demo-data: setup ## Generate the mini-FMA (metadata, mp3s, crowdAI-style test folder) under data/demo
-	$(PY) -m common.demo_data --out $(call quote,$(DEMO_DATA))
+demo-data: setup ## Generate the mini-FMA (metadata, mp3s, crowdAI-style test folder, fma_large extras) under data/demo (FORCE=1 replaces an older one)
+	$(PY) -m common.demo_data --out $(call quote,$(DEMO_DATA)) $(FORCE_ARG)
 
 features: setup ## Log-mel cache for DATA/fma_SUBSET (or TEST_DIR with SOURCE=test) with EXP's feature settings
 	$(PY) -m common.features --config $(call quote,$(CONFIG)) --cache $(call quote,$(CACHE)) --jobs $(JOBS) \
-	  --weights $(call quote,$(WEIGHTS)) $(SCHEDULER_ARG) \
+	  --weights $(call quote,$(WEIGHTS)) $(SCHEDULER_ARG) $(VERIFY_ARG) $(FORCE_ARG) \
 	  $(if $(filter test,$(SOURCE)),--audio-dir $(call quote,$(TEST_DIR)),--data $(call quote,$(DATA)) --subset $(SUBSET))
 
 plots: setup ## Genre histogram of SUBSET and the log-mel image of one track, as PNGs in OUT
@@ -124,10 +134,11 @@ train: setup ## Train every fold (or FOLD) of experiment EXP; finished folds are
 	  --folds $(call quote,$(FOLDS)) --cache $(call quote,$(CACHE)) --runs $(call quote,$(RUNS)) $(FOLD_ARG) $(SCHEDULER_ARG)
 
 compare: setup ## Table of all experiments in RUNS (CSV, Markdown, learning curves, confusion matrix)
-	$(PY) -m experiments.compare --runs $(call quote,$(RUNS)) --out $(call quote,$(RUNS)/compare)
+	$(PY) -m experiments.compare --runs $(call quote,$(RUNS)) --out $(call quote,$(RUNS)/compare) $(VERIFY_ARG)
 
 blend: setup ## Fit temperatures, pool weights (and stacking) on the out-of-fold predictions of EXP=a,b [NAME=, BLEND_ARGS=--stacking]
-	$(PY) -m crowdai.blend --exp $(EXP) --runs $(call quote,$(RUNS)) $(if $(NAME),--name $(call quote,$(NAME)),) $(BLEND_ARGS)
+	$(PY) -m crowdai.blend --exp $(EXP) --runs $(call quote,$(RUNS)) $(if $(NAME),--name $(call quote,$(NAME)),) \
+	  $(ALLOW_DIVERGED_ARG) $(BLEND_ARGS)
 
 submit: setup $(if $(filter musicnn,$(EXP)),weights,) ## crowdAI CSV for TEST_DIR: fitted BLEND=name, or EXP=a,b [MEAN, BLEND_WEIGHTS=0.7,0.3]; SUBMIT_ARGS=--adapt-prior; EXP=musicnn: zero-shot, no training
 	$(PY) -m crowdai.submit $(SUBMIT_SOURCE) --test-dir $(call quote,$(TEST_DIR)) --out submissions \
@@ -143,7 +154,8 @@ upload: setup ## Validate SUBMISSION (default: newest) against TEST_DIR, then se
 package: setup ## Round-2 folder OUT (default out/round2-EXP) from EXP's fold models (BLEND: fitted blend name or JSON)
 	$(PY) -m crowdai.package --exp $(EXP) --runs $(call quote,$(RUNS)) --mean $(MEAN) --weights $(call quote,$(WEIGHTS)) \
 	  --jobs $(JOBS) --out $(call quote,$(if $(filter command line,$(origin OUT)),$(OUT),$(OUT)/round2-$(subst $(comma),+,$(EXP)))) \
-	  $(if $(BLEND),--blend $(call quote,$(BLEND)),) $(if $(BLEND_WEIGHTS),--blend-weights $(BLEND_WEIGHTS),)
+	  $(if $(BLEND),--blend $(call quote,$(BLEND)),) $(if $(BLEND_WEIGHTS),--blend-weights $(BLEND_WEIGHTS),) \
+	  $(ALLOW_DIVERGED_ARG)
 
 score: setup ## Leaderboard metrics of SUBMISSION against LABELS
 	$(PY) -m crowdai.score $(call quote,$(SUBMISSION)) --labels $(call quote,$(LABELS))
@@ -171,7 +183,7 @@ demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, tra
 	$(MAKE) submit BLEND=demo RUNS=$(DEMO_RUNS) TEST_DIR=$(DEMO_TEST) CACHE=$(DEMO_CACHE)
 	$(MAKE) validate TEST_DIR=$(DEMO_TEST)
 	$(MAKE) score LABELS=$(DEMO_DATA)/crowdai_fma_test_labels.csv
-	$(MAKE) submit EXP=musicnn TEST_DIR=$(DEMO_TEST)
+	$(MAKE) submit EXP=musicnn TEST_DIR=$(DEMO_TEST) DATA=$(DEMO_DATA) SUBSET=small
 	$(PY) -m crowdai.score $$(ls submissions/*_demo.csv | tail -n 1) $$(ls submissions/*_demo+demo_crnn.csv | tail -n 1) \
 	  $$(ls submissions/*_musicnn.csv | tail -n 1) --labels $(DEMO_DATA)/crowdai_fma_test_labels.csv
 	$(MAKE) tag EXP=demo RUNS=$(DEMO_RUNS) FILE=$(DEMO_SONG) OUT=$(call quote,$(DEMO_OUT))
@@ -181,8 +193,11 @@ demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, tra
 test: setup ## Run the test suite (small sizes; about 8 to 9 minutes on 2 cores)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: setup ## Check the code with ruff (pyflakes, pycodestyle, import order, bugbear, pyupgrade; settings in pyproject.toml)
+lint: setup typecheck ## Check the code with ruff (pyflakes, pycodestyle, import order, bugbear, pyupgrade) and mypy (settings in pyproject.toml)
 	$(PY) -m ruff check .
+
+typecheck: setup ## Check the types of common/, crowdai/, experiments/ and bench/ with mypy (settings in pyproject.toml)
+	$(PY) -m mypy
 
 test-package: setup ## Package a tiny trained experiment, install it offline from WHEELHOUSE into a fresh virtualenv, run it (minutes)
 	FMA_WHEELHOUSE=$(call quote,$(WHEELHOUSE)) $(PY) -m pytest -m package $(PYTEST_ARGS)

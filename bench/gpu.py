@@ -305,17 +305,18 @@ def prediction_section(plan: Plan) -> dict:
     models = [_build(workload, precision="float32", jit_compile=False, steps_per_execution=1)
               for _ in range(plan.folds)]
     clips, _ = _batches(dataclasses.replace(workload, batch_size=1), plan.prediction_clips, seed=1)
-    options = {"crop_frames": workload.input_shape[-1], "eval": "center",
-               "batch_size": inference_batch_size(workload.batch_size)}
-    predict_clips(models, clips[:1], **options)  # trace the one-clip function, untimed
-    predict_clips(models, clips, **options)  # and the full batch
+    batch_size = inference_batch_size(workload.batch_size)
+    predict = functools.partial(predict_clips, crop_frames=workload.input_shape[-1], eval="center",
+                                batch_size=batch_size)
+    predict(models, clips[:1])  # trace the one-clip function, untimed
+    predict(models, clips)  # and the full batch
     start = time.perf_counter()
-    batched = predict_clips(models, clips, **options)
+    batched = predict(models, clips)
     batched_s = time.perf_counter() - start
     start = time.perf_counter()
-    per_clip = np.concatenate([predict_clips(models, clips[i:i + 1], **options) for i in range(len(clips))])
+    per_clip = np.concatenate([predict(models, clips[i:i + 1]) for i in range(len(clips))])
     per_clip_s = time.perf_counter() - start
-    return {"folds": plan.folds, "clips": len(clips), "batch_size": options["batch_size"],
+    return {"folds": plan.folds, "clips": len(clips), "batch_size": batch_size,
             "batched_clips_per_s": round(len(clips) / batched_s, 2),
             "per_clip_clips_per_s": round(len(clips) / per_clip_s, 2),
             "batched_speedup": round(per_clip_s / batched_s, 2),

@@ -109,6 +109,7 @@ def training_results(*, data: Path | None, work: Path) -> dict:
             model=dataclasses.replace(config.model, params={**config.model.params, "gru_reset_after": reset_after}))
         exp_data = open_experiment_data(variant, data=data, subset="small", folds_path=folds, cache=work / "cache")
         summary = train_experiment(variant, exp_data, runs=work / "runs")
+        assert summary is not None  # None only while folds remain unfinished; all five were trained
         histories = [pd.read_csv(work / "runs" / variant.name / f"fold_{k}" / "history.csv") for k in range(5)]
         results[str(reset_after).lower()] = {
             "params": summary["params"],

@@ -65,14 +65,15 @@ def run(*, config_path: Path, n_clips: int | None, steps: int | None, warmup: in
     import tensorflow as tf
 
     from common import models
-    from common.config import load_config
+    from common.config import JitCompile, load_config
     from common.data import feature_stats, train_dataset
     from common.store import ClipStore
     from common.training import make_optimizer, select_runtime
 
     config = load_config(config_path)
     if jit_compile is not None:
-        jit = {"auto": "auto", "true": True, "false": False}[jit_compile]
+        choices: dict[str, JitCompile] = {"auto": "auto", "true": True, "false": False}
+        jit = choices[jit_compile]
         config = dataclasses.replace(config, training=dataclasses.replace(config.training, jit_compile=jit))
     runtime = select_runtime(config.training)
     on_gpu = runtime.on_gpu
@@ -89,6 +90,8 @@ def run(*, config_path: Path, n_clips: int | None, steps: int | None, warmup: in
     n_classes = 16
     store = ClipStore.from_array(rng.normal(-30, 10, (n_clips, *shape)).astype(np.float16))
     y = np.eye(n_classes, dtype=np.float32)[rng.integers(0, n_classes, n_clips)]
+    mean: np.ndarray | float  # per band or component; one float for a waveform
+    std: np.ndarray | float
     mean, std = feature_stats(store, np.arange(n_clips))
     if config.features.kind == "waveform":
         mean, std = float(mean[0]), float(std[0])

@@ -32,7 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -45,8 +47,10 @@ PREDICTED_SETS: dict[str, int] = {"fma_medium": 25_000, "fma_large": 106_574, "c
 #: Ensemble size of those predictions.
 PREDICTED_FOLDS = 5
 
+T = TypeVar("T")
 
-def _timed(function) -> tuple[object, float, float]:
+
+def _timed(function: Callable[[], T]) -> tuple[T, float, float]:
     """(result, wall seconds, CPU seconds of this process, all threads) of ``function()``."""
     wall, cpu = time.perf_counter(), time.process_time()
     result = function()

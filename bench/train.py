@@ -91,6 +91,8 @@ def run(*, config_path: Path, n_clips: int, epochs: int, seed: int = 0) -> dict:
     y = np.eye(n_classes, dtype=np.float32)[rng.integers(0, n_classes, n_clips)]
     crop, batch = data.crop_frames(config.features), data.batch_size
     store = ClipStore.from_array(x)
+    mean: np.ndarray | float  # per band or component; one float for a waveform
+    std: np.ndarray | float
     mean, std = feature_stats(store, np.arange(n_clips))
     if config.features.kind == "waveform":
         mean, std = float(mean[0]), float(std[0])

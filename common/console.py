@@ -167,11 +167,15 @@ def quiet_first_context(tf) -> None:
     context.Context.ensure_initialized = ensure_initialized
 
 
-class _QuietLoader:
+class _QuietLoader(importlib.abc.Loader):
     """Delegates to TensorFlow's own loader; runs the module and lists its devices in :func:`quiet_startup`,
-    and makes the eager context's first initialisation quiet too (:func:`quiet_first_context`)."""
+    and makes the eager context's first initialisation quiet too (:func:`quiet_first_context`).
 
-    def __init__(self, loader) -> None:
+    A :class:`importlib.abc.Loader` (what ``ModuleSpec.loader`` holds); what it does not define
+    itself is TensorFlow's loader's (``__getattr__``).
+    """
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
         self._loader = loader
 
     def __getattr__(self, name: str):

@@ -295,8 +295,8 @@ def _members(path: Path, staging: Path, *, progress: bool) -> int:
         count = 0
         with tarfile.open(path, "r|*") as archive, \
                 tqdm(unit=" files", desc=f"unpack {path.name}", disable=not progress) as bar:
-            for member in archive:
-                archive.extract(member, staging, filter="data")
+            for entry in archive:
+                archive.extract(entry, staging, filter="data")
                 count += 1
                 bar.update(1)
         return count

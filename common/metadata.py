@@ -186,11 +186,16 @@ def _parse_column(path: Path, tracks: pd.DataFrame, column: tuple[str, str], par
                 raise _bad_cell(path, column, tracks.index[(codes == code).argmax()], str(exc)) from exc
             parsed.append(None)
     empty = parse(None)
-    values = [list(empty) if code < 0 else None if parsed[code] is None else list(parsed[code]) for code in codes]
+    values = [list(empty) if code < 0 else _copy_list(parsed[code]) for code in codes]
     result = pd.Series(values, index=tracks.index, dtype=object, name=column)
     if not strict and result.isna().any():
         _warn_lenient(path, column, result.isna(), what)
     return result
+
+
+def _copy_list(value: list | None) -> list | None:
+    """A row's own copy of a parsed list (None stays None)."""
+    return None if value is None else list(value)
 
 
 def _to_category(path: Path, tracks: pd.DataFrame, column: tuple[str, str],
@@ -199,9 +204,9 @@ def _to_category(path: Path, tracks: pd.DataFrame, column: tuple[str, str],
     converted = raw.astype(dtype)
     unknown = converted.isna() & raw.notna()
     if unknown.any():
-        track_id = unknown.idxmax()
-        raise _bad_cell(path, column, track_id,
-                        f"unknown value {raw[track_id]!r}; expected one of {list(dtype.categories)}")
+        first = int(unknown.to_numpy().argmax())
+        raise _bad_cell(path, column, tracks.index[first],
+                        f"unknown value {raw.iloc[first]!r}; expected one of {list(dtype.categories)}")
     return converted
 
 
@@ -266,16 +271,16 @@ def load_tracks(path: str | Path) -> pd.DataFrame:
             bad = parsed.isna() & raw.notna()
             if bad.any():
                 if column not in LENIENT_TRACKS_COLUMNS:
-                    track_id = bad.idxmax()
-                    raise _bad_cell(path, column, track_id, f"not a date: {raw[track_id]!r}")
+                    first = int(bad.to_numpy().argmax())
+                    raise _bad_cell(path, column, tracks.index[first], f"not a date: {raw.iloc[first]!r}")
                 _warn_lenient(path, column, bad, "a date")
             tracks[column] = parsed
     tracks[("set", "subset")] = _to_category(
-        path, tracks, ("set", "subset"), pd.CategoricalDtype(SUBSETS, ordered=True))
+        path, tracks, ("set", "subset"), pd.CategoricalDtype(list(SUBSETS), ordered=True))
     tracks[("set", "split")] = _to_category(
-        path, tracks, ("set", "split"), pd.CategoricalDtype(SPLITS))
+        path, tracks, ("set", "split"), pd.CategoricalDtype(list(SPLITS)))
     tracks[("track", "genre_top")] = _to_category(
-        path, tracks, ("track", "genre_top"), pd.CategoricalDtype(TOP_GENRES))
+        path, tracks, ("track", "genre_top"), pd.CategoricalDtype(list(TOP_GENRES)))
     artist = pd.to_numeric(tracks[("artist", "id")], errors="coerce")
     if artist.isna().any():
         track_id = artist.isna().idxmax()

@@ -137,8 +137,8 @@ def extract_musicnn_weights(wheel: str | Path, dest_dir: str | Path) -> list[Pat
             with archive.open("musicnn-0.1.0.dist-info/LICENSE.md") as source, \
                     (staging / "LICENSE.md").open("wb") as target:
                 shutil.copyfileobj(source, target)
-        for target in targets:
-            (staging / target.name).rename(target)
+        for final in targets:
+            (staging / final.name).rename(final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [Path(f"{checkpoint_prefix(name, weights_dir=dest_dir)}{suffix}")

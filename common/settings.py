@@ -109,7 +109,8 @@ class FeatureSettings:
     @property
     def layout(self) -> Layout:
         """What a model reads: ``"logmel"`` / ``"waveform"`` (crops along the last axis) or ``"vector"``."""
-        return "vector" if self.kind in EMBEDDING_DIMS else self.kind
+        # Every kind but the two signal kinds is an embedding kind (checked in __post_init__).
+        return self.kind if self.kind == "logmel" or self.kind == "waveform" else "vector"
 
     @property
     def clip_samples(self) -> int:

@@ -593,5 +593,9 @@ def read_submission(path: str | Path) -> pd.DataFrame:
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise ToolkitError(f"{path}: not a valid submission ({len(problems)} problems; run "
                            f"python -m crowdai.validate):\n  {shown}{more}")
-    return pd.DataFrame(np.stack([values for _, _, values in rows]), columns=list(TOP_GENRES),
+    matrix = []
+    for _, _, values in rows:
+        assert values is not None  # _parse reports a problem for every row it gives no values
+        matrix.append(values)
+    return pd.DataFrame(np.stack(matrix), columns=list(TOP_GENRES),
                         index=pd.Index([file_id for _, file_id, _ in rows], name="file_id"))

@@ -13,6 +13,11 @@ gives the task to another worker (up to ``distributed.scheduler.allowed-failures
 deaths), which resumes the fold from its ``checkpoint/``. A task that raises is retried
 ``retries`` times. Folds with a ``summary.json`` are never dispatched.
 
+A fold task trains under the fold folder's lock (:func:`common.training.train_fold`), like a
+local run: the workers train different folds in parallel, and a fold that another run (a
+local ``make train FOLD=k``, a worker of another cluster) is training is waited for, with a
+warning in the worker's log naming its holder, and then skipped as finished.
+
 GPUs: start one worker per GPU, each seeing only its own card and declaring it as a
 resource; folds then ask for ``{"GPU": 1}``, one fold per card::
 
@@ -36,6 +41,7 @@ memory-mapped shards, which the fold workers of a host share through the page ca
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import uuid
@@ -45,11 +51,14 @@ from pathlib import Path
 from common.config import ExperimentConfig
 from common.errors import ToolkitError
 from common.io import absolute_path
-from common.runs import fold_dir, is_finished
+from common.runs import fold_dir, folds_complete, is_finished
 from experiments.experiment import open_experiment_data, train_experiment, train_one_fold
 
 #: One fold at a time per worker process.
 _FOLD_LOCK = threading.Lock()
+
+#: Where a fold task says whom it waits for (the worker's log).
+_LOG = logging.getLogger(__name__)
 
 
 def fold_resources(workers: Mapping[str, Mapping]) -> dict[str, float] | None:
@@ -86,7 +95,7 @@ def run_fold_task(config: ExperimentConfig, *, data: Path, subset: str, folds_pa
     with _FOLD_LOCK:
         exp_data = open_experiment_data(config, data=data, subset=subset, folds_path=folds_path, cache=cache,
                                         memory_limit=_worker_memory_limit())
-        summary = train_one_fold(config, exp_data, runs=runs, fold=fold, verbose=verbose)
+        summary = train_one_fold(config, exp_data, runs=runs, fold=fold, verbose=verbose, on_wait=_LOG.warning)
     return {**summary, "worker": socket.gethostname()}
 
 
@@ -99,7 +108,7 @@ def run_summary_task(config: ExperimentConfig, *, data: Path, subset: str, folds
     with _FOLD_LOCK:
         exp_data = open_experiment_data(config, data=data, subset=subset, folds_path=folds_path, cache=cache,
                                         in_memory=False)
-        return train_experiment(config, exp_data, runs=runs, folds=[])
+        return train_experiment(config, exp_data, runs=runs, folds=[], on_wait=_LOG.warning)
 
 
 def _connect(scheduler: str, *, timeout: float):
@@ -120,11 +129,10 @@ def summarise_on_dask(config: ExperimentConfig, *, scheduler: str, data: Path, s
     -------
     dict or None
         ``runs/<exp>/summary.json``'s content, or None while some fold has no ``summary.json``
-        (no task is sent then).
+        or one failed (no task is sent then).
     """
     data, folds_path, cache, runs = (absolute_path(p) for p in (data, folds_path, cache, runs))
-    exp_dir = runs / config.name
-    if not all(is_finished(fold_dir(exp_dir, k)) for k in fold_numbers):
+    if not folds_complete(runs / config.name, fold_numbers):
         return None
     with _connect(scheduler, timeout=timeout) as client:
         future = client.submit(run_summary_task, config, data=data, subset=subset, folds_path=folds_path,
