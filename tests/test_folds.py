@@ -97,13 +97,18 @@ def test_read_folds_rejects_other_metadata(tracks, tmp_path):
         read_folds(path, tracks=tracks)
 
 
-def test_cli_writes_once_and_checks_existing_file(tmp_path, capsys):
-    metadata = tmp_path / "data" / "fma_metadata"
+def copy_test_metadata(data: Path) -> Path:
+    """``data/fma_metadata/`` with the test tracks.csv and genres.csv; returns ``data``."""
+    metadata = data / "fma_metadata"
     metadata.mkdir(parents=True)
     for name in ("tracks.csv", "genres.csv"):
         shutil.copy(Path(__file__).parent / "data" / name, metadata / name)
+    return data
+
+
+def test_cli_writes_once_and_checks_existing_file(tmp_path, capsys):
     out = tmp_path / "folds.csv"
-    argv = ["--data", str(tmp_path / "data"), "--subset", "small", "--k", "2", "--out", str(out)]
+    argv = ["--data", str(copy_test_metadata(tmp_path / "data")), "--subset", "small", "--k", "2", "--out", str(out)]
     assert folds_cli.main(argv) == 0
     written = out.read_text()
     assert "wrote" in capsys.readouterr().out
@@ -153,12 +158,8 @@ def test_a_damaged_folds_file_is_refused_naming_the_command_that_rewrites_it(tra
 
 
 def test_make_folds_reports_a_damaged_file_and_force_repairs_it(tmp_path, capsys):
-    metadata = tmp_path / "data" / "fma_metadata"
-    metadata.mkdir(parents=True)
-    for name in ("tracks.csv", "genres.csv"):
-        shutil.copy(Path(__file__).parent / "data" / name, metadata / name)
     out = tmp_path / "folds.csv"
-    argv = ["--data", str(tmp_path / "data"), "--subset", "small", "--k", "2", "--out", str(out)]
+    argv = ["--data", str(copy_test_metadata(tmp_path / "data")), "--subset", "small", "--k", "2", "--out", str(out)]
     assert folds_cli.main(argv) == 0
     written = out.read_bytes()
     move_first_track_to_another_fold(out)
