@@ -14,6 +14,7 @@ the blend's out-of-fold log loss against the best single experiment.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -27,12 +28,14 @@ BENCHMARKS: tuple[str, ...] = ("features", "train", "pipeline", "predict", "tag"
 
 
 def machine_info() -> dict:
-    """Cores, processor and GPUs (as TensorFlow sees them) of this machine."""
+    """Date (UTC), host, cores, processor and GPUs (as TensorFlow sees them) of this machine."""
     import tensorflow as tf
 
     gpus = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
             for gpu in tf.config.list_physical_devices("GPU")]
-    return {"cores": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+    return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "host": platform.node(), "cores": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(), "tensorflow": tf.__version__, "gpus": gpus,
             "load_average_1min": round(os.getloadavg()[0], 2)}
 
@@ -104,7 +107,8 @@ def headlines(results: dict[str, dict], machine: dict) -> list[str]:
 def to_markdown(results: dict[str, dict], machine: dict) -> str:
     """Headlines, then one row per measured quantity: benchmark, key, value."""
     gpus = ", ".join(machine["gpus"]) or "none"
-    lines = [(f"Machine: {machine['cores']} cores ({machine['processor']}), GPU: {gpus}, "
+    lines = [(f"Measured {machine.get('date', 'n/a')} on {machine.get('host', 'n/a')}: "
+              f"{machine['cores']} cores ({machine['processor']}), GPU: {gpus}, "
               f"TensorFlow {machine['tensorflow']}, load average {machine.get('load_average_1min', 'n/a')}"), ""]
     top = headlines(results, machine)
     if top:
