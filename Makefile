@@ -26,6 +26,9 @@ SCHEDULER ?=
 # SOURCE=test: `make features` caches the crowdAI test folder TEST_DIR instead of DATA/fma_SUBSET.
 SOURCE    ?=
 TEST_DIR  ?= $(DATA)/crowdai_fma_test
+# `make pseudo`: the folder of unlabelled <id>.mp3 clips and the smallest confidence kept.
+UNLABELLED ?=
+THRESHOLD ?= 0
 SUBMISSION ?= $(lastword $(sort $(wildcard submissions/*.csv)))
 LABELS    ?=
 FILE      ?=
@@ -37,6 +40,8 @@ BLEND     ?=
 BLEND_WEIGHTS ?=
 NAME      ?=
 BLEND_ARGS ?=
+# `make zero-shot-oof`: e.g. --overwrite, --name NAME, --smoothing W.
+ZERO_SHOT_ARGS ?=
 SUBMIT_ARGS ?=
 TAG_ARGS  ?=
 TEST      ?=
@@ -83,16 +88,16 @@ SUBMIT_SOURCE = $(if $(BLEND),--blend $(call quote,$(BLEND)) $(SUBMIT_TRAINED),$
   --exp musicnn --data $(call quote,$(DATA)) --subset $(SUBSET),\
   --exp $(EXP) --mean $(MEAN) $(if $(BLEND_WEIGHTS),--blend-weights $(BLEND_WEIGHTS),) $(SUBMIT_TRAINED)))
 # The variables recipes read, shown by `make help`.
-HELP_VARIABLES := DATA SUBSET EXP CONFIG CACHE RUNS K FOLDS FOLD JOBS SCHEDULER SOURCE TEST_DIR TEST FILE OUT \
-                  WEIGHTS MEAN BLEND BLEND_WEIGHTS NAME BLEND_ARGS SUBMIT_ARGS TAG_ARGS SUBMISSION LABELS CHALLENGE \
+HELP_VARIABLES := DATA SUBSET EXP CONFIG CACHE RUNS K FOLDS FOLD JOBS SCHEDULER SOURCE TEST_DIR UNLABELLED THRESHOLD TEST FILE OUT \
+                  WEIGHTS MEAN BLEND BLEND_WEIGHTS NAME BLEND_ARGS ZERO_SHOT_ARGS SUBMIT_ARGS TAG_ARGS SUBMISSION LABELS CHALLENGE \
                   DRY_RUN SMOKE VERIFY FORCE ALLOW_DIVERGED PYTEST_ARGS WHEELHOUSE EXTRAS VENV PYTHON_SYSTEM
 
-.PHONY: help setup download demo-data features plots folds train compare blend submit validate upload package score tag \
+.PHONY: help setup download demo-data features plots folds train compare zero-shot-oof blend submit pseudo validate upload package score tag \
         weights demo test lint typecheck test-package gpu-check bench bench-features bench-train bench-predict bench-tag bench-metadata bench-blend clean
 
 # `make help` lists the targets in the order a newcomer runs them; a target missing here
 # is listed after these, in file order.
-HELP_ORDER := help setup download demo-data demo features plots folds train compare blend submit validate \
+HELP_ORDER := help setup download demo-data demo features plots folds train compare zero-shot-oof blend submit pseudo validate \
               upload package score tag weights test lint typecheck test-package gpu-check bench-features bench-train bench-predict bench-tag bench-metadata bench-blend bench clean
 
 help: ## List the targets in the order a newcomer runs them, and what they do
@@ -136,6 +141,10 @@ train: setup ## Train every fold (or FOLD) of experiment EXP; finished folds are
 compare: setup ## Table of all experiments in RUNS (CSV, Markdown, learning curves, confusion matrix)
 	$(PY) -m experiments.compare --runs $(call quote,$(RUNS)) --out $(call quote,$(RUNS)/compare) $(VERIFY_ARG)
 
+zero-shot-oof: setup weights ## Zero-shot musicnn predictions of the FOLDS tracks of DATA/fma_SUBSET as RUNS/musicnn/oof.csv, for make blend EXP=musicnn,a [ZERO_SHOT_ARGS=--overwrite]
+	$(PY) -m crowdai.zero_shot_oof --data $(call quote,$(DATA)) --subset $(SUBSET) --folds $(call quote,$(FOLDS)) \
+	  --runs $(call quote,$(RUNS)) --weights $(call quote,$(WEIGHTS)) $(ZERO_SHOT_ARGS)
+
 blend: setup ## Fit temperatures, pool weights (and stacking) on the out-of-fold predictions of EXP=a,b [NAME=, BLEND_ARGS=--stacking]
 	$(PY) -m crowdai.blend --exp $(EXP) --runs $(call quote,$(RUNS)) $(if $(NAME),--name $(call quote,$(NAME)),) \
 	  $(ALLOW_DIVERGED_ARG) $(BLEND_ARGS)
@@ -143,6 +152,13 @@ blend: setup ## Fit temperatures, pool weights (and stacking) on the out-of-fold
 submit: setup $(if $(filter musicnn,$(EXP)),weights,) ## crowdAI CSV for TEST_DIR: fitted BLEND=name, or EXP=a,b [MEAN, BLEND_WEIGHTS=0.7,0.3]; SUBMIT_ARGS=--adapt-prior; EXP=musicnn: zero-shot, no training
 	$(PY) -m crowdai.submit $(SUBMIT_SOURCE) --test-dir $(call quote,$(TEST_DIR)) --out submissions \
 	  --weights $(call quote,$(WEIGHTS)) $(SUBMIT_ARGS)
+
+pseudo: setup ## Soft targets of UNLABELLED/<id>.mp3 from EXP=a,b or BLEND=name (confidence >= THRESHOLD) into RUNS/pseudo/; drops tracks of FOLDS and the test split
+	$(PY) -m crowdai.pseudo $(if $(BLEND),--blend $(call quote,$(BLEND)),--exp $(EXP)) --runs $(call quote,$(RUNS)) \
+	  --unlabelled $(call quote,$(UNLABELLED)) --cache $(call quote,$(CACHE)) --threshold $(THRESHOLD) \
+	  --out $(call quote,$(RUNS)/pseudo/$(or $(BLEND),$(subst $(comma),+,$(EXP)))_$(notdir $(UNLABELLED))_t$(THRESHOLD).csv) \
+	  --data $(call quote,$(DATA)) --subset $(SUBSET) --folds $(call quote,$(FOLDS)) --weights $(call quote,$(WEIGHTS)) \
+	  --jobs $(JOBS) $(ALLOW_DIVERGED_ARG)
 
 validate: setup ## Check SUBMISSION (default: newest) against TEST_DIR before upload
 	$(PY) -m crowdai.validate $(call quote,$(SUBMISSION)) --test-dir $(call quote,$(TEST_DIR))

@@ -58,7 +58,8 @@ def _timed(function: Callable[[], T]) -> tuple[T, float, float]:
 
 
 def per_clip_probs(ensemble, store) -> np.ndarray:
-    """The per-clip path: each clip's chunks as one batch through every fold model (traced once)."""
+    """The per-clip path: each clip's chunks as one batch through every fold model (traced once);
+    a short clip's chunks keep to its audio (``store.valid_lengths``), as in the batched path."""
     from common.inference import eval_starts, forward_function
 
     data = ensemble.config.data
@@ -67,6 +68,8 @@ def per_clip_probs(ensemble, store) -> np.ndarray:
     rows = []
     for index in range(len(store)):
         clip = np.asarray(store[index:index + 1], dtype=np.float32)[0]
+        if store.valid_lengths is not None:
+            clip = clip[..., :max(int(store.valid_lengths[index]), crop)]
         starts = eval_starts(clip.shape[-1], crop_frames=crop, eval=data.eval, chunk_hop_frames=hop)
         chunks = np.stack([clip[..., s:s + crop] for s in starts])
         rows.append(forward(chunks).mean(axis=(0, 1)))
@@ -75,7 +78,7 @@ def per_clip_probs(ensemble, store) -> np.ndarray:
 
 def compare_paths(ensemble, store, *, rounds: int) -> dict:
     """Model seconds (wall and CPU) of the batched and per-clip paths, ``rounds`` alternating rounds, medians."""
-    per_clip_probs(ensemble, store[0:1])  # trace the per-clip function, untimed
+    per_clip_probs(ensemble, store.subset(np.arange(1)))  # trace the per-clip function, untimed
     batched, per_clip = [], []
     for _ in range(rounds):
         batched_probs, *batched_times = _timed(lambda: ensemble.predict(store))

@@ -398,7 +398,18 @@ def crop_or_pad(y: np.ndarray, *, n_samples: int, crop: str) -> np.ndarray:
 
 
 def load_clip(path: str | Path, *, settings: FeatureSettings) -> np.ndarray:
-    """Decode ``path`` into one fixed-length clip as ``settings`` describe it.
+    """Decode ``path`` into one fixed-length clip as ``settings`` describe it
+    (:func:`load_clip_with_length` without the length).
+
+    Returns
+    -------
+    clip : np.ndarray, shape (settings.clip_samples,), float32
+    """
+    return load_clip_with_length(path, settings=settings)[0]
+
+
+def load_clip_with_length(path: str | Path, *, settings: FeatureSettings) -> tuple[np.ndarray, int]:
+    """Decode ``path`` into one fixed-length clip as ``settings`` describe it, and how much of it is audio.
 
     Only the clip is decoded (:func:`load_excerpt`), whatever the file's length.
 
@@ -414,6 +425,9 @@ def load_clip(path: str | Path, *, settings: FeatureSettings) -> np.ndarray:
     clip : np.ndarray, shape (settings.clip_samples,), float32
         Cropped per ``settings.crop``, or zero-padded at the end when the audio
         is shorter than ``clip_seconds`` but at least ``min_seconds`` long.
+    samples : int
+        Samples of ``clip`` that hold decoded audio (the rest is the zero padding):
+        ``settings.clip_samples`` for audio at least ``clip_seconds`` long.
 
     Raises
     ------
@@ -434,7 +448,7 @@ def load_clip(path: str | Path, *, settings: FeatureSettings) -> np.ndarray:
     peak_dbfs = 20.0 * np.log10(peak) if peak > 0 else -np.inf
     if peak_dbfs < settings.silence_dbfs:
         raise SilentAudioError(path, f"peak {peak_dbfs:.1f} dBFS < {settings.silence_dbfs:g} dBFS")
-    return clip
+    return clip, min(y.shape[0], settings.clip_samples)
 
 
 @functools.lru_cache(maxsize=16)

@@ -16,6 +16,7 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,7 @@ import yaml
 
 from common.errors import ConfigError
 from common.settings import FeatureSettings
-from common.tasks import MultiRoot, TaskName
+from common.tasks import Auxiliary, MultiRoot, TaskName
 
 EvalMode = Literal["center", "chunks"]
 Balance = Literal["none", "class_weights", "sampling"]
@@ -53,7 +54,7 @@ class TaskConfig:
         ``single``: the 16 top-level genres (softmax); ``multi``: every genre of
         ``genres_all`` with at least ``min_tracks`` training tracks (sigmoid).
     min_tracks : int
-        ``multi`` only: minimum number of training tracks per genre.
+        ``multi`` and the ``genres_all`` auxiliary head: minimum number of training tracks per genre.
     multi_root : {"none", "soft"}
         ``single`` only: what to do with the fold tracks without a ``genre_top`` (in FMA:
         those whose genres span several roots). ``none`` leaves them out; ``soft`` adds
@@ -64,12 +65,22 @@ class TaskConfig:
     multi_root_weight : float
         ``soft`` only: loss weight of each such track (the tracks with a ``genre_top``
         weigh 1).
+    auxiliary : {"none", "genres_all"}
+        ``single`` only: ``genres_all`` adds a sigmoid head over the classes of the ``multi``
+        task (every genre of ``genres_all`` with ``min_tracks`` training tracks, sub-genres
+        included) to the 16-way head. Only the 16-way head is validated, scored and written
+        to ``oof.csv``; ``crowdai.tag`` also shows the auxiliary head's sub-genres.
+    auxiliary_weight : float
+        ``genres_all`` only: weight of the auxiliary head's binary cross-entropy in the loss
+        (the 16-way head's weighs 1).
     """
 
     name: TaskName = "single"
     min_tracks: int = 20
     multi_root: MultiRoot = dataclasses.field(default="none", metadata=_WRITTEN_WHEN_SET)
     multi_root_weight: float = dataclasses.field(default=1.0, metadata=_WRITTEN_WHEN_SET)
+    auxiliary: Auxiliary = dataclasses.field(default="none", metadata=_WRITTEN_WHEN_SET)
+    auxiliary_weight: float = dataclasses.field(default=0.3, metadata=_WRITTEN_WHEN_SET)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +117,20 @@ class SpecAugmentConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PseudoLabelsConfig:
+    """A pseudo-label file added to the training side of every fold (:mod:`common.pseudo`).
+
+    ``path`` is the CSV ``make pseudo`` wrote (relative to the working directory); its clips'
+    features come from the feature cache of the unlabelled folder it records (``make features
+    SOURCE=test TEST_DIR=<folder>``). ``weight`` is the loss weight of each of its rows (the
+    labelled tracks weigh 1).
+    """
+
+    path: str = ""
+    weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Input pipeline.
 
@@ -128,6 +153,9 @@ class DataConfig:
         Hold the features in memory (``auto``: when they take at most a quarter of the
         memory budget: RAM, the cgroup limit, ``$FMA_MEMORY_LIMIT``; see
         :func:`common.memory.memory_budget_bytes`) or gather each batch from the memory-mapped cache.
+    pseudo_labels : PseudoLabelsConfig or None
+        Soft targets of unlabelled clips that join every fold's training side (never validated
+        or scored); None (the default) trains on the labelled tracks only.
     """
 
     crop_seconds: float | None = None
@@ -138,6 +166,7 @@ class DataConfig:
     specaugment: SpecAugmentConfig = dataclasses.field(default_factory=SpecAugmentConfig)
     balance: Balance = "none"
     in_memory: InMemory = "auto"
+    pseudo_labels: PseudoLabelsConfig | None = dataclasses.field(default=None, metadata=_WRITTEN_WHEN_SET)
 
     def crop_frames(self, features: FeatureSettings) -> int:
         """Frames (log-mel) or samples (waveform) of one crop, at most the whole clip."""
@@ -303,12 +332,15 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
             if getattr(cfg.data, key) is not None:
                 raise ConfigError(f"data.{key}: features.kind {cfg.features.kind!r} stores one vector per "
                                   f"clip (no time axis); leave it unset")
+    pseudo = cfg.data.pseudo_labels
+    if pseudo is not None and (not pseudo.path or pseudo.weight <= 0):
+        raise ConfigError("data.pseudo_labels: give the path of a `make pseudo` file and a positive weight")
     if sa.freq_width > cfg.features.n_mels:
         raise ConfigError(f"data.specaugment.freq_width: {sa.freq_width} exceeds features.n_mels {cfg.features.n_mels}")
 
 
 def _check_task(task: TaskConfig) -> None:
-    """``multi_root`` and its weight fit the task."""
+    """``multi_root``, ``auxiliary`` and their weights fit the task."""
     if task.multi_root != "none" and task.name != "single":
         raise ConfigError(f"task.multi_root: {task.multi_root!r} spreads a target over the top-level genres, "
                           f"for task.name 'single' (task {task.name!r} already learns every genre of genres_all)")
@@ -317,6 +349,14 @@ def _check_task(task: TaskConfig) -> None:
     if task.multi_root == "none" and task.multi_root_weight != 1.0:
         raise ConfigError("task.multi_root_weight: weighs the tracks added by task.multi_root: soft; "
                           "set multi_root: soft or remove the weight")
+    if task.auxiliary != "none" and task.name != "single":
+        raise ConfigError(f"task.auxiliary: {task.auxiliary!r} adds a genre-tree head to the 16-way head of "
+                          f"task.name 'single' (task {task.name!r} already learns every genre of genres_all)")
+    if not math.isfinite(task.auxiliary_weight) or task.auxiliary_weight <= 0:
+        raise ConfigError(f"task.auxiliary_weight: {task.auxiliary_weight} must be a positive number")
+    if task.auxiliary == "none" and task.auxiliary_weight != TaskConfig.auxiliary_weight:
+        raise ConfigError("task.auxiliary_weight: weighs the loss of the head added by task.auxiliary: genres_all; "
+                          "set auxiliary: genres_all or remove the weight")
 
 
 def _check_model(name: str, features: FeatureSettings) -> None:

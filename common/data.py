@@ -101,18 +101,28 @@ def class_sample_weights(y: np.ndarray) -> np.ndarray:
     return (w / w.mean()).astype(np.float32)
 
 
-def random_crop(x: tf.Tensor, seed: tf.Tensor, *, crop_frames: int) -> tf.Tensor:
+def random_crop(x: tf.Tensor, seed: tf.Tensor, *, crop_frames: int,
+                valid_lengths: tf.Tensor | None = None) -> tf.Tensor:
     """One random crop of ``crop_frames`` along the last axis of each example.
 
     Parameters
     ----------
     x : tf.Tensor, shape (batch, ..., n_frames)
     seed : tf.Tensor, shape (2,), int
+    valid_lengths : tf.Tensor, shape (batch,), int32, optional
+        Frames of each example that hold audio (the rest is padding): its crop starts at most
+        ``valid_length - crop_frames`` (at 0 when shorter than a crop), so it keeps inside the
+        audio where it can. None: anywhere in the ``n_frames`` (another random draw than with lengths).
     """
     n_frames = x.shape[-1]
     if crop_frames >= n_frames:
         return x
-    starts = tf.random.stateless_uniform([tf.shape(x)[0]], seed, 0, n_frames - crop_frames + 1, dtype=tf.int32)
+    if valid_lengths is None:
+        starts = tf.random.stateless_uniform([tf.shape(x)[0]], seed, 0, n_frames - crop_frames + 1, dtype=tf.int32)
+    else:
+        choices = tf.clip_by_value(valid_lengths - crop_frames, 0, n_frames - crop_frames) + 1
+        draws = tf.random.stateless_uniform([tf.shape(x)[0]], seed) * tf.cast(choices, tf.float32)
+        starts = tf.minimum(tf.cast(draws, tf.int32), choices - 1)
     index = starts[:, None] + tf.range(crop_frames)[None, :]
     return tf.gather(x, index, axis=x.shape.rank - 1, batch_dims=1)
 
@@ -168,6 +178,7 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
                   batch_size: int, seed: int, mixup_alpha: float = 0.0,
                   specaugment: SpecAugmentConfig | None = None, fill: np.ndarray | float | None = None,
                   balance: str = "none", sample_weights: np.ndarray | None = None,
+                  auxiliary_targets: np.ndarray | None = None,
                   first_epoch: int = 0, n_epochs: int = 1) -> tf.data.Dataset:
     """Shuffled, cropped, augmented training batches of epochs ``first_epoch .. first_epoch + n_epochs - 1``.
 
@@ -183,7 +194,9 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
     y : np.ndarray, shape (n, n_classes)
         Targets of those rows.
     crop_frames : int
-        Length of the random crop along the last axis.
+        Length of the random crop along the last axis. Where ``store.valid_lengths`` marks rows
+        of ``positions`` as short clips (padding after their audio), every crop keeps inside the
+        audio where it can (:func:`random_crop`); otherwise the draws are as without lengths.
     batch_size, seed : int
     mixup_alpha : float
         0 disables mixup.
@@ -198,6 +211,10 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
         Loss weight of each row (e.g. ``task.multi_root_weight`` for the tracks with soft
         targets): yielded as the third element, times the ``class_weights`` when those are
         on. ``None`` leaves the batches exactly as without it.
+    auxiliary_targets : np.ndarray, shape (n, n_auxiliary), optional
+        Targets of a multi-task model's auxiliary head (``task.auxiliary``): each batch's
+        targets become the pair ``(y, y_auxiliary)``, mixed up with the same partners and
+        weights as ``y``; balancing still follows ``y``. ``None``: the batches as without it.
     first_epoch, n_epochs : int
         The epochs (0-based) the dataset holds, one after the other, ``ceil(n / batch_size)``
         batches each (pass ``steps_per_epoch`` to ``fit``).
@@ -206,10 +223,12 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
     -------
     tf.data.Dataset
         Of ``(x, y)`` or ``(x, y, w)``: ``x`` ``(batch, n_mels, crop_frames)`` or
-        ``(batch, crop_frames)`` float32, ``y`` ``(batch, n_classes)`` float32, ``w`` ``(batch,)`` float32.
+        ``(batch, crop_frames)`` float32, ``y`` ``(batch, n_classes)`` float32 (with
+        ``auxiliary_targets``: ``(y, y_auxiliary)``, the second ``(batch, n_auxiliary)``), ``w`` ``(batch,)`` float32.
     """
     positions = np.asarray(positions, dtype=np.int64)
     y = np.asarray(y, dtype=np.float32)
+    n_main = y.shape[1]
     n = len(positions)
     steps = math.ceil(n / batch_size)
     class_weights = class_sample_weights(y) if balance != "none" else None
@@ -223,6 +242,8 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
         if sample_weights.shape != (n,):
             raise ValueError(f"train_dataset: sample_weights has shape {sample_weights.shape}, expected ({n},)")
         weights = sample_weights if weights is None else weights * sample_weights
+    if auxiliary_targets is not None:  # one target array through gather and mixup, split into the heads at the end
+        y = np.concatenate([y, np.asarray(auxiliary_targets, dtype=np.float32)], axis=1)
 
     def epoch_batches(epoch):
         epoch_seed = tf.random.experimental.stateless_fold_in(base_seed, epoch)
@@ -258,24 +279,30 @@ def train_dataset(store: ClipStore, positions: np.ndarray, y: np.ndarray, *, cro
             parts[2].set_shape([None])
         return (*parts, seed_t)
 
+    # crops keep inside the audio of short clips (store.valid_lengths) when the rows hold one
+    valid = None
+    if store.valid_lengths is not None and (store.valid_lengths[positions] < clip_shape[-1]).any():
+        valid = tf.constant(store.valid_lengths[positions], tf.int32)
     sa_config = specaugment if specaugment is not None and specaugment.enabled else None
     fill_t = None if fill is None else tf.constant(np.asarray(fill, np.float32))
     if sa_config is not None and fill_t is None:
         raise ValueError("train_dataset: SpecAugment needs the per-band fill value")
 
-    def augment(*parts):
+    def augment(*parts, valid_t=None):
         x, yb, *rest = parts[:-1]
         seed_t = parts[-1]
         wb = rest[0] if rest else None
-        x = tf.cast(random_crop(x, seed_t, crop_frames=crop_frames), tf.float32)
+        x = tf.cast(random_crop(x, seed_t, crop_frames=crop_frames, valid_lengths=valid_t), tf.float32)
         if sa_config is not None:
             x = spec_augment(x, seed_t + tf.constant([0, 101], tf.int64), config=sa_config, fill=fill_t)
         if mixup_alpha > 0:
             x, yb, wb = mixup(x, yb, wb, seed_t + tf.constant([0, 211], tf.int64), alpha=mixup_alpha)
+        if auxiliary_targets is not None:
+            yb = (yb[:, :n_main], yb[:, n_main:])
         return (x, yb) if wb is None else (x, yb, wb)
 
     def batch_fn(rows_t, seed_t):
-        return augment(*gather(rows_t, seed_t))
+        return augment(*gather(rows_t, seed_t), valid_t=None if valid is None else tf.gather(valid, rows_t))
 
     # flat_map hides the length; state it so that Keras knows where an epoch ends
     return (batches.apply(tf.data.experimental.assert_cardinality(steps * n_epochs))

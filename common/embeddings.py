@@ -4,7 +4,9 @@ The feature kind ``musicnn`` (:class:`~common.settings.FeatureSettings`) stores,
 the **200-d penultimate layer of the published ``MSD_musicnn`` model, after its batch
 norm** (:data:`common.models.musicnn.EMBEDDING_LAYER`, the input of the 50-tag output
 layer; dropout is off at inference), **averaged over the clip's non-overlapping 3-s
-patches** (187 frames, musicnn's own patching; a last incomplete patch is dropped). The
+patches** (187 frames, musicnn's own patching; a last incomplete patch is dropped) that hold
+audio: the zero padding of a clip shorter than ``clip_seconds`` is left out (at least one
+patch is kept), so its embedding is that of its unpadded audio. The
 input is musicnn's own log-mel (:func:`common.models.musicnn.musicnn_logmel`), exactly
 what the weights were trained on.
 
@@ -81,8 +83,9 @@ def embedding_network(kind: str, weights_dir: str):
 
 
 def embed_clip(clip: np.ndarray, *, settings: FeatureSettings,
-               weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> np.ndarray:
-    """The stored embedding of one clip: mean of the network's embedding over its 3-s patches.
+               weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, audio_samples: int | None = None) -> np.ndarray:
+    """The stored embedding of one clip: mean of the network's embedding over its 3-s patches
+    that hold audio.
 
     Parameters
     ----------
@@ -92,6 +95,10 @@ def embed_clip(clip: np.ndarray, *, settings: FeatureSettings,
         An embedding kind.
     weights_dir : path-like
         Folder written by ``make weights``.
+    audio_samples : int, optional
+        Samples of ``clip`` that hold audio, the rest being zero padding (None: all): only
+        the patches inside them are averaged (at least one), so the padding of a short
+        clip does not move its embedding.
 
     Returns
     -------
@@ -102,10 +109,11 @@ def embed_clip(clip: np.ndarray, *, settings: FeatureSettings,
     ToolkitError
         The weights are missing (naming ``make weights``).
     """
-    from common.models.musicnn import musicnn_logmel, patches
+    from common.models.musicnn import MUSICNN_FEATURES, musicnn_logmel, patches
 
     network = embedding_network(settings.kind, str(weights_dir))
-    batch = patches(musicnn_logmel(np.asarray(clip, dtype=np.float32)))
+    audio_frames = None if audio_samples is None else 1 + audio_samples // MUSICNN_FEATURES.hop_length
+    batch = patches(musicnn_logmel(np.asarray(clip, dtype=np.float32)), audio_frames=audio_frames)
     if len(batch) == 0:  # FeatureSettings guarantees one patch; a caller passed a shorter signal
         raise ToolkitError(f"embedding: {clip.shape[0] / settings.sample_rate:.2f}-s signal is shorter "
                            f"than one musicnn patch")

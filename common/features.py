@@ -26,7 +26,9 @@ Layout of one cache directory ``<cache_root>/<source>-<kind>-<digest>/``:
     one worker's death ends the others, each row then in flight is computed alone to find
     the one that killed it: the others are not charged (:func:`_find_the_killers`).
 ``index.csv`` / ``failures.csv`` / ``index.json``
-    Written at the end: ``id, shard, row`` of every success, and
+    Written at the end: ``id, shard, row, samples`` of every success (``samples``: how many
+    samples of its clip hold audio, fewer than ``clip_samples`` when the audio was shorter
+    than the clip and zero-padded; empty where unknown, and absent in older caches: full length), and
     ``id, path, reason, detail, kind`` of every failure; ``index.json``, written before
     ``index.csv``, holds the ``{"bytes", "sha256"}`` of both CSVs and of every shard.
     ``index.csv`` marks the cache complete.
@@ -73,7 +75,7 @@ from typing import cast
 import numpy as np
 import pandas as pd
 
-from common.audio import AUDIO_SUFFIXES, load_clip, logmel
+from common.audio import AUDIO_SUFFIXES, load_clip_with_length, logmel
 from common.cli import command
 from common.errors import AudioError, ConfigError, DiskSpaceError, FeatureCacheError, ToolkitError
 from common.io import (
@@ -97,7 +99,7 @@ Item = tuple[str, Path]
 
 _ITEMS_COLUMNS = ["id", "path", "shard", "row"]
 _FAILURE_COLUMNS = ["id", "path", "reason", "detail", "kind"]
-_RECORD_COLUMNS = ["id", "status", "reason", "detail", "kind"]
+_RECORD_COLUMNS = ["id", "status", "reason", "detail", "kind", "samples"]
 
 #: Failure kinds: retried on every run / kept (retried with ``retry_failed``).
 TRANSIENT, PERMANENT = "transient", "permanent"
@@ -225,7 +227,7 @@ def _prepare(items: Sequence[Item], *, settings: FeatureSettings, cache_dir: Pat
 
 
 def features_for(clip: np.ndarray, *, settings: FeatureSettings,
-                 weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> np.ndarray:
+                 weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, audio_samples: int | None = None) -> np.ndarray:
     """The stored feature of one clip: its log-mel, the waveform itself, or an embedding.
 
     Parameters
@@ -235,6 +237,10 @@ def features_for(clip: np.ndarray, *, settings: FeatureSettings,
     weights_dir : path-like
         Pretrained weights (``make weights``); used by embedding kinds only
         (:func:`common.embeddings.embed_clip`).
+    audio_samples : int, optional
+        Samples of ``clip`` that hold audio (the rest is zero padding; None: all). Embedding
+        kinds average only the patches inside them; signal kinds store the padding as it is
+        (the cache's index records the length, see :class:`FeatureCache`).
 
     Returns
     -------
@@ -245,7 +251,7 @@ def features_for(clip: np.ndarray, *, settings: FeatureSettings,
     if settings.layout == "vector":
         from common.embeddings import embed_clip  # imports Keras: embedding kinds only
 
-        return embed_clip(clip, settings=settings, weights_dir=weights_dir)
+        return embed_clip(clip, settings=settings, weights_dir=weights_dir, audio_samples=audio_samples)
     return logmel(clip, settings=settings)
 
 
@@ -254,19 +260,20 @@ def _extract_item(path: str, *, settings: FeatureSettings, weights_dir: str,
     """Features of one file into ``out`` (left as it is on failure); its record entry, without id.
 
     Every exception becomes a failure: decode failures are permanent, a missing file
-    and anything unexpected (a resampler, ctypes or memory error) transient.
+    and anything unexpected (a resampler, ctypes or memory error) transient. A success
+    records ``samples``, the samples of the clip that hold audio (before its zero padding).
     """
     if not os.path.isfile(path):
         return {"status": "failed", "reason": "missing", "detail": f"{path}: no such file", "kind": TRANSIENT}
     try:
-        clip = load_clip(path, settings=settings)
-        out[...] = features_for(clip, settings=settings, weights_dir=weights_dir)
+        clip, samples = load_clip_with_length(path, settings=settings)
+        out[...] = features_for(clip, settings=settings, weights_dir=weights_dir, audio_samples=samples)
     except AudioError as error:
         return {"status": "failed", "reason": error.reason, "detail": error.detail, "kind": PERMANENT}
     except Exception as error:  # noqa: BLE001  (one bad file must not stop 100,000)
         return {"status": "failed", "reason": type(error).__name__, "detail": str(error) or repr(error),
                 "kind": TRANSIENT}
-    return {"status": "ok", "reason": "", "detail": "", "kind": ""}
+    return {"status": "ok", "reason": "", "detail": "", "kind": "", "samples": str(samples)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,7 +283,9 @@ class _Record:
     Attributes
     ----------
     items : list of dict
-        Per row: ``id, status, reason, detail, kind`` (``kind`` absent in records made before kinds existed).
+        Per row: ``id, status, reason, detail, kind`` (``kind`` absent in records made before kinds existed),
+        and for a success ``samples``, the samples of its clip that hold audio (absent in records made
+        before lengths were recorded: the clip is taken as full length).
     npy : dict or None
         The :func:`~common.io.file_record` of ``shard_NNNNN.npy`` as written; None in records
         written before it was recorded (a bare list of items on disk).
@@ -807,8 +816,9 @@ def _consolidate_records(table: pd.DataFrame, plan: _ShardPlan, *,
     Returns
     -------
     status : pd.DataFrame
-        Columns ``id, status, reason, detail, kind``, one row per row of ``table``; ``kind``
-        is empty for successes and ``permanent`` for failures of records made before kinds existed.
+        Columns ``id, status, reason, detail, kind, samples``, one row per row of ``table``; ``kind``
+        is empty for successes and ``permanent`` for failures of records made before kinds existed;
+        ``samples`` (str) is missing for failures and for successes of records made before lengths existed.
     checks : dict of str to dict or None
         ``shard_NNNNN.npy`` -> its recorded :func:`~common.io.file_record` (None: not recorded).
 
@@ -845,7 +855,8 @@ def _write_index_and_failures(table: pd.DataFrame, status: pd.DataFrame, checks:
     ok = (status["status"] == "ok").to_numpy()
     failures = pd.concat([table.loc[~ok, ["id", "path"]], status.loc[~ok, ["reason", "detail", "kind"]]],
                          axis=1)[_FAILURE_COLUMNS]
-    failures_csv, index_csv = _csv_bytes(failures), _csv_bytes(table.loc[ok, ["id", "shard", "row"]])
+    index_table = pd.concat([table.loc[ok, ["id", "shard", "row"]], status.loc[ok, ["samples"]]], axis=1)
+    failures_csv, index_csv = _csv_bytes(failures), _csv_bytes(index_table)
     write_bytes_atomic(cache_dir / "failures.csv", failures_csv, overwrite=True)
     index = {"index.csv": bytes_record(index_csv), "failures.csv": bytes_record(failures_csv), "shards": checks}
     write_text_atomic(sidecar_path(cache_dir / "index.csv"), json.dumps(index, indent=1) + "\n", overwrite=True)
@@ -884,6 +895,9 @@ class FeatureCache:
         Ids that succeeded, in cache order.
     failures : pd.DataFrame
         Columns ``id, path, reason, detail``.
+    samples : np.ndarray of int64, shape (n_ok,)
+        Samples of each clip (in :attr:`ids` order) that hold audio, before its zero padding;
+        ``settings.clip_samples`` for full-length clips and where the cache does not record it.
     """
 
     def __init__(self, directory: Path, settings: FeatureSettings, index: pd.DataFrame,
@@ -892,6 +906,8 @@ class FeatureCache:
         self.settings = settings
         self.failures = failures
         self.ids = index["id"].to_numpy(dtype=str)
+        recorded = index["samples"] if "samples" in index else pd.Series(np.nan, index=index.index)
+        self.samples = recorded.fillna(settings.clip_samples).to_numpy(dtype=np.int64)
         self._position = pd.Series(np.arange(len(index)), index=pd.Index(self.ids))
         self._shard = index["shard"].to_numpy(dtype=np.int64)
         self._row = index["row"].to_numpy(dtype=np.int64)
@@ -930,6 +946,25 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def audio_samples(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
+        """:attr:`samples` of ``ids``, in the order given: shape ``(len(ids),)``, int64.
+
+        Raises
+        ------
+        KeyError
+            An id that is not in the cache (failed or never extracted).
+        """
+        return self.samples[self._positions(ids)]
+
+    def _positions(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Positions in :attr:`ids` of ``ids``; a KeyError naming up to 5 that are not in the cache."""
+        keys = pd.Index(np.asarray(ids, dtype=str))
+        positions = self._position.reindex(keys).to_numpy()
+        if np.isnan(positions.astype(float)).any():
+            missing = list(keys[pd.isna(positions)][:5])
+            raise KeyError(f"{self.directory}: ids not in the cache (failed or never extracted): {missing}")
+        return positions.astype(np.int64)
+
     def _map(self, shard: int) -> np.ndarray:
         """The memory map of ``shard``; the first time, after its size and sha256 are checked."""
         if shard not in self._maps:
@@ -963,13 +998,8 @@ class FeatureCache:
         FeatureCacheError
             A shard to read is damaged (another size or sha256 than recorded, or unreadable).
         """
-        keys = pd.Index(np.asarray(self.ids if ids is None else ids, dtype=str))
-        positions = self._position.reindex(keys).to_numpy()
-        if np.isnan(positions.astype(float)).any():
-            missing = list(keys[pd.isna(positions)][:5])
-            raise KeyError(f"{self.directory}: ids not in the cache (failed or never extracted): {missing}")
-        positions = positions.astype(np.int64)
-        out = np.empty((len(keys), *self.settings.clip_shape), dtype=FEATURE_DTYPE)
+        positions = self._positions(self.ids if ids is None else ids)
+        out = np.empty((len(positions), *self.settings.clip_shape), dtype=FEATURE_DTYPE)
         shards, rows = self._shard[positions], self._row[positions]
         for shard in np.unique(shards):
             selected = np.flatnonzero(shards == shard)

@@ -19,6 +19,7 @@ import numpy as np
 
 from common.errors import DamagedFoldError, ToolkitError
 from common.runs import finished_fold_dirs, retrain_command, verify_fold
+from common.store import ClipStore
 
 
 def chunk_starts(n_frames: int, *, crop_frames: int, hop_frames: int) -> np.ndarray:
@@ -38,14 +39,25 @@ def chunk_starts(n_frames: int, *, crop_frames: int, hop_frames: int) -> np.ndar
     return starts if starts[-1] == last else np.append(starts, last)
 
 
+def main_output(outputs):
+    """A model's probabilities: its one output, or the main (first) head's of a multi-task model.
+
+    A multi-task model (``task.auxiliary``, :func:`common.models.build_model`) returns the list
+    ``[main (batch, n_classes), auxiliary (batch, n_auxiliary)]`` (and a list of shapes as its
+    ``output_shape``, which this reads the same way); every prediction of the toolkit
+    (validation, out-of-fold, test split, submissions, blends, tagging) reads the main head.
+    """
+    return outputs[0] if isinstance(outputs, list) else outputs
+
+
 def _call_model(model, x):
-    return model(x, training=False)
+    return main_output(model(x, training=False))
 
 
 def _call_models(models, x):
     import tensorflow as tf
 
-    return tf.stack([tf.cast(model(x, training=False), tf.float32) for model in models])
+    return tf.stack([tf.cast(main_output(model(x, training=False)), tf.float32) for model in models])
 
 
 @dataclass(frozen=True)
@@ -151,7 +163,8 @@ def eval_starts(n_frames: int, *, crop_frames: int, eval: str, chunk_hop_frames:
 
 def predict_clips(models, features, *, crop_frames: int, eval: str = "center",
                   chunk_hop_frames: int | None = None, batch_size: int = 32,
-                  on_batch: Callable[[int], object] | None = None) -> np.ndarray:
+                  on_batch: Callable[[int], object] | None = None,
+                  valid_lengths: np.ndarray | None = None) -> np.ndarray:
     """Probabilities of every clip, batched across clips; the mean over ``models`` when several.
 
     The chunks of consecutive clips fill fixed-size batches (a clip's chunks may span
@@ -180,6 +193,12 @@ def predict_clips(models, features, *, crop_frames: int, eval: str = "center",
         Crops per model call.
     on_batch : callable, optional
         Called after each batch with the number of clips predicted so far (progress bars).
+    valid_lengths : np.ndarray, shape (n,), int, optional
+        Frames (samples) of each clip that hold audio, the rest being the zero padding of a
+        clip shorter than the cache's ``clip_seconds``; default: a :class:`~common.store.ClipStore`'s
+        own :attr:`~common.store.ClipStore.valid_lengths`, else None (all audio). A clip is then
+        evaluated as its first ``max(valid_length, crop_frames)`` frames: its chunks (or centre
+        crop) are those of the unpadded audio, at least one per clip.
 
     Returns
     -------
@@ -190,11 +209,15 @@ def predict_clips(models, features, *, crop_frames: int, eval: str = "center",
         raise ValueError(f"eval must be 'center' or 'chunks', got {eval!r}")
     models = list(models) if isinstance(models, (list, tuple)) else [models]
     n = len(features)
-    n_classes = models[0].output_shape[-1]
+    n_classes = main_output(models[0].output_shape)[-1]
     if n == 0:
         return np.zeros((0, n_classes))
     lengths = ([np.shape(clip)[-1] for clip in features] if isinstance(features, (list, tuple))
                else [features.shape[-1]] * n)
+    if valid_lengths is None and isinstance(features, ClipStore):
+        valid_lengths = features.valid_lengths
+    if valid_lengths is not None:
+        lengths = np.minimum(lengths, np.maximum(valid_lengths, crop_frames)).tolist()
     n_chunks = np.array([len(eval_starts(length, crop_frames=crop_frames, eval=eval,
                                         chunk_hop_frames=chunk_hop_frames)) for length in lengths])
     batch = int(min(batch_size, 1 << int(np.ceil(np.log2(n_chunks.sum())))))
@@ -212,6 +235,7 @@ def predict_clips(models, features, *, crop_frames: int, eval: str = "center",
 
     read_block = max(1, batch // int(n_chunks[0]))
     for index, clip in enumerate(_clip_blocks(features, block=read_block)):
+        clip = clip[..., :lengths[index]]
         if clip.shape[-1] < crop_frames:
             pad = [(0, 0)] * (clip.ndim - 1) + [(0, crop_frames - clip.shape[-1])]
             clip = np.pad(clip, pad, mode="minimum")

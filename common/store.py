@@ -13,10 +13,34 @@ from collections.abc import Sequence
 import numpy as np
 
 from common.memory import memory_budget_bytes
+from common.settings import FeatureSettings
 
 #: ``in_memory: auto`` loads the rows when they take at most this share of the memory budget
 #: (the rest is for TensorFlow, the model, prefetched batches and the page cache).
 IN_MEMORY_SHARE = 0.25
+
+
+def audio_lengths(settings: FeatureSettings, samples: np.ndarray) -> np.ndarray | None:
+    """Length along the last axis of each stored clip that holds audio, from its audio samples.
+
+    Parameters
+    ----------
+    settings : FeatureSettings
+    samples : np.ndarray, shape (n,), int
+        Samples of each clip that hold audio (:attr:`common.features.FeatureCache.samples`).
+
+    Returns
+    -------
+    np.ndarray, shape (n,), int64, or None
+        Log-mel frames (``1 + samples // hop_length``, the frames of the unpadded audio) or
+        waveform samples; None for vectors (no time axis) and when every clip is full length.
+    """
+    if settings.layout == "vector":
+        return None
+    samples = np.asarray(samples, dtype=np.int64)
+    lengths = samples if settings.layout == "waveform" else 1 + samples // settings.hop_length
+    lengths = np.minimum(lengths, settings.clip_shape[-1])
+    return None if bool((lengths == settings.clip_shape[-1]).all()) else lengths
 
 
 class ClipStore:
@@ -34,6 +58,15 @@ class ClipStore:
         otherwise every gather reads the memory-mapped cache shards.
     memory_limit : int, optional
         A further cap on the budget in bytes (a Dask worker's ``--memory-limit``).
+
+    Attributes
+    ----------
+    valid_lengths : np.ndarray, shape (n,), int64, or None
+        Frames (log-mel) or samples (waveform) of each row that hold audio, the rest being the
+        padding of a clip shorter than ``clip_seconds`` (:func:`audio_lengths`); None when every
+        row is full length or the cache does not record lengths. Chunk evaluation
+        (:func:`common.inference.predict_clips`) and training crops (:func:`common.data.train_dataset`)
+        keep to them.
 
     Raises
     ------
@@ -56,10 +89,13 @@ class ClipStore:
         self.in_memory = bool(in_memory)
         self._array = cache.get(list(self.ids)) if self.in_memory else None
         self._rows: np.ndarray | None = None
+        self.valid_lengths = audio_lengths(cache.settings, cache.audio_samples(list(self.ids)))
 
     @classmethod
-    def from_array(cls, array: np.ndarray, ids: Sequence[str] | None = None) -> ClipStore:
-        """A store over an in-memory array ``(n, *clip_shape)`` (tests, benchmarks)."""
+    def from_array(cls, array: np.ndarray, ids: Sequence[str] | None = None, *,
+                   valid_lengths: np.ndarray | None = None) -> ClipStore:
+        """A store over an in-memory array ``(n, *clip_shape)`` (tests, benchmarks); ``valid_lengths``
+        ``(n,)`` as the attribute."""
         store = cls.__new__(cls)
         store.cache = None
         store.ids = np.asarray([str(i) for i in (range(len(array)) if ids is None else ids)], dtype=object)
@@ -67,6 +103,7 @@ class ClipStore:
         store.in_memory = True
         store._array = np.asarray(array)
         store._rows = None
+        store.valid_lengths = None if valid_lengths is None else np.asarray(valid_lengths, dtype=np.int64)
         return store
 
     @property
@@ -94,6 +131,7 @@ class ClipStore:
         store = ClipStore.__new__(ClipStore)
         store.cache, store.clip_shape, store.in_memory = self.cache, self.clip_shape, self.in_memory
         store.ids = self.ids[positions]
+        store.valid_lengths = None if self.valid_lengths is None else self.valid_lengths[positions]
         store._array = self._array
         store._rows = None if self._array is None else (positions if self._rows is None else self._rows[positions])
         return store

@@ -38,6 +38,14 @@ TASKS: tuple[str, ...] = typing.get_args(TaskName)
 #: ``none`` leaves them out; ``soft`` trains on them with :meth:`Task.root_targets`.
 MultiRoot = Literal["none", "soft"]
 
+#: The auxiliary head of a ``single`` experiment (``task.auxiliary``): ``none``, or ``genres_all``,
+#: a sigmoid head over the classes of the ``multi`` task (:func:`build_task`), trained beside the
+#: 16-way head with ``task.auxiliary_weight`` in the loss (:func:`common.training.train_fold`).
+Auxiliary = Literal["none", "genres_all"]
+
+#: A multi-task run's auxiliary classes, saved beside ``classes.json`` (:meth:`Task.save`).
+AUXILIARY_CLASSES = "auxiliary_classes.json"
+
 
 @dataclasses.dataclass(frozen=True)
 class Task:
@@ -90,12 +98,16 @@ class Task:
             keep = codes >= 0
             y = np.eye(self.n_classes, dtype=np.float32)[codes[keep]]
             return tracks.index.to_numpy(np.int64)[keep], y
-        y = self._genres_all_hot(tracks)
+        y = self.genres_all_hot(tracks)
         tagged = y.any(axis=1)
         return tracks.index.to_numpy(np.int64)[tagged], y[tagged]
 
-    def _genres_all_hot(self, tracks: pd.DataFrame) -> np.ndarray:
-        """``(n_tracks, n_classes)`` float32: 1 where the class's genre id is in the track's ``genres_all``."""
+    def genres_all_hot(self, tracks: pd.DataFrame) -> np.ndarray:
+        """``(n_tracks, n_classes)`` float32: 1 where the class's genre id is in the track's ``genres_all``.
+
+        The targets of the auxiliary head (``task.auxiliary: genres_all``) too: there a track
+        with none of the classes keeps its row of zeros.
+        """
         column = {gid: i for i, gid in enumerate(self.genre_ids)}
         y = np.zeros((len(tracks), self.n_classes), dtype=np.float32)
         for row, genres in enumerate(tracks[("track", "genres_all")]):
@@ -132,7 +144,7 @@ class Task:
         if self.name != "single":
             raise ConfigError(f"task.multi_root: soft targets over the top-level genres are for task 'single', "
                               f"not {self.name!r}")
-        y = self._genres_all_hot(tracks)
+        y = self.genres_all_hot(tracks)
         roots = y.sum(axis=1)
         keep = tracks[("track", "genre_top")].isna().to_numpy() & (roots > 0)
         return tracks.index.to_numpy(np.int64)[keep], y[keep] / roots[keep, None]

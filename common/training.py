@@ -56,7 +56,7 @@ from common.io import atomic_output, write_text_atomic
 from common.locks import folder_lock
 from common.runs import FOLD_CHECKED_FILES, FOLD_SUMMARY, file_record, fold_outcome, read_fold_summary
 from common.store import ClipStore
-from common.tasks import Task
+from common.tasks import AUXILIARY_CLASSES, Task
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -303,8 +303,9 @@ def _save_model_atomic(model: keras.Model, path: Path) -> None:
         model.save(tmp)
 
 
-def prepare_run_dir(run_dir: Path, *, config: ExperimentConfig, task: Task) -> None:
-    """Create the fold directory with ``config.yaml``, ``git_commit.txt``, ``classes.json``.
+def prepare_run_dir(run_dir: Path, *, config: ExperimentConfig, task: Task, auxiliary: Task | None = None) -> None:
+    """Create the fold directory with ``config.yaml``, ``git_commit.txt``, ``classes.json``
+    (and ``auxiliary_classes.json``, the classes of a multi-task model's ``auxiliary`` head).
 
     Raises
     ------
@@ -322,6 +323,8 @@ def prepare_run_dir(run_dir: Path, *, config: ExperimentConfig, task: Task) -> N
     if classes.exists() and Task.load(classes) != task:
         raise ConfigError(f"{classes}: the run has other classes than the task now gives; move {run_dir} away")
     task.save(classes)
+    if auxiliary is not None:  # follows the config, which config.yaml has checked
+        auxiliary.save(run_dir / AUXILIARY_CLASSES)
     if not (run_dir / "git_commit.txt").exists():
         write_text_atomic(run_dir / "git_commit.txt", git_commit() + "\n", overwrite=True)
 
@@ -389,7 +392,9 @@ class FoldCheckpoint(keras.callbacks.Callback):
             if key not in ("log_loss", "n", "n_classes_scored"):
                 logs[f"val_{key}"] = value
         seconds = time.perf_counter() - self._started
-        row = {"epoch": epoch + 1, "loss": loss, "val_loss": float(logs["val_loss"]),
+        head_losses = {key: float(value) for key, value in logs.items()  # a multi-task model's, one per head
+                       if key.endswith("_loss") and not key.startswith("val_")}
+        row = {"epoch": epoch + 1, "loss": loss, **head_losses, "val_loss": float(logs["val_loss"]),
                **{k: float(v) for k, v in logs.items() if k.startswith("val_") and k != "val_loss"},
                "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
                "seconds": seconds}
@@ -494,13 +499,15 @@ def _fold_inputs(config: ExperimentConfig, *, store: ClipStore, train_positions:
 
 
 def _build_or_resume_model(config: ExperimentConfig, *, task: Task, run_dir: Path, runtime: Runtime,
-                           inputs: _FoldInputs) -> tuple[keras.Model, dict]:
+                           inputs: _FoldInputs, auxiliary: Task | None = None) -> tuple[keras.Model, dict]:
     """The fold's compiled model and training state, under ``runtime``'s strategy.
 
     A fold with a checkpoint resumes from it: ``checkpoint/last.keras`` (weights and
     optimizer state) and ``state.json``, whose dropout seed states are put back into the
     model (``model.save`` does not keep them). Otherwise a new model is built and
-    compiled, and the state starts at epoch 0. Either way the model then follows
+    compiled, and the state starts at epoch 0: with an ``auxiliary`` task, a multi-task model
+    whose loss is the main head's plus ``task.auxiliary_weight`` times the auxiliary head's
+    binary cross-entropy. Either way the model then follows
     ``runtime``'s replica count (:func:`_set_replica_behaviour`). Call inside
     :func:`fold_globals`: the initial weights come from its seeds.
 
@@ -519,9 +526,13 @@ def _build_or_resume_model(config: ExperimentConfig, *, task: Task, run_dir: Pat
             model = models.build_model(config.model.name,
                                        input_shape=(*config.features.clip_shape[:-1], inputs.crop_frames),
                                        n_outputs=task.n_classes, activation=task.activation,
+                                       auxiliary_outputs=auxiliary.n_classes if auxiliary else 0,
                                        feature_mean=inputs.mean, feature_std=inputs.std, **config.model.params)
+            losses: dict[str, Any] = {"loss": task.loss}
+            if auxiliary is not None:
+                losses = {"loss": [task.loss, auxiliary.loss], "loss_weights": [1.0, config.task.auxiliary_weight]}
             model.compile(optimizer=make_optimizer(config.training, steps_per_epoch=inputs.steps_per_epoch),
-                          loss=task.loss, jit_compile=runtime.jit_compile)
+                          jit_compile=runtime.jit_compile, **losses)
             state = _fresh_state()
         else:
             model = keras.models.load_model(run_dir / CHECKPOINT_DIR / "last.keras")
@@ -539,8 +550,9 @@ def _is_finished(training: TrainingConfig, state: dict) -> bool:
 
 
 def _fit(model: keras.Model, *, config: ExperimentConfig, task: Task, fold: int, store: ClipStore,
-         train_positions: np.ndarray, y_train: np.ndarray, sample_weights: np.ndarray | None, y_val: np.ndarray,
-         inputs: _FoldInputs, state: dict, run_dir: Path, callbacks: tuple, verbose: int) -> None:
+         train_positions: np.ndarray, y_train: np.ndarray, sample_weights: np.ndarray | None,
+         y_auxiliary: np.ndarray | None, y_val: np.ndarray, inputs: _FoldInputs, state: dict, run_dir: Path,
+         callbacks: tuple, verbose: int) -> None:
     """Train the remaining epochs, from ``state["epoch"]``; :class:`FoldCheckpoint` updates ``state`` and the run files.
 
     The batches of the remaining epochs (:func:`common.data.train_dataset`) are those an
@@ -550,7 +562,8 @@ def _fit(model: keras.Model, *, config: ExperimentConfig, task: Task, fold: int,
     dataset = train_dataset(store, train_positions, y_train, crop_frames=inputs.crop_frames,
                             batch_size=data.batch_size, seed=training.seed + 1000 * fold,
                             mixup_alpha=data.mixup_alpha, specaugment=data.specaugment, fill=inputs.mean,
-                            balance=data.balance, sample_weights=sample_weights, first_epoch=state["epoch"],
+                            balance=data.balance, sample_weights=sample_weights, auxiliary_targets=y_auxiliary,
+                            first_epoch=state["epoch"],
                             n_epochs=training.epochs - state["epoch"])
     plateau = None
     if training.schedule == "reduce_on_plateau":
@@ -639,6 +652,7 @@ def _finish_fold(run_dir: Path, *, config: ExperimentConfig, task: Task, fold: i
 def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipStore,
                train_positions: np.ndarray, y_train: np.ndarray, val_positions: np.ndarray,
                y_val: np.ndarray, run_dir: str | Path, sample_weights: np.ndarray | None = None,
+               auxiliary: Task | None = None, y_auxiliary: np.ndarray | None = None,
                callbacks: tuple = (), verbose: int = 0, on_wait: Callable[[str], None] | None = None) -> dict:
     """Train (or resume, or skip) one fold and write its run files, holding the fold folder's lock.
 
@@ -660,6 +674,11 @@ def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipSt
         ``runs/<exp>/fold_<k>``.
     sample_weights : np.ndarray, shape (n_train,), optional
         Loss weight of each training row (:func:`common.data.train_dataset`); None: unweighted.
+    auxiliary : Task, optional
+        The classes of a multi-task model's second, sigmoid head (``task.auxiliary``), saved as
+        ``auxiliary_classes.json``; only the main head is validated and written to ``oof.csv``.
+    y_auxiliary : np.ndarray, shape (n_train, auxiliary.n_classes), optional
+        Its targets of the training rows (given with ``auxiliary``).
     callbacks : tuple of keras.callbacks.Callback
         Extra callbacks, run after the checkpointing one.
     verbose : int
@@ -688,13 +707,15 @@ def train_fold(config: ExperimentConfig, *, task: Task, fold: int, store: ClipSt
     with folder_lock(run_dir, on_wait=on_wait):
         if (run_dir / FOLD_SUMMARY).exists():  # finished by the run this one waited for
             return read_fold_summary(run_dir)
-        prepare_run_dir(run_dir, config=config, task=task)
+        prepare_run_dir(run_dir, config=config, task=task, auxiliary=auxiliary)
         inputs = _fold_inputs(config, store=store, train_positions=train_positions, val_positions=val_positions)
         with fold_globals(runtime, seed=config.training.seed + fold):
-            model, state = _build_or_resume_model(config, task=task, run_dir=run_dir, runtime=runtime, inputs=inputs)
+            model, state = _build_or_resume_model(config, task=task, auxiliary=auxiliary, run_dir=run_dir,
+                                                  runtime=runtime, inputs=inputs)
             if not _is_finished(config.training, state):
                 _fit(model, config=config, task=task, fold=fold, store=store, train_positions=train_positions,
-                     y_train=y_train, sample_weights=sample_weights, y_val=y_val, inputs=inputs, state=state,
+                     y_train=y_train, sample_weights=sample_weights, y_auxiliary=y_auxiliary, y_val=y_val,
+                     inputs=inputs, state=state,
                      run_dir=run_dir, callbacks=callbacks, verbose=verbose)
             probs = _predict_best(run_dir, config=config, inputs=inputs)
         return _finish_fold(run_dir, config=config, task=task, fold=fold, runtime=runtime,

@@ -28,9 +28,13 @@ simplest stage whose cross-fitted log loss is within ``--tolerance`` (relative) 
 best, refits it on every common track, and fits the submission's probability floor
 (:func:`crowdai.submission.apply_floor`) on that stage's cross-fitted predictions.
 
+The zero-shot musicnn tagger joins like any experiment once ``make zero-shot-oof`` has written
+its ``RUNS/musicnn/oof.csv`` (:mod:`crowdai.zero_shot_oof`): ``--exp musicnn,crnn``.
+
 Writes ``OUT/<name>/`` (default ``RUNS/blends/<exp1+exp2>``): ``blend.json`` (every fitted
 parameter of every stage, the chosen stage, the floor, the training prior, the
-experiments with their ``oof.csv`` sha256 and git commits, the scores), ``blend.md`` and
+experiments with their ``oof.csv`` sha256 and git commits, a zero-shot experiment with its
+record: weights, rule, prior and weight; the scores), ``blend.md`` and
 ``blend.csv`` (the score table) and ``reliability.png``. An existing blend is never
 replaced without ``--overwrite``. ``make submit BLEND=<name>`` applies it to the test set.
 
@@ -63,6 +67,9 @@ from common.runs import fold_dirs, verify_folds
 from crowdai import calibration
 from crowdai.ensemble import combine
 from crowdai.submission import PROBABILITY_FLOOR, apply_floor
+from crowdai.zero_shot_oof import read_zero_shot_record
+from crowdai.zero_shot_oof import refit_command as zero_shot_refit
+from crowdai.zero_shot_submit import ZERO_SHOT_EXP
 
 #: Stage kinds, simplest first (ties in cross-fitted log loss go to the simpler one).
 STAGE_KINDS: tuple[str, ...] = ("raw", "calibrated", "arithmetic", "geometric", "stacking")
@@ -136,10 +143,17 @@ def read_oof(runs: str | Path, name: str, *, allow_diverged: bool = False) -> pd
     DamagedFoldError, DivergedFoldError
         A fold's ``model.keras`` or ``oof.csv`` differs from what its summary records, or it
         failed or diverged (:class:`~common.errors.FailedFoldError` is a ``DivergedFoldError``).
+
+    A zero-shot experiment (``RUNS/<name>/zero_shot.json``, :mod:`crowdai.zero_shot_oof`) has no
+    folds; its ``oof.csv`` is checked against the size and sha256 its record holds.
     """
     verify_folds(Path(runs) / name, hash=True, allow_diverged=allow_diverged)
+    read_zero_shot_record(Path(runs) / name)
     path = Path(runs) / name / "oof.csv"
     if not path.is_file():
+        if name == ZERO_SHOT_EXP:
+            raise ToolkitError(f"{path}: missing; the zero-shot tagger's out-of-fold file is written by "
+                               f"{zero_shot_refit(name)}")
         raise ToolkitError(f"{path}: missing; it is written when every fold of {name!r} is trained "
                            f"(make train EXP={name})")
     oof = pd.read_csv(path, dtype={"id": str, "target": str}, keep_default_na=False)
@@ -185,14 +199,20 @@ def load_out_of_fold(runs: str | Path, names: Sequence[str], *, allow_diverged: 
             raise ToolkitError(f"{name!r} and {names[0]!r} disagree on the target of {int(differ.sum())} tracks, "
                                f"e.g. {differ.index[differ.to_numpy()][0]!r}")
     folds = [table.loc[ids, "fold"].to_numpy(np.int64) for table in tables]
-    sources = [{"name": name, "oof": str(Path(runs) / name / "oof.csv"),
-                "oof_sha256": file_sha256(Path(runs) / name / "oof.csv"),
-                "rows": int(len(table)), "git_commits": _git_commits(Path(runs) / name)}
-               for name, table in zip(names, tables)]
+    sources = [_source(Path(runs), name, table) for name, table in zip(names, tables)]
     return OutOfFold(experiments=list(names), class_names=class_names, ids=ids.to_numpy(),
                      y=targets.map({c: i for i, c in enumerate(class_names)}).to_numpy(np.int64),
                      folds=folds[0], probs=[t.loc[ids, list(class_names)].to_numpy(np.float64) for t in tables],
                      sources=sources, folds_agree=all(np.array_equal(folds[0], f) for f in folds[1:]))
+
+
+def _source(runs: Path, name: str, table: pd.DataFrame) -> dict[str, Any]:
+    """What ``blend.json`` records of one experiment: ``name, oof, oof_sha256, rows, git_commits``, and
+    for a zero-shot experiment its ``zero_shot`` record (weights, rule, prior and weight)."""
+    source = {"name": name, "oof": str(runs / name / "oof.csv"), "oof_sha256": file_sha256(runs / name / "oof.csv"),
+              "rows": int(len(table)), "git_commits": _git_commits(runs / name)}
+    record = read_zero_shot_record(runs / name)
+    return source if record is None else {**source, "zero_shot": record}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,6 +427,15 @@ class FittedBlend:
     def train_prior(self) -> np.ndarray:
         """``(C,)`` in ``class_names`` order."""
         return np.array([self.document["train_prior"][c] for c in self.document["class_names"]])
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.document["class_names"])
+
+    @property
+    def zero_shot(self) -> dict[str, dict[str, Any]]:
+        """Zero-shot experiment name → its record (:mod:`crowdai.zero_shot_oof`), for those the blend holds."""
+        return {source["name"]: source["zero_shot"] for source in self.document["experiments"] if "zero_shot" in source}
 
     @property
     def used_experiments(self) -> list[str]:

@@ -18,6 +18,7 @@ combined row is renormalised to sum to 1.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -114,6 +115,9 @@ class FoldEnsemble:
     fold_dirs : list of Path
     summary : dict or None
         ``runs/<exp>/summary.json`` (CV and test-split scores) when the experiment is finished.
+    auxiliary : common.tasks.Task or None
+        The classes of the models' auxiliary head (``task.auxiliary``, the folds'
+        ``auxiliary_classes.json``); None for single-head models.
     """
 
     name: str
@@ -123,6 +127,7 @@ class FoldEnsemble:
     models: list
     fold_dirs: list[Path]
     summary: dict | None
+    auxiliary: Any = None
 
     @property
     def settings(self):
@@ -155,11 +160,40 @@ class FoldEnsemble:
         Returns
         -------
         np.ndarray, shape (n, n_classes), float64
+            The main head's (a multi-task model's 16-way head, :func:`common.inference.main_output`).
         """
+        return self._predict(self.models, features, batch_size=batch_size, on_batch=on_batch)
+
+    def predict_auxiliary(self, features, *, batch_size: int | None = None) -> np.ndarray:
+        """Fold-ensemble probabilities of the auxiliary head, as :meth:`predict` gives the main head's.
+
+        Returns
+        -------
+        np.ndarray, shape (n, auxiliary.n_classes), float64
+
+        Raises
+        ------
+        ToolkitError
+            The experiment's models have no auxiliary head.
+        """
+        if self.auxiliary is None:
+            raise ToolkitError(f"{self.exp_dir}: experiment {self.name!r} has no auxiliary head "
+                               f"(train it with task.auxiliary: genres_all)")
+        return self._predict(self._auxiliary_models, features, batch_size=batch_size)
+
+    @functools.cached_property
+    def _auxiliary_models(self) -> list:
+        """Each fold model's auxiliary head (its second output) as a model of the same layers and weights."""
+        import keras
+
+        return [keras.Model(model.input, model.outputs[1]) for model in self.models]
+
+    def _predict(self, models: list, features, *, batch_size: int | None,
+                 on_batch: Callable[[int], object] | None = None) -> np.ndarray:
         from common.inference import inference_batch_size, predict_clips
 
         data = self.config.data
-        return predict_clips(self.models, features, crop_frames=self.crop_frames, eval=data.eval,
+        return predict_clips(models, features, crop_frames=self.crop_frames, eval=data.eval,
                              chunk_hop_frames=data.chunk_hop_frames(self.settings),
                              batch_size=batch_size or inference_batch_size(data.batch_size), on_batch=on_batch)
 
@@ -225,7 +259,7 @@ def load_ensemble(runs: str | Path, name: str, *, require_top_genres: bool = Fal
     """
     from common.inference import load_fold_models, load_run_config
     from common.metadata import TOP_GENRES
-    from common.tasks import Task
+    from common.tasks import AUXILIARY_CLASSES, Task
 
     exp_dir = Path(runs) / name
     if not exp_dir.is_dir():
@@ -239,9 +273,10 @@ def load_ensemble(runs: str | Path, name: str, *, require_top_genres: bool = Fal
                            f"classes; a crowdAI submission needs a 'single' experiment over the 16 top genres")
     summary_path = exp_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    auxiliary_path = fold_dirs[0] / AUXILIARY_CLASSES
     return FoldEnsemble(name=name, exp_dir=exp_dir, config=load_run_config(exp_dir), task=task,
                         models=load_fold_models(exp_dir, allow_diverged=allow_diverged), fold_dirs=fold_dirs,
-                        summary=summary)
+                        summary=summary, auxiliary=Task.load(auxiliary_path) if auxiliary_path.is_file() else None)
 
 
 def segment_spans(bounds: np.ndarray, *, settings, n_total: int, min_length: int) -> np.ndarray:
@@ -274,9 +309,9 @@ def segment_spans(bounds: np.ndarray, *, settings, n_total: int, min_length: int
     return spans
 
 
-def _segment_vector_probs(y: np.ndarray, bounds: np.ndarray, *, ensemble: FoldEnsemble,
-                          batch_size: int | None, weights_dir: str | Path) -> np.ndarray:
-    """Ensemble probabilities ``(n_segments, n_classes)`` of clip-embedding features, one per segment."""
+def _segment_vectors(y: np.ndarray, bounds: np.ndarray, *, ensemble: FoldEnsemble,
+                     weights_dir: str | Path) -> np.ndarray:
+    """Clip-embedding features ``(n_segments, dim)``, one per segment."""
     from common.features import features_for
 
     settings = ensemble.settings
@@ -289,7 +324,36 @@ def _segment_vector_probs(y: np.ndarray, bounds: np.ndarray, *, ensemble: FoldEn
         segment = y[start:max(end, start + min_samples)]
         segment = np.pad(segment, (0, max(min_samples - len(segment), 0)))
         vectors.append(features_for(segment, settings=settings, weights_dir=weights_dir))
-    return ensemble.predict(np.stack(vectors), batch_size=batch_size)
+    return np.stack(vectors)
+
+
+def segment_views(ensemble: FoldEnsemble, clips, *, batch_size: int | None = None) -> dict:
+    """The views of one song's segments: ``genres`` (the main head) and, for a multi-task
+    experiment, ``sub-genres``: its auxiliary head's classes that are not top-level genres.
+
+    Parameters
+    ----------
+    ensemble : FoldEnsemble
+    clips : np.ndarray, shape (n_segments, dim), or list of arrays (n_mels, n_frames_i)
+        Each segment's features (see :meth:`FoldEnsemble.predict`).
+    batch_size : int, optional
+
+    Returns
+    -------
+    dict of str to common.tagging.View
+        ``probs`` of shape ``(n_segments, n_classes)`` each.
+    """
+    from common.metadata import TOP_GENRE_IDS
+    from common.tagging import View
+
+    views = {"genres": View(tuple(ensemble.task.class_names), ensemble.predict(clips, batch_size=batch_size))}
+    auxiliary = ensemble.auxiliary
+    roots = set(TOP_GENRE_IDS.values())
+    sub_genres = [] if auxiliary is None else [i for i, g in enumerate(auxiliary.genre_ids) if g not in roots]
+    if sub_genres:
+        probs = ensemble.predict_auxiliary(clips, batch_size=batch_size)[:, sub_genres]
+        views["sub-genres"] = View(tuple(auxiliary.class_names[i] for i in sub_genres), probs)
+    return views
 
 
 def experiment_song(path: str | Path, *, ensemble: FoldEnsemble, window: float = 10.0, hop: float = 10.0,
@@ -319,22 +383,22 @@ def experiment_song(path: str | Path, *, ensemble: FoldEnsemble, window: float =
         Segment start and end in seconds.
     views : dict
         ``{"genres": common.tagging.View}`` over the experiment's classes (the 16 top
-        genres for ``single``, the genre tree's classes for ``multi``).
+        genres for ``single``, the genre tree's classes for ``multi``), and ``"sub-genres"``
+        for a multi-task experiment (:func:`segment_views`).
     notes : dict
         Model input length and context policy, for the JSON record.
     """
     from common.audio import load_audio
     from common.features import features_for
-    from common.tagging import View, segment_bounds
+    from common.tagging import segment_bounds
 
     settings = ensemble.settings
     y = load_audio(path, sample_rate=settings.sample_rate)
     duration = y.shape[0] / settings.sample_rate
     bounds = segment_bounds(duration, window=window, hop=hop)
     if settings.layout == "vector":
-        return bounds, {"genres": View(tuple(ensemble.task.class_names),
-                                       _segment_vector_probs(y, bounds, ensemble=ensemble, batch_size=batch_size,
-                                                             weights_dir=weights_dir))}, {
+        vectors = _segment_vectors(y, bounds, ensemble=ensemble, weights_dir=weights_dir)
+        return bounds, segment_views(ensemble, vectors, batch_size=batch_size), {
             "task": ensemble.task.name, "folds": len(ensemble.models), "eval": "embedding",
             "context": (f"each segment is embedded on its own; segments shorter than "
                         f"{EMBEDDING_MIN_CLIP_SECONDS[settings.kind]} s are embedded from that much audio "
@@ -342,7 +406,7 @@ def experiment_song(path: str | Path, *, ensemble: FoldEnsemble, window: float =
         }
     features = features_for(y, settings=settings)
     spans = segment_spans(bounds, settings=settings, n_total=features.shape[-1], min_length=ensemble.crop_frames)
-    probs = ensemble.predict([features[..., s:e] for s, e in spans], batch_size=batch_size)
+    views = segment_views(ensemble, [features[..., s:e] for s, e in spans], batch_size=batch_size)
     input_seconds = ensemble.crop_frames * (settings.hop_length if settings.kind == "logmel" else 1) \
         / settings.sample_rate
     notes = {
@@ -351,4 +415,4 @@ def experiment_song(path: str | Path, *, ensemble: FoldEnsemble, window: float =
         "context": ("segments shorter than the model input are predicted from the model-input-long "
                     "audio centred on them; audio shorter than the model input is padded"),
     }
-    return bounds, {"genres": View(tuple(ensemble.task.class_names), probs)}, notes
+    return bounds, views, notes

@@ -37,7 +37,11 @@ a blend is checked against its checksum (:func:`crowdai.blend.load_blend`). Eith
 the file and the command that rebuilds it.
 
 ``--exp musicnn`` needs no training: :mod:`crowdai.zero_shot_submit` writes the zero-shot
-musicnn baseline instead (its own options, e.g. ``--weights``, ``--smoothing``).
+musicnn baseline instead (its own options, e.g. ``--weights``, ``--smoothing``). A blend that
+holds the zero-shot tagger (``make zero-shot-oof``, then ``make blend EXP=musicnn,...``) predicts
+it by that submission's code (:func:`crowdai.zero_shot_submit.predict_zero_shot`) with the prior
+and weight its out-of-fold file was smoothed with, after checking that ``--weights`` holds the
+recorded musicnn weights (:func:`predict_members`).
 """
 
 from __future__ import annotations
@@ -88,6 +92,8 @@ class TestPredictions(Predictions):
         Wall-clock time of feature extraction (incl. fallback decoding) and of the models.
     extractions : tuple of ExtractionSummary
         What feature extraction did, one per cache of ``cache_dirs``.
+    zero_shot : dict of str to dict
+        Zero-shot experiment → its sidecar record (:func:`crowdai.zero_shot_submit.zero_shot_record`).
     """
 
     per_experiment: dict[str, np.ndarray]
@@ -95,6 +101,7 @@ class TestPredictions(Predictions):
     feature_seconds: float
     model_seconds: float
     extractions: tuple[ExtractionSummary, ...] = ()
+    zero_shot: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +129,13 @@ class Combination:
         """Experiments whose test predictions the combination reads: a blend stage of one
         experiment (``raw``/``calibrated``) needs no features or predictions of the others."""
         return self.blend.used_experiments if self.blend is not None else self.names
+
+    @property
+    def zero_shot(self) -> dict[str, dict[str, Any]]:
+        """Used zero-shot experiments of a blend → their records (:mod:`crowdai.zero_shot_oof`)."""
+        if self.blend is None:
+            return {}
+        return {name: record for name, record in self.blend.zero_shot.items() if name in self.used_names}
 
     @property
     def floor(self) -> float:
@@ -208,8 +222,9 @@ def finalise(predictions: TestPredictions, *, combination: Combination, ensemble
     """
     probs, prior = combination.apply(predictions.per_experiment), None
     if adapt:
+        class_names = combination.blend.class_names if combination.blend is not None else ensembles[0].task.class_names
         probs, prior = adapt_to_test_prior(probs, train_prior=training_prior(ensembles, combination),
-                                           class_names=ensembles[0].task.class_names)
+                                           class_names=class_names)
     record = {"blend": combination.blend.describe() if combination.blend is not None else None,
               "floor": combination.floor, "prior": prior}
     return dataclasses.replace(predictions, probs=apply_floor(probs, combination.floor)), record
@@ -293,6 +308,59 @@ def predict_test_folder(ensembles: Sequence[FoldEnsemble], *, test_dir: str | Pa
         cache_dirs=[str(each.cache_dir) for each in extracted],
         feature_seconds=sum(each.seconds for each in extracted), model_seconds=model_seconds,
         extractions=tuple(each.extraction for each in extracted))
+
+
+def predict_members(combination: Combination, *, runs: str | Path, test_dir: str | Path, cache_root: str | Path,
+                    n_jobs: int = -1, batch_size: int | None = None, progress: bool = True,
+                    weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,
+                    allow_diverged: bool = False) -> tuple[list[FoldEnsemble], TestPredictions]:
+    """Test probabilities of every experiment ``combination`` reads (:attr:`Combination.used_names`).
+
+    Trained experiments go through their fold ensembles (:func:`predict_test_folder`); the
+    zero-shot experiments of a blend through :func:`crowdai.zero_shot_submit.predict_zero_shot`,
+    smoothed toward the prior and with the weight of their out-of-fold file, once the musicnn
+    weights of ``weights_dir`` are checked against the recorded ones.
+
+    Returns
+    -------
+    ensembles : list of FoldEnsemble
+        The trained experiments, in order.
+    predictions : TestPredictions
+        ``per_experiment`` of every used experiment, ``(n, C)`` each; ``probs`` combined by
+        ``combination``; ``model_seconds`` includes the zero-shot tagging; ``zero_shot`` records.
+
+    Raises
+    ------
+    ToolkitError
+        Musicnn weights other than the recorded ones; a trained experiment's errors
+        (:func:`crowdai.ensemble.load_ensemble`).
+    """
+    from crowdai.zero_shot_oof import check_weights, recorded_prior
+    from crowdai.zero_shot_submit import predict_zero_shot, zero_shot_record
+
+    zero_shot = combination.zero_shot
+    for name, record in zero_shot.items():
+        check_weights(record, weights_dir=weights_dir, name=name)
+    ensembles = [load_ensemble(runs, name, require_top_genres=True, allow_diverged=allow_diverged)
+                 for name in combination.used_names if name not in zero_shot]
+    trained = (predict_test_folder(ensembles, test_dir=test_dir, cache_root=cache_root, n_jobs=n_jobs,
+                                   batch_size=batch_size, progress=progress, weights_dir=weights_dir)
+               if ensembles else None)
+    tagged = {name: predict_zero_shot(test_dir, weights_dir=weights_dir, prior=recorded_prior(record),
+                                      smoothing=float(record["weight"]), progress=progress)
+              for name, record in zero_shot.items()}
+    if trained is not None and not tagged:
+        return ensembles, trained
+    per_experiment = {**(trained.per_experiment if trained else {}), **{n: z.probs for n, z in tagged.items()}}
+    per_experiment = {name: per_experiment[name] for name in combination.used_names}
+    return ensembles, TestPredictions(
+        ids=list_test_ids(test_dir), probs=combination.apply(per_experiment), per_experiment=per_experiment,
+        fallbacks=_merge_fallbacks([trained.fallbacks if trained else [], *(z.fallbacks for z in tagged.values())]),
+        cache_dirs=trained.cache_dirs if trained else [],
+        feature_seconds=trained.feature_seconds if trained else 0.0,
+        model_seconds=(trained.model_seconds if trained else 0.0) + sum(z.seconds for z in tagged.values()),
+        extractions=trained.extractions if trained else (),
+        zero_shot={name: zero_shot_record(z, weights_dir=weights_dir) for name, z in tagged.items()})
 
 
 def _by_feature_settings(ensembles: Sequence[FoldEnsemble]) -> dict[FeatureSettings, list[FoldEnsemble]]:
@@ -413,16 +481,20 @@ def _merge_fallbacks(per_settings: Iterable[list[dict[str, Any]]]) -> list[dict[
 
 
 def sidecar_record(predictions: TestPredictions, *, ensembles: Sequence[FoldEnsemble], mean: str,
-                   weights: np.ndarray | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                   weights: np.ndarray | None, extra: dict[str, Any] | None = None,
+                   names: Sequence[str] | None = None) -> dict[str, Any]:
     """The sidecar entries of a trained or blended submission.
 
-    ``mean``, the pool ``weights`` by experiment, the experiments (:meth:`FoldEnsemble.describe`),
-    feature caches and seconds, then ``extra`` (:func:`finalise`'s record).
+    ``mean``, the pool ``weights`` by experiment (``names``, default the ensembles' names), the
+    experiments (:meth:`FoldEnsemble.describe`), the zero-shot experiments' records when there
+    are any, feature caches and seconds, then ``extra`` (:func:`finalise`'s record).
     """
+    names = [e.name for e in ensembles] if names is None else list(names)
     return {
         "mean": mean,
-        "weights": None if weights is None else {e.name: float(w) for e, w in zip(ensembles, weights)},
+        "weights": None if weights is None else {name: float(w) for name, w in zip(names, weights)},
         "experiments": [e.describe() for e in ensembles],
+        **({"zero_shot": predictions.zero_shot} if predictions.zero_shot else {}),
         "feature_caches": predictions.cache_dirs,
         "seconds": {"features": round(predictions.feature_seconds, 3), "models": round(predictions.model_seconds, 3)},
         **(extra or {}),
@@ -504,20 +576,20 @@ def main(argv: list[str] | None = None) -> int:
     combination = resolve_combination(exp=args.exp, blend=args.blend, blend_weights=args.blend_weights,
                                       mean=args.mean, runs=args.runs)
     csv_path = claim_submission_path(output=args.output, out_dir=args.out, names=combination.names)
-    ensembles = [load_ensemble(args.runs, name, require_top_genres=True, allow_diverged=args.allow_diverged)
-                 for name in combination.used_names]
-    predictions = predict_test_folder(ensembles, test_dir=args.test_dir, cache_root=args.cache,
-                                      n_jobs=args.jobs, batch_size=args.batch_size,
-                                      progress=not args.no_progress, weights_dir=args.weights)
+    ensembles, predictions = predict_members(combination, runs=args.runs, test_dir=args.test_dir,
+                                             cache_root=args.cache, n_jobs=args.jobs, batch_size=args.batch_size,
+                                             progress=not args.no_progress, weights_dir=args.weights,
+                                             allow_diverged=args.allow_diverged)
     for extraction in predictions.extractions:
         print(extraction.line(), flush=True)
     predictions, record = finalise(predictions, combination=combination, ensembles=ensembles,
                                    adapt=args.adapt_prior)
-    models = "+".join(f"{e.name}({len(e.models)} folds)" for e in ensembles)
+    models = "+".join([*(f"{e.name}({len(e.models)} folds)" for e in ensembles),
+                       *(f"{name}(zero-shot)" for name in predictions.zero_shot)])
     published = publish_submission(
         predictions, csv_path, test_dir=args.test_dir,
         record=sidecar_record(predictions, ensembles=ensembles, mean=combination.mean,
-                              weights=combination.weights, extra=record),
+                              weights=combination.weights, extra=record, names=combination.names),
         method=f"{models}, {combination.mean} mean",
         seconds=f"features {predictions.feature_seconds:.1f} s, models {predictions.model_seconds:.1f} s",
         notes=lambda value_range: postprocessing_report(record, value_range=value_range))

@@ -13,7 +13,9 @@ from the song and the models, so a second run replaces them and says so (``overw
 
 Any other ``--exp`` names a trained experiment in ``--runs``: its fold ensemble
 (``crowdai.ensemble.experiment_song``) predicts every segment, over the 16 top genres
-(``single``) or the genre tree's classes, sub-genres included (``multi``)::
+(``single``) or the genre tree's classes, sub-genres included (``multi``); a multi-task
+experiment (``task.auxiliary: genres_all``) adds its auxiliary head's sub-genres beside the
+16 top genres, in the table and the JSON (the taggram stays the top genres')::
 
     python -m crowdai.tag song.mp3 --exp crnn --runs runs --out out [--window 10 --hop 10]
 """
@@ -68,7 +70,7 @@ def _tag_with_experiment(args: argparse.Namespace, *, json_path: Path, png_path:
                                            weights_dir=args.weights)
     model = (f"{args.exp} fold ensemble ({len(ensemble.models)} folds, {ensemble.config.model.name}, "
              f"task {ensemble.task.name}, {ensemble.task.n_classes} classes)")
-    print(f"{args.file}: {model}; segment  genres")
+    print(f"{args.file}: {model}; segment  {'  |  '.join(views)}")
     print(segment_table(views, bounds, top=args.top))
     document = tags_document(views, bounds, source=args.file, model=model, window=args.window, hop=args.hop,
                              notes={**notes, "exp_dir": str(ensemble.exp_dir)})

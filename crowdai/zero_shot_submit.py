@@ -37,6 +37,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,35 @@ def predict_zero_shot(test_dir: str | Path, *, weights_dir: str | Path = DEFAULT
     -------
     ZeroShotPredictions
     """
+    test_dir = Path(test_dir)
+    ids = list_test_ids(test_dir)
+    return predict_zero_shot_files([(file_id, test_dir / f"{file_id}.mp3") for file_id in ids],
+                                   weights_dir=weights_dir, prior=prior, smoothing=smoothing, taggers=taggers,
+                                   progress=progress)
+
+
+def predict_zero_shot_files(files: Sequence[tuple[str, Path]], *, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,
+                            prior: SubmissionPrior | None = None, smoothing: float | None = None, taggers=None,
+                            progress: bool = True) -> ZeroShotPredictions:
+    """Smoothed zero-shot genre probabilities of audio files: what :func:`predict_zero_shot` does for
+    a test folder, for any ``(id, path)`` list (the fold tracks of :mod:`crowdai.zero_shot_oof`).
+
+    Each file is decoded at 16 kHz (its centre :data:`~common.zero_shot.SUBMISSION_CLIP_SECONDS`),
+    scored by :func:`common.zero_shot.clip_genre_scores` and mixed with ``prior``; a file that
+    does not decode, or decodes to silence, gets the prior (a ``fallbacks`` record).
+
+    Parameters
+    ----------
+    files : sequence of (str, Path)
+        Row id and audio file, in row order.
+    weights_dir, prior, smoothing, taggers, progress
+        As for :func:`predict_zero_shot`.
+
+    Returns
+    -------
+    ZeroShotPredictions
+        ``ids`` in the order of ``files``, ``probs`` of shape ``(len(files), 16)``.
+    """
     from tqdm.auto import tqdm
 
     from common.audio import load_excerpt
@@ -169,8 +199,6 @@ def predict_zero_shot(test_dir: str | Path, *, weights_dir: str | Path = DEFAULT
         smooth_toward_prior,
     )
 
-    test_dir = Path(test_dir)
-    ids = list_test_ids(test_dir)
     prior = prior if prior is not None else submission_prior()
     weight = PRIOR_WEIGHT if smoothing is None else smoothing
     smooth_toward_prior(prior.probs[None, :], prior=prior.probs, weight=weight)  # check early
@@ -178,10 +206,10 @@ def predict_zero_shot(test_dir: str | Path, *, weights_dir: str | Path = DEFAULT
     rate = MUSICNN_FEATURES.sample_rate
     patch_samples = PATCH_FRAMES * MUSICNN_FEATURES.hop_length
     start = time.perf_counter()
-    raw = np.tile(prior.probs, (len(ids), 1))
+    raw = np.tile(prior.probs, (len(files), 1))
     fallbacks = []
-    for row, file_id in enumerate(tqdm(ids, unit="clip", desc="zero-shot", disable=not progress, file=sys.stderr)):
-        path = test_dir / f"{file_id}.mp3"
+    for row, (file_id, path) in enumerate(tqdm(files, unit="clip", desc="zero-shot", disable=not progress,
+                                                file=sys.stderr)):
         try:
             y, _ = load_excerpt(path, sample_rate=rate, n_samples=int(SUBMISSION_CLIP_SECONDS * rate),
                                 crop="center")
@@ -199,8 +227,8 @@ def predict_zero_shot(test_dir: str | Path, *, weights_dir: str | Path = DEFAULT
                               "detail": "", "fallback": FALLBACK_PADDED, "decoded_seconds": seconds})
         raw[row] = clip_genre_scores(y, taggers=taggers)
     probs = smooth_toward_prior(raw, prior=prior.probs, weight=weight)
-    return ZeroShotPredictions(ids=ids, probs=probs, fallbacks=fallbacks, seconds=time.perf_counter() - start,
-                               prior=prior, weight=weight)
+    return ZeroShotPredictions(ids=[file_id for file_id, _ in files], probs=probs, fallbacks=fallbacks,
+                               seconds=time.perf_counter() - start, prior=prior, weight=weight)
 
 
 def zero_shot_record(predictions: ZeroShotPredictions, *, weights_dir: str | Path) -> dict[str, Any]:

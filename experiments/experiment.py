@@ -21,15 +21,21 @@ import datetime
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from common.config import ExperimentConfig
-from common.errors import FeatureCacheError, MetadataError, ToolkitError
+from common.config import ExperimentConfig, PseudoLabelsConfig
+from common.errors import ConfigError, FeatureCacheError, MetadataError, ToolkitError
+from common.pseudo import PSEUDO_PREFIX, JoinedCache
 from common.runs import FOLD_SUMMARY, fold_dir, folds_complete
 from common.store import ClipStore
 from common.tasks import Task, build_task
+
+if TYPE_CHECKING:
+    from common.features import FeatureCache
+    from common.metadata import FmaDataset
 
 
 @dataclasses.dataclass
@@ -41,7 +47,8 @@ class ExperimentData:
     task : common.tasks.Task
     store : common.store.ClipStore
         Features of the fold tracks (the labelled ones, then those with soft targets
-        when ``train_only`` is set) followed by the test-split tracks.
+        when ``train_only`` is set), the ``n_pseudo`` pseudo-labelled clips, then the
+        test-split tracks.
     folds : np.ndarray, shape (n_fold_tracks,)
         Fold of each of the first ``n_fold_tracks`` rows of ``store``.
     y : np.ndarray, shape (len(store), n_classes)
@@ -52,6 +59,17 @@ class ExperimentData:
         ``genre_top``, with :meth:`~common.tasks.Task.root_targets`): such a row trains
         every fold but its own and is never validated or scored. ``None``: every fold row
         is validated in its fold.
+    auxiliary : common.tasks.Task or None
+        The classes of the auxiliary head (``task.auxiliary: genres_all``: those of the
+        ``multi`` task, :func:`auxiliary_targets`); None without one.
+    y_auxiliary : np.ndarray, shape (len(store), auxiliary.n_classes), or None
+        Their 0/1 targets, a row of zeros for a track with none of them.
+    n_pseudo : int
+        Rows after the fold rows (before the test rows) that train every fold and are never
+        validated or scored: the clips of ``data.pseudo_labels`` (:mod:`common.pseudo`).
+    weights : np.ndarray, shape (n_fold_tracks + n_pseudo,), float32, or None
+        Loss weight of each fold and pseudo-label row (``task.multi_root_weight``,
+        ``data.pseudo_labels.weight``, 1 for the others); None: all weigh 1.
     """
 
     task: Task
@@ -60,6 +78,10 @@ class ExperimentData:
     y: np.ndarray
     n_test: int
     train_only: np.ndarray | None = None
+    auxiliary: Task | None = None
+    y_auxiliary: np.ndarray | None = None
+    n_pseudo: int = 0
+    weights: np.ndarray | None = None
 
     def fold_rows(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
         """Training and validation rows of ``store`` for fold ``fold``.
@@ -67,13 +89,14 @@ class ExperimentData:
         Returns
         -------
         train, val : np.ndarray of int64, shapes (n_train,), (n_val,)
-            ``train``: every fold row of another fold (train-only rows included);
-            ``val``: the rows of fold ``fold`` that are not train-only.
+            ``train``: every fold row of another fold (train-only rows included), then the
+            pseudo-label rows; ``val``: the rows of fold ``fold`` that are not train-only.
         """
         held_out = self.folds == fold
         evaluated = held_out if self.train_only is None else held_out & ~self.train_only
-        positions = np.arange(len(self.folds))
-        return positions[~held_out], positions[evaluated]
+        positions = np.arange(len(self.folds) + self.n_pseudo)
+        trains = np.concatenate([~held_out, np.ones(self.n_pseudo, bool)])
+        return positions[trains], positions[:len(self.folds)][evaluated]
 
 
 def features_hint(config: ExperimentConfig, *, data: Path, subset: str, cache: Path) -> str:
@@ -94,7 +117,9 @@ def open_experiment_data(config: ExperimentConfig, *, data: Path, subset: str, f
 
     With ``task.multi_root: soft`` the fold tracks without a ``genre_top`` follow the
     labelled fold tracks in ``store``, marked ``train_only``, with their soft targets;
-    the labelled and test rows are those of the same config without it.
+    the labelled and test rows are those of the same config without it. With ``data.pseudo_labels``
+    the pseudo-labelled clips (store ids ``pseudo:<id>``, read from the unlabelled folder's cache)
+    follow the fold rows, before the test rows (:func:`open_pseudo_rows`).
 
     Raises
     ------
@@ -134,19 +159,123 @@ def open_experiment_data(config: ExperimentConfig, *, data: Path, subset: str, f
     test_ids = [t for t in labelled if split.get(t) == "test" and str(t) in available]
     fold_ids = [t for t in fold_ids if str(t) in available]
     train_only_ids = [t for t in train_only_ids if str(t) in available]
-    ids = fold_ids + train_only_ids + test_ids
-    store = ClipStore(features, [str(t) for t in ids],
+    pseudo_config = config.data.pseudo_labels
+    pseudo = None if pseudo_config is None else open_pseudo_rows(pseudo_config, config=config, task=task,
+                                                                 dataset=dataset, folds=folds, cache=cache)
+    pseudo_ids = [] if pseudo is None else [PSEUDO_PREFIX + i for i in pseudo.ids]
+    store = ClipStore(features if pseudo is None else JoinedCache(features, pseudo.cache),
+                      [*map(str, fold_ids + train_only_ids), *pseudo_ids, *map(str, test_ids)],
                       in_memory=config.data.in_memory if in_memory is None else in_memory, memory_limit=memory_limit)
     row = {t: i for i, t in enumerate([*labelled, *soft_ids])}
+    y_all = np.concatenate([y, y_soft])
     fold_of = folds.loc[fold_ids + train_only_ids, "fold"].to_numpy(np.int64)
     train_only = None
     if config.task.multi_root != "none":
         train_only = np.arange(len(fold_of)) >= len(fold_ids)
         check_artist_grouped(tracks, ids=np.asarray(fold_ids + train_only_ids, np.int64), folds=fold_of,
                              train_only=train_only, folds_path=folds_path)
-    return ExperimentData(task=task, store=store, folds=fold_of,
-                          y=np.concatenate([y, y_soft])[[row[t] for t in ids]], n_test=len(test_ids),
-                          train_only=train_only)
+    weights = None
+    if train_only is not None or pseudo is not None:
+        weights = np.concatenate([np.ones(len(fold_of)) if train_only is None else
+                                  np.where(train_only, config.task.multi_root_weight, 1.0),
+                                  np.full(len(pseudo_ids), 0.0 if pseudo is None else pseudo.weight)])
+    auxiliary, y_auxiliary = auxiliary_targets(config, tracks=tracks, genres=dataset.genres, folds=folds, store=store)
+    return ExperimentData(task=task, store=store, folds=fold_of, auxiliary=auxiliary, y_auxiliary=y_auxiliary,
+                          y=np.concatenate([y_all[[row[t] for t in fold_ids + train_only_ids]],
+                                            y_all[:0] if pseudo is None else pseudo.probs,
+                                            y_all[[row[t] for t in test_ids]]]),
+                          n_test=len(test_ids), train_only=train_only, n_pseudo=len(pseudo_ids),
+                          weights=None if weights is None else weights.astype(np.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class PseudoRows:
+    """The clips of ``data.pseudo_labels`` an experiment trains on.
+
+    Attributes
+    ----------
+    ids : list of str
+        Clip ids (ids of ``cache``), shape (n,).
+    probs : np.ndarray, shape (n, n_classes), float32
+        Their soft targets.
+    cache : common.features.FeatureCache
+        The unlabelled folder's features under the experiment's settings.
+    weight : float
+        Loss weight of each.
+    """
+
+    ids: list[str]
+    probs: np.ndarray
+    cache: FeatureCache
+    weight: float
+
+
+def open_pseudo_rows(pseudo_labels: PseudoLabelsConfig, *, config: ExperimentConfig, task: Task,
+                     dataset: FmaDataset, folds: pd.DataFrame, cache: Path) -> PseudoRows:
+    """Read ``config.data.pseudo_labels`` (:func:`common.pseudo.read_pseudo_labels`) and its clips' feature cache.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or malformed, is not over the task's classes, or holds clips that are
+        tracks of the folds file or of the test split (:func:`common.pseudo.find_leaks`): the
+        message says how many of each.
+    FeatureCacheError
+        No cache of the unlabelled folder for the experiment's features, or clips missing from it.
+    """
+    from common.features import FeatureCache, cache_dir_for
+    from common.pseudo import describe_leaks, find_leaks, read_pseudo_labels
+
+    labels = read_pseudo_labels(pseudo_labels.path, class_names=task.class_names)
+    leaks = find_leaks(labels.ids, metadata_dir=dataset.metadata_dir, folds=folds)
+    if any(leaks.values()):
+        raise ConfigError(f"data.pseudo_labels: {labels.path}: refused: {describe_leaks(leaks)}; a track that is "
+                          f"validated or scored must never train; write the file again with `make pseudo` given "
+                          f"DATA, SUBSET and FOLDS (it drops them)")
+    cache_dir = cache_dir_for(cache, labels.source_name, config.features)
+    hint = (f"run `make features EXP={config.name} SOURCE=test TEST_DIR={labels.record.get('source')} "
+            f"CACHE={cache}`")
+    try:
+        features = FeatureCache.open(cache_dir)
+    except FeatureCacheError as exc:
+        raise FeatureCacheError(f"no features of the pseudo-labelled clips of {labels.path} ({exc}); {hint}") from exc
+    absent = sorted(set(labels.ids) - set(features.ids.tolist()))
+    if absent:
+        raise FeatureCacheError(f"{cache_dir}: {len(absent)} pseudo-labelled clips of {labels.path} (e.g. "
+                                f"{absent[:3]}) are not in the feature cache; {hint}")
+    return PseudoRows(ids=labels.ids, probs=labels.probs, cache=features, weight=pseudo_labels.weight)
+
+
+def auxiliary_targets(config: ExperimentConfig, *, tracks: pd.DataFrame, genres: pd.DataFrame,
+                      folds: pd.DataFrame, store: ClipStore) -> tuple[Task | None, np.ndarray | None]:
+    """The auxiliary head's classes and the targets of every row of ``store`` (``task.auxiliary``).
+
+    ``genres_all``: the classes of the ``multi`` task over the folds' tracks
+    (:func:`common.tasks.build_task`, ``task.min_tracks``) and their 0/1 targets.
+
+    Returns
+    -------
+    auxiliary : Task or None
+        None when the config asks for no auxiliary head (then the targets are None too).
+    y_auxiliary : np.ndarray, shape (len(store), auxiliary.n_classes), float32, or None
+
+    Raises
+    ------
+    ConfigError
+        No genre reaches ``task.min_tracks``, or rows of ``store`` are not FMA tracks
+        (``data.pseudo_labels``): they have no ``genres_all`` to learn.
+    """
+    if config.task.auxiliary == "none":
+        return None, None
+    auxiliary = build_task("multi", tracks=tracks, genres=genres, train_ids=folds.index,
+                           min_tracks=config.task.min_tracks)
+    ids = pd.to_numeric(pd.Series(store.ids), errors="coerce")  # NaN for a clip id that is not a track id
+    foreign = ~ids.isin(tracks.index)
+    if foreign.any():
+        raise ConfigError(f"task.auxiliary: {int(foreign.sum())} training clips "
+                          "are not FMA tracks (data.pseudo_labels?) and have no genres_all for the auxiliary "
+                          "head to learn; leave out task.auxiliary or data.pseudo_labels")
+    return auxiliary, auxiliary.genres_all_hot(tracks.loc[ids.astype(np.int64).to_numpy()])
 
 
 def check_artist_grouped(tracks: pd.DataFrame, *, ids: np.ndarray, folds: np.ndarray, train_only: np.ndarray,
@@ -226,12 +355,12 @@ def train_one_fold(config: ExperimentConfig, exp_data: ExperimentData, *, runs: 
     from common.training import train_fold
 
     train, val = exp_data.fold_rows(fold)
-    weights = None
-    if exp_data.train_only is not None:
-        weights = np.where(exp_data.train_only[train], config.task.multi_root_weight, 1.0).astype(np.float32)
+    weights = None if exp_data.weights is None else exp_data.weights[train]
     return train_fold(config, task=exp_data.task, fold=fold, store=exp_data.store,
                       train_positions=train, y_train=exp_data.y[train], val_positions=val, y_val=exp_data.y[val],
-                      sample_weights=weights, run_dir=fold_dir(Path(runs) / config.name, fold),
+                      sample_weights=weights, auxiliary=exp_data.auxiliary,
+                      y_auxiliary=None if exp_data.y_auxiliary is None else exp_data.y_auxiliary[train],
+                      run_dir=fold_dir(Path(runs) / config.name, fold),
                       callbacks=callbacks, verbose=verbose, on_wait=on_wait)
 
 

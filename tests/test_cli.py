@@ -38,12 +38,14 @@ MISSING_PATH_ARGS: dict[str, list[str]] = {
     "fma-train": ["--config", "{missing}", "--data", "{missing}", "--folds", "{missing}"],
     "fma-compare": ["--runs", "{missing}"],
     "fma-blend": ["--exp", "a,b", "--runs", "{missing}"],
+    "fma-zero-shot-oof": ["--data", "{missing}", "--subset", "small", "--folds", "{missing}", "--runs", "{missing}"],
     "fma-submit": ["--exp", "a", "--runs", "{missing}", "--test-dir", "{missing}"],
     "fma-validate": ["{missing}", "--test-dir", "{missing}"],
     "fma-score": ["{missing}", "--labels", "{missing}"],
     "fma-tag": ["{missing}", "--out", "{missing}"],
     "fma-upload": ["{missing}", "--test-dir", "{missing}"],
     "fma-package": ["--exp", "a", "--runs", "{missing}", "--out", "{missing}"],
+    "fma-pseudo": ["--exp", "a", "--runs", "{missing}", "--unlabelled", "{missing}", "--out", "{missing}"],
 }
 
 

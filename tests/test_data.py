@@ -294,6 +294,9 @@ class _FakeCache:
         self.reads.append(len(ids))
         return np.zeros((len(ids), *self.settings.clip_shape), np.float16)
 
+    def audio_samples(self, ids):
+        return np.full(len(ids), self.settings.clip_samples)
+
 
 def test_an_environment_limit_below_the_cache_size_makes_auto_memory_map(monkeypatch):
     cache = _FakeCache(400)

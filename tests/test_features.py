@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from common.audio import load_clip, logmel
+from common.audio import load_clip, load_clip_with_length, logmel
 from common.errors import FeatureCacheError
 from common.features import FeatureCache, _is_glibc, cache_dir_for, extract, features_for, folder_items, main
 from common.io import TEMPORARY_GLOB
@@ -274,12 +274,12 @@ def test_the_same_items_given_by_relative_paths_resume_the_same_cache(clean_cach
 
 
 def _load_clip_failing(failures: dict[str, BaseException]):
-    """A ``load_clip`` that raises ``failures[stem]`` for those files (n_jobs=1 runs in this process)."""
+    """A ``load_clip_with_length`` that raises ``failures[stem]`` for those files (n_jobs=1 runs in this process)."""
     def load(path, *, settings):
         error = failures.get(Path(path).stem)
         if error is not None:
             raise error
-        return load_clip(path, settings=settings)
+        return load_clip_with_length(path, settings=settings)
     return load
 
 
@@ -289,7 +289,7 @@ def test_unexpected_exceptions_are_transient_rows_retried_on_the_next_run(clean_
 
     cache_dir = tmp_path / "cache"
     items = folder_items(audio_folder)
-    monkeypatch.setattr(features, "load_clip", _load_clip_failing(
+    monkeypatch.setattr(features, "load_clip_with_length", _load_clip_failing(
         {"song05": RuntimeError("resampler exploded"), "song10": MemoryError("cannot allocate"),
          "b_silent": OSError("ctypes call failed")}))
     summary = extract(items, settings=SETTINGS, cache_dir=cache_dir, n_jobs=1, shard_size=4, progress=False)
@@ -336,9 +336,9 @@ def test_decode_failures_stay_cached_unless_retry_failed(clean_cache, audio_fold
 
     def counted_load_clip(path, *, settings):
         calls.append(Path(path).stem)
-        return load_clip(path, settings=settings)
+        return load_clip_with_length(path, settings=settings)
 
-    monkeypatch.setattr(features, "load_clip", counted_load_clip)
+    monkeypatch.setattr(features, "load_clip_with_length", counted_load_clip)
     assert extract(items, settings=SETTINGS, cache_dir=copy, n_jobs=1, shard_size=4, progress=False).n_cached == 29
     assert calls == []
     again = extract(items, settings=SETTINGS, cache_dir=copy, n_jobs=1, shard_size=4, progress=False,
@@ -409,12 +409,12 @@ import os
 if os.environ.get("FMA_TEST_KILLER"):
     from pathlib import Path
     import common.features as features
-    real_load_clip = features.load_clip
+    real_load_clip = features.load_clip_with_length
     def load_clip(path, *, settings):
         if Path(path).stem == os.environ["FMA_TEST_KILLER"]:
             os._exit(70)
         return real_load_clip(path, settings=settings)
-    features.load_clip = load_clip
+    features.load_clip_with_length = load_clip
 """
 
 

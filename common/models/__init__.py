@@ -99,6 +99,7 @@ def build_model(
     activation: str,
     feature_mean: np.ndarray | float | None = None,
     feature_std: np.ndarray | float | None = None,
+    auxiliary_outputs: int = 0,
     **params: Any,
 ) -> keras.Model:
     """Build the model ``name`` of the registry (not compiled).
@@ -118,13 +119,18 @@ def build_model(
         Per-frequency (log-mel), per-component (vector) or scalar (waveform)
         statistics of the training data; when given, the model standardises its input
         with them, unless its spec says it normalises its own input (``musicnn``).
+    auxiliary_outputs : int
+        0: one output. Otherwise a multi-task model: a second, sigmoid head of that many
+        classes on the body's embedding (``task.auxiliary: genres_all``), for every model of
+        the registry; its outputs are ``[main, auxiliary]``.
     **params
         Hyper-parameters of the model's body (see each body's docstring).
 
     Returns
     -------
     keras.Model
-        Input ``(batch, *input_shape)`` float32, output ``(batch, n_outputs)`` float32 probabilities.
+        Input ``(batch, *input_shape)`` float32, output ``(batch, n_outputs)`` float32 probabilities
+        (with ``auxiliary_outputs``: the list of that and ``(batch, auxiliary_outputs)``).
 
     Raises
     ------
@@ -134,7 +140,7 @@ def build_model(
     """
     return model_spec(name).build(
         name=name, input_shape=input_shape, n_outputs=n_outputs, activation=activation,
-        feature_mean=feature_mean, feature_std=feature_std, **params,
+        feature_mean=feature_mean, feature_std=feature_std, auxiliary_outputs=auxiliary_outputs, **params,
     )
 
 

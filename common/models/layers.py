@@ -91,6 +91,25 @@ def classifier_output(
     return keras.layers.Activation(activation, dtype="float32", name="probabilities")(logits)
 
 
+def auxiliary_output(x: keras.KerasTensor, *, n_outputs: int) -> keras.KerasTensor:
+    """The auxiliary head of a multi-task model: dense logits, then sigmoid probabilities in float32.
+
+    Parameters
+    ----------
+    x : KerasTensor, shape (batch, d)
+        The body's embedding, which the main head (:func:`classifier_output`) reads too.
+    n_outputs : int
+        Number of classes of the genre tree (``task.auxiliary: genres_all``).
+
+    Returns
+    -------
+    KerasTensor, shape (batch, n_outputs), float32 probabilities; the output is named
+    ``auxiliary`` (Keras logs its loss as ``auxiliary_loss``, the main head's as ``probabilities_loss``).
+    """
+    logits = keras.layers.Dense(int(n_outputs), name="auxiliary_logits")(x)
+    return keras.layers.Activation("sigmoid", dtype="float32", name="auxiliary")(logits)
+
+
 def pair(value: int | Sequence[int], *, field: str) -> tuple[int, int]:
     """``3`` -> ``(3, 3)``; ``[2, 4]`` -> ``(2, 4)``; anything else is a ConfigError naming ``field``."""
     if isinstance(value, (int, np.integer)):

@@ -42,8 +42,8 @@ import numpy as np
 from common.audio import mel_spectrogram
 from common.errors import ConfigError, ToolkitError
 from common.models.spec import ModelSpec
-from common.settings import FeatureSettings
 from common.pretrained import DEFAULT_WEIGHTS_DIR, MUSICNN_CHECKPOINTS, load_musicnn_checkpoint
+from common.settings import FeatureSettings
 
 #: Mel bands, frames per 3-s patch and tag count of the published models.
 N_MELS = 96
@@ -125,14 +125,19 @@ def musicnn_logmel(y: np.ndarray) -> np.ndarray:
     return np.log10(np.float32(10000.0) * mel + np.float32(1.0))
 
 
-def patches(logmel: np.ndarray, *, frames: int = PATCH_FRAMES, hop: int = PATCH_FRAMES) -> np.ndarray:
+def patches(logmel: np.ndarray, *, frames: int = PATCH_FRAMES, hop: int = PATCH_FRAMES,
+            audio_frames: int | None = None) -> np.ndarray:
     """Cut a log-mel ``(n_mels, n_frames)`` into full patches ``(n_patches, n_mels, frames)``.
 
     Patch ``i`` starts at frame ``i * hop``; a last incomplete patch is dropped (as
     musicnn does). Returns an empty ``(0, n_mels, frames)`` array when the input is
     shorter than one patch.
+
+    ``audio_frames`` (frames that hold audio, the rest being padding; None: all) keeps only
+    the patches inside them, at least the first: the patches of the unpadded audio.
     """
-    starts = range(0, logmel.shape[1] - frames + 1, hop)
+    end = logmel.shape[1] if audio_frames is None else min(logmel.shape[1], max(audio_frames, frames))
+    starts = range(0, end - frames + 1, hop)
     return np.stack([logmel[:, start:start + frames] for start in starts]) if len(starts) else \
         np.empty((0, logmel.shape[0], frames), dtype=logmel.dtype)
 

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from common.errors import ConfigError
-from common.models.layers import classifier_output, standardize
+from common.models.layers import auxiliary_output, classifier_output, standardize
 
 InputKind = Literal["logmel", "waveform", "vector"]
 
@@ -65,9 +65,10 @@ class ModelSpec:
         activation: str,
         feature_mean: np.ndarray | float | None = None,
         feature_std: np.ndarray | float | None = None,
+        auxiliary_outputs: int = 0,
         **params: Any,
     ) -> keras.Model:
-        """The model (not compiled): input, standardisation, body, output layer.
+        """The model (not compiled): input, standardisation, body, output layer (and the auxiliary head).
 
         Parameters are those of :func:`common.models.build_model`; ``name`` names the
         Keras model and the errors.
@@ -82,6 +83,8 @@ class ModelSpec:
             raise ConfigError(f"activation: {activation!r} is neither 'softmax' nor 'sigmoid'")
         if int(n_outputs) < 1:
             raise ConfigError(f"n_outputs: must be positive, got {n_outputs}")
+        if int(auxiliary_outputs) < 0:
+            raise ConfigError(f"auxiliary_outputs: must be 0 or more, got {auxiliary_outputs}")
         known = self.param_names()
         unknown = sorted(set(params) - set(known))
         if unknown:
@@ -102,4 +105,6 @@ class ModelSpec:
         ) if self.standardize else inputs
         x = self.body(x, **params)
         outputs = classifier_output(x, n_outputs=n_outputs, activation=activation)
+        if auxiliary_outputs:
+            return keras.Model(inputs, [outputs, auxiliary_output(x, n_outputs=auxiliary_outputs)], name=name)
         return keras.Model(inputs, outputs, name=name)

@@ -1,0 +1,176 @@
+"""Pseudo-labels of a folder of unlabelled clips from the fold ensemble of an experiment or a fitted blend.
+
+Usage::
+
+    python -m crowdai.pseudo --exp crnn --runs runs --unlabelled data/crowdai_fma_test --cache cache \\
+        --out runs/pseudo/crnn.csv [--threshold 0.6] [--data data --subset medium --folds data/folds-medium-k5.csv]
+    python -m crowdai.pseudo --blend crnn+shortchunk ...
+
+Every ``<id>.mp3`` of the folder (a crowdAI test folder, or tracks of a larger subset copied
+flat as ``<track_id>.mp3``) is predicted as ``fma-submit`` predicts a test folder (features
+cached under the folder's name, :func:`crowdai.submit.predict_members`; a blend's zero-shot
+member too), then combined by the experiments' arithmetic mean or the blend. Kept are the
+clips whose features are cached (a clip that failed extraction cannot train), that are no
+track of the folds file or of the test split (with ``--data/--subset/--folds``;
+:func:`common.pseudo.find_leaks`), and whose largest probability reaches ``--threshold``.
+
+Writes ``--out`` (id, 16 probabilities, confidence) and its sidecar ``.json`` (the fold
+models with their sha256, the blend, the threshold, the folder, the counts), never
+overwriting (:func:`common.pseudo.write_pseudo_labels`). An experiment trains on it with
+``data: {pseudo_labels: {path: ..., weight: 0.5}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.cli import command
+from common.errors import ConfigError
+from common.io import sidecar_path
+from common.metadata import TOP_GENRES
+from common.pretrained import DEFAULT_WEIGHTS_DIR
+from common.pseudo import confidence_of, describe_leaks, find_leaks, write_pseudo_labels
+from crowdai.ensemble import FoldEnsemble
+from crowdai.submit import Combination, TestPredictions, predict_members, resolve_combination
+
+
+def fold_models(ensemble: FoldEnsemble) -> list[dict[str, Any]]:
+    """Each fold model of ``ensemble``: ``{"fold", "model_sha256"}`` as its fold summary records it."""
+    from common.runs import read_fold_summary
+
+    return [{"fold": fold_dir.name,
+             "model_sha256": read_fold_summary(fold_dir).get("files", {}).get("model.keras", {}).get("sha256")}
+            for fold_dir in ensemble.fold_dirs]
+
+
+def select_rows(ids: Sequence[str], probs: np.ndarray, *, no_features: set[str], leaks: dict[str, list[str]],
+                threshold: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """Which clips become pseudo-labels, and the counts of the others.
+
+    Parameters
+    ----------
+    ids : sequence of str, shape (n,)
+    probs : np.ndarray, shape (n, C)
+    no_features : set of str
+        Clips whose features failed.
+    leaks : dict of str to list of str
+        Clips that are tracks of the folds file or the test split (:func:`common.pseudo.leaking_ids`).
+    threshold : float
+        Smallest confidence (largest probability) kept.
+
+    Returns
+    -------
+    keep : np.ndarray of bool, shape (n,)
+    rows : dict
+        ``predicted``, ``kept``, ``no_features``, ``refused`` (by reason) and ``below_threshold``.
+    """
+    refused = {i for found in leaks.values() for i in found}
+    usable = np.array([i not in no_features and i not in refused for i in ids], dtype=bool)
+    confident = confidence_of(probs) >= threshold
+    keep = usable & confident
+    return keep, {"predicted": len(ids), "kept": int(keep.sum()), "no_features": len(no_features),
+                  "refused": {reason: len(found) for reason, found in leaks.items()},
+                  "below_threshold": int((usable & ~confident).sum())}
+
+
+def provenance(predictions: TestPredictions, *, combination: Combination, ensembles: Sequence[FoldEnsemble],
+               unlabelled: Path, threshold: float, rows: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar record (:mod:`common.pseudo`) of pseudo-labels of ``unlabelled``: ``experiments`` are the
+    trained ones (fold models and sha256), ``zero_shot`` the zero-shot members of a blend (their records)."""
+    return {
+        "source": str(unlabelled.resolve()), "source_name": unlabelled.resolve().name, "threshold": threshold,
+        "rows": rows, "mean": combination.mean,
+        "blend": combination.blend.describe() if combination.blend is not None else None,
+        "experiments": [{"name": e.name, "exp_dir": str(e.exp_dir), "cv": (e.summary or {}).get("cv"),
+                         "folds": fold_models(e)} for e in ensembles],
+        "zero_shot": predictions.zero_shot, "feature_caches": predictions.cache_dirs,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fma-pseudo", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--exp", default=None, help="experiment name(s), comma-separated (arithmetic mean)")
+    source.add_argument("--blend", default=None, help="a fitted blend: name under RUNS/blends or a blend.json path")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs root (default: runs)")
+    parser.add_argument("--unlabelled", type=Path, required=True, help="folder of the unlabelled <id>.mp3 clips")
+    parser.add_argument("--cache", type=Path, default=Path("cache"), help="feature cache root (default: cache)")
+    parser.add_argument("--out", type=Path, required=True, help="pseudo-label CSV to write (sidecar: same name .json)")
+    parser.add_argument("--threshold", type=float, default=0.0,
+                        help="keep clips whose largest probability is at least this (default 0: all)")
+    guard = parser.add_argument_group("leakage guard (drop tracks of the folds file and of the test split)")
+    guard.add_argument("--data", type=Path, default=None, help="folder of fma_metadata/")
+    guard.add_argument("--subset", default=None, help="subset of the folds file")
+    guard.add_argument("--folds", type=Path, default=None, help="the folds file the experiments will train on")
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR,
+                        help="musicnn weights folder, for musicnn-embedding experiments (default %(default)s)")
+    parser.add_argument("--jobs", type=int, default=-1, help="feature extraction workers (-1: all cores)")
+    parser.add_argument("--batch-size", type=int, default=None, help="crops per model call (default: experiment's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--allow-diverged", action="store_true",
+                        help="use failed or diverged folds too (refused by default)")
+    return parser
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse a threshold outside [0, 1], an existing output, and a partial leakage guard."""
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(f"--threshold {args.threshold}: must lie in [0, 1]")
+    for path in (args.out, sidecar_path(args.out)):
+        if path.exists():
+            raise ConfigError(f"{path}: exists; pseudo-label files are never overwritten (choose another --out)")
+    given = [args.data is not None, args.subset is not None, args.folds is not None]
+    if any(given) and not all(given):
+        raise ConfigError("--data, --subset and --folds go together (the leakage guard needs all three)")
+
+
+def guard_leaks(ids: Sequence[str], args: argparse.Namespace) -> dict[str, list[str]]:
+    """Clips that are tracks of ``--folds`` or of the test split (nothing without the guard's arguments)."""
+    from common.folds import read_folds
+    from common.metadata import FmaDataset
+    from common.pseudo import LEAK_REASONS
+
+    if args.folds is None:
+        return {reason: [] for reason in LEAK_REASONS}
+    dataset = FmaDataset.open(args.data, args.subset)
+    return find_leaks(ids, metadata_dir=dataset.metadata_dir, folds=read_folds(args.folds, tracks=dataset.tracks))
+
+
+@command("fma-pseudo")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_arguments(args)
+    combination = resolve_combination(exp=args.exp, blend=args.blend, blend_weights=None, mean=None, runs=args.runs)
+    ensembles, predictions = predict_members(combination, runs=args.runs, test_dir=args.unlabelled,
+                                             cache_root=args.cache, n_jobs=args.jobs, batch_size=args.batch_size,
+                                             progress=not args.no_progress, weights_dir=args.weights,
+                                             allow_diverged=args.allow_diverged)
+    probs = combination.apply(predictions.per_experiment)
+    leaks = guard_leaks(predictions.ids, args)
+    keep, rows = select_rows(predictions.ids, probs, no_features={f["id"] for f in predictions.fallbacks},
+                             leaks=leaks, threshold=args.threshold)
+    path = write_pseudo_labels(args.out, ids=[i for i, k in zip(predictions.ids, keep) if k], probs=probs[keep],
+                               class_names=TOP_GENRES,
+                               record=provenance(predictions, combination=combination, ensembles=ensembles,
+                                                 unlabelled=args.unlabelled, threshold=args.threshold, rows=rows))
+    for extraction in predictions.extractions:
+        print(extraction.line())
+    dropped = describe_leaks(leaks)
+    if dropped:
+        print(f"fma-pseudo: dropped, as a track that is validated or scored must never train: {dropped}",
+              file=sys.stderr)
+    print(f"pseudo-labels: {rows['kept']} of {rows['predicted']} clips kept (confidence >= {args.threshold:g}; "
+          f"{rows['below_threshold']} below it, {rows['no_features']} without features) -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
