@@ -35,10 +35,15 @@ from common.cli import command
 from common.errors import ConfigError
 from common.io import sidecar_path
 from common.metadata import TOP_GENRES
-from common.pretrained import DEFAULT_WEIGHTS_DIR
 from common.pseudo import confidence_of, describe_leaks, find_leaks, write_pseudo_labels
 from crowdai.ensemble import FoldEnsemble
-from crowdai.submit import Combination, TestPredictions, predict_members, resolve_combination
+from crowdai.submit import (
+    Combination,
+    TestPredictions,
+    add_prediction_options,
+    predict_members,
+    resolve_combination,
+)
 
 
 def fold_models(ensemble: FoldEnsemble) -> list[dict[str, Any]]:
@@ -110,13 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     guard.add_argument("--data", type=Path, default=None, help="folder of fma_metadata/")
     guard.add_argument("--subset", default=None, help="subset of the folds file")
     guard.add_argument("--folds", type=Path, default=None, help="the folds file the experiments will train on")
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR,
-                        help="musicnn weights folder, for musicnn-embedding experiments (default %(default)s)")
-    parser.add_argument("--jobs", type=int, default=-1, help="feature extraction workers (-1: all cores)")
-    parser.add_argument("--batch-size", type=int, default=None, help="crops per model call (default: experiment's)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--allow-diverged", action="store_true",
-                        help="use failed or diverged folds too (refused by default)")
+    add_prediction_options(parser)
     return parser
 
 

@@ -521,6 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
                              help="a fitted blend: name under RUNS/blends (crowdai.blend) or a blend.json path")
     parser.add_argument("--adapt-prior", action="store_true",
                         help="re-estimate the test set's class prior by EM and shift the probabilities to it")
+    add_prediction_options(parser)
+    return parser
+
+
+def add_prediction_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that predicts with fold ensembles (``fma-submit``, ``fma-pseudo``):
+    ``--weights``, ``--jobs``, ``--batch-size``, ``--no-progress``, ``--allow-diverged``."""
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR,
                         help="musicnn weights folder, for musicnn-embedding experiments (default %(default)s)")
     parser.add_argument("--jobs", type=int, default=-1, help="feature extraction workers (-1: all cores)")
@@ -528,7 +535,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--allow-diverged", action="store_true",
                         help="use failed or diverged folds too (refused by default)")
-    return parser
 
 
 def _zero_shot_requested(argv: list[str]) -> bool:
