@@ -9,6 +9,7 @@ import lameenc
 import numpy as np
 import pytest
 import soundfile as sf
+from bad_audio import id3v2_tag
 
 from common import audio, mp3
 from common.errors import UnreadableAudioError
@@ -50,20 +51,6 @@ def _encode(path: Path, *, sr: int, channels: int, seconds: float = 6.0, seed: i
     return path
 
 
-def _id3v2_tag(payload_bytes: int = 0) -> bytes:
-    """An ID3v2.3 tag with a title and, if ``payload_bytes``, a cover picture of that many bytes."""
-    def frame(name: bytes, body: bytes) -> bytes:
-        return name + len(body).to_bytes(4, "big") + b"\x00\x00" + body
-
-    frames = frame(b"TIT2", b"\x00A title")
-    if payload_bytes:
-        picture = np.random.default_rng(2).integers(0, 256, payload_bytes, dtype=np.uint8).tobytes()
-        frames += frame(b"APIC", b"\x00image/jpeg\x00\x03\x00" + picture)
-    size = len(frames) + 256  # with padding
-    syncsafe = bytes((size >> shift) & 0x7F for shift in (21, 14, 7, 0))
-    return b"ID3\x03\x00\x00" + syncsafe + frames + bytes(256)
-
-
 def _encode_lame_tagged(path: Path, *, seconds: float = 4.0) -> Path:
     """A libsndfile mp3: a Xing/LAME header frame (gapless length), and an ID3v1 tag at the end."""
     t = np.arange(int(44100 * seconds)) / 44100
@@ -88,10 +75,10 @@ def mp3s(tmp_path_factory) -> dict[str, Path]:
     files["truncated"] = folder / "truncated.mp3"
     files["truncated"].write_bytes(data[: int(0.4 * len(data))])  # cut mid-frame
     files["id3v2_tagged"] = folder / "id3v2_tagged.mp3"
-    files["id3v2_tagged"].write_bytes(_id3v2_tag() + files["lame_tagged"].read_bytes())
+    files["id3v2_tagged"].write_bytes(id3v2_tag() + files["lame_tagged"].read_bytes())
     # a cover picture larger than one feed block: the first frame arrives in a later block
     files["cover_art"] = folder / "cover_art.mp3"
-    files["cover_art"].write_bytes(_id3v2_tag(payload_bytes=mp3.FEED_BYTES + 12345) + data)
+    files["cover_art"].write_bytes(id3v2_tag(picture_bytes=mp3.FEED_BYTES + 12345) + data)
     return files
 
 
