@@ -35,6 +35,7 @@ Schedule = Literal["constant", "cosine", "reduce_on_plateau"]
 Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
 Strategy = Literal["auto", "default", "mirrored"]
 JitCompile = Literal["auto", True, False]
+ShortClips = Literal["pad", "mask"]
 
 
 #: Metadata of a field added after runs were written with the config: the resolved config
@@ -156,6 +157,12 @@ class DataConfig:
     pseudo_labels : PseudoLabelsConfig or None
         Soft targets of unlabelled clips that join every fold's training side (never validated
         or scored); None (the default) trains on the labelled tracks only.
+    short_clips : {"pad", "mask"}
+        A clip shorter than ``features.clip_seconds``: ``pad`` (the default) reads it with the
+        zero padding of its cache row, as any clip; ``mask`` keeps chunk evaluation, centre
+        crops and training crops inside its audio (at least one crop per clip), from the
+        lengths the feature cache records (:attr:`common.store.ClipStore.valid_lengths`).
+        Clips of full length read the same either way.
     """
 
     crop_seconds: float | None = None
@@ -167,6 +174,7 @@ class DataConfig:
     balance: Balance = "none"
     in_memory: InMemory = "auto"
     pseudo_labels: PseudoLabelsConfig | None = dataclasses.field(default=None, metadata=_WRITTEN_WHEN_SET)
+    short_clips: ShortClips = dataclasses.field(default="pad", metadata=_WRITTEN_WHEN_SET)
 
     def crop_frames(self, features: FeatureSettings) -> int:
         """Frames (log-mel) or samples (waveform) of one crop, at most the whole clip."""

@@ -8,6 +8,7 @@ from the memory-mapped cache shards. Training batches (:mod:`common.data`), fold
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -66,7 +67,7 @@ class ClipStore:
         padding of a clip shorter than ``clip_seconds`` (:func:`audio_lengths`); None when every
         row is full length or the cache does not record lengths. Chunk evaluation
         (:func:`common.inference.predict_clips`) and training crops (:func:`common.data.train_dataset`)
-        keep to them.
+        keep to them; :meth:`padded` reads every row at full length.
 
     Raises
     ------
@@ -124,6 +125,13 @@ class ClipStore:
         if self._array is not None:
             return np.take(self._array, positions if self._rows is None else self._rows[positions], axis=0)
         return np.asarray(self.cache.get(list(self.ids[positions])))
+
+    def padded(self) -> ClipStore:
+        """A view of the same rows, each read as full length with its zero padding
+        (``valid_lengths`` None: ``data.short_clips: pad``)."""
+        store = copy.copy(self)
+        store.valid_lengths = None
+        return store
 
     def subset(self, positions: np.ndarray) -> ClipStore:
         """A view of the rows at ``positions``: nothing is copied, rows are read when gathered."""

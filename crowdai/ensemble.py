@@ -31,6 +31,7 @@ from common.errors import ConfigError, ToolkitError
 from common.pretrained import DEFAULT_WEIGHTS_DIR
 from common.runs import finished_fold_dirs
 from common.settings import EMBEDDING_MIN_CLIP_SECONDS
+from common.store import ClipStore
 
 #: Ways of combining experiments.
 MEANS: tuple[str, ...] = ("arithmetic", "geometric")
@@ -193,6 +194,8 @@ class FoldEnsemble:
         from common.inference import inference_batch_size, predict_clips
 
         data = self.config.data
+        if data.short_clips == "pad" and isinstance(features, ClipStore):
+            features = features.padded()
         return predict_clips(models, features, crop_frames=self.crop_frames, eval=data.eval,
                              chunk_hop_frames=data.chunk_hop_frames(self.settings),
                              batch_size=batch_size or inference_batch_size(data.batch_size), on_batch=on_batch)

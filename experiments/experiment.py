@@ -166,6 +166,8 @@ def open_experiment_data(config: ExperimentConfig, *, data: Path, subset: str, f
     store = ClipStore(features if pseudo is None else JoinedCache(features, pseudo.cache),
                       [*map(str, fold_ids + train_only_ids), *pseudo_ids, *map(str, test_ids)],
                       in_memory=config.data.in_memory if in_memory is None else in_memory, memory_limit=memory_limit)
+    if config.data.short_clips == "pad":
+        store = store.padded()
     row = {t: i for i, t in enumerate([*labelled, *soft_ids])}
     y_all = np.concatenate([y, y_soft])
     fold_of = folds.loc[fold_ids + train_only_ids, "fold"].to_numpy(np.int64)

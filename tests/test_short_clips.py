@@ -171,3 +171,48 @@ def test_padding_does_not_move_the_musicnn_embedding(musicnn_weights_dir, tmp_pa
     np.testing.assert_allclose(stored, unpadded, atol=2e-2, rtol=1e-2)  # float16 in the cache
     assert np.abs(padded - unpadded).max() > 10 * np.abs(stored - unpadded).max()  # the silent patch moved it
     assert cache.audio_samples(["short"])[0] == len(audio)
+
+
+# --- data.short_clips: masking is a config's choice; the default reads clips as before --------
+
+
+def test_short_clips_is_pad_by_default_and_written_only_when_set():
+    from common.config import config_from_dict
+    from common.errors import ConfigError
+
+    default = config_from_dict({}, name="x", check_model=False)
+    assert default.data.short_clips == "pad" and "short_clips" not in default.to_dict()["data"]
+    masked = config_from_dict({"data": {"short_clips": "mask"}}, name="x", check_model=False)
+    assert masked.to_dict()["data"]["short_clips"] == "mask"
+    with pytest.raises(ConfigError, match="data.short_clips"):
+        config_from_dict({"data": {"short_clips": "loop"}}, name="x", check_model=False)
+
+
+def test_a_padded_view_reads_short_clips_as_they_are_stored(short_and_long_cache):
+    cache, _ = short_and_long_cache
+    store = ClipStore(cache, ["a_short", "b_long"])
+    padded = store.padded()
+    assert store.valid_lengths is not None and padded.valid_lengths is None
+    np.testing.assert_array_equal(padded.gather(np.array([1, 0])), store.gather(np.array([1, 0])))
+    assert padded.subset(np.array([0])).valid_lengths is None
+
+
+@pytest.mark.parametrize("short_clips", ["pad", "mask"])
+def test_an_experiment_masks_short_clips_only_when_its_config_asks(tiny_training_data, tmp_path, short_clips):
+    import yaml
+    from conftest import write_tiny_config
+
+    from common.config import load_config
+    from experiments.experiment import open_experiment_data
+
+    path = write_tiny_config(tmp_path, "tiny")
+    values = yaml.safe_load(path.read_text())
+    values["data"]["short_clips"] = short_clips
+    path.write_text(yaml.safe_dump(values))
+    exp_data = open_experiment_data(load_config(path), data=tiny_training_data["data"], subset="small",
+                                    folds_path=tiny_training_data["folds"], cache=tiny_training_data["cache"])
+    lengths = exp_data.store.valid_lengths
+    if short_clips == "pad":
+        assert lengths is None  # the demo fixture's 6-s clips read padded to 8 s, as before issue 23
+    else:
+        assert lengths is not None and (lengths < exp_data.store.clip_shape[-1]).mean() > 0.5
