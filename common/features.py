@@ -92,6 +92,7 @@ from common.io import (
     write_text_atomic,
 )
 from common.locks import folder_lock
+from common.metadata import AUDIO_FOLDER_GLOB
 from common.pretrained import DEFAULT_WEIGHTS_DIR
 from common.settings import FeatureSettings
 
@@ -1045,7 +1046,12 @@ def _raise_if_damaged(path: Path, record: dict, *, hash: bool) -> None:
 
 
 def folder_items(audio_dir: str | Path) -> list[Item]:
-    """Every ``*.mp3/.wav/.ogg/.flac`` directly in ``audio_dir``, id = file stem, sorted by name.
+    """Every ``*.mp3/.wav/.ogg/.flac`` directly in ``audio_dir`` or in its FMA-layout folders
+    (three digits: ``fma_large/000/000002.mp3``), id = file stem, sorted by path.
+
+    A flat folder (a crowdAI test folder) lists as it always did; an FMA audio folder lists
+    every track of the archive, so that ``make pseudo UNLABELLED=data/fma_large`` predicts the
+    tracks of a larger subset (those of the folds and the test split are dropped there).
 
     Raises
     ------
@@ -1055,7 +1061,9 @@ def folder_items(audio_dir: str | Path) -> list[Item]:
     directory = Path(audio_dir)
     if not directory.is_dir():
         raise FeatureCacheError(f"{directory}: no such audio folder")
-    paths = sorted(path for path in directory.iterdir() if path.suffix.lower() in AUDIO_SUFFIXES)
+    folders = [directory, *(path for path in directory.glob(AUDIO_FOLDER_GLOB) if path.is_dir())]
+    paths = sorted(path for folder in folders for path in folder.iterdir()
+                   if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file())
     if not paths:
         raise FeatureCacheError(f"{directory}: no {'/'.join(AUDIO_SUFFIXES)} files")
     stems = pd.Series([path.stem for path in paths])

@@ -329,6 +329,10 @@ def load_genres(path: str | Path) -> pd.DataFrame:
     return genres[list(GENRES_COLUMNS)]
 
 
+#: The folders of an FMA audio archive (``fma_large/000/``), as a glob pattern: see :func:`audio_path`.
+AUDIO_FOLDER_GLOB = "[0-9][0-9][0-9]"
+
+
 def audio_path(audio_dir: str | Path, track_id: int) -> Path:
     """Path of a track's mp3: ``audio_dir/NNN/NNNNNN.mp3`` (track 2 -> ``000/000002.mp3``)."""
     name = f"{int(track_id):06d}"

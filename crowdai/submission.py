@@ -33,7 +33,7 @@ import pandas as pd
 
 from common.errors import OutputExistsError, ToolkitError
 from common.io import file_sha256, sidecar_path, write_text_atomic
-from common.metadata import TOP_GENRES
+from common.metadata import AUDIO_FOLDER_GLOB, TOP_GENRES
 
 #: Header of a submission, exactly and in this order.
 SUBMISSION_COLUMNS: tuple[str, ...] = ("file_id",) + TOP_GENRES
@@ -85,7 +85,8 @@ class Problem:
 
 
 def list_test_ids(test_dir: str | Path) -> list[str]:
-    """Sorted ``file_id`` of every ``*.mp3`` in a test folder (file name without ``.mp3``).
+    """Sorted ``file_id`` of every ``*.mp3`` in a test folder (file name without ``.mp3``), or in the
+    ``NNN/`` folders of an FMA audio folder (:func:`common.features.folder_items`).
 
     Raises
     ------
@@ -95,7 +96,7 @@ def list_test_ids(test_dir: str | Path) -> list[str]:
     test_dir = Path(test_dir)
     if not test_dir.is_dir():
         raise ToolkitError(f"{test_dir}: test folder not found")
-    ids = sorted(path.stem for path in test_dir.glob("*.mp3"))
+    ids = sorted(path.stem for pattern in ("*.mp3", f"{AUDIO_FOLDER_GLOB}/*.mp3") for path in test_dir.glob(pattern))
     if not ids:
         raise ToolkitError(f"{test_dir}: no .mp3 files in the test folder")
     return ids

@@ -101,6 +101,24 @@ def test_folder_items_are_every_audio_file_by_stem(audio_folder):
     assert "notes" not in {item_id for item_id, _ in items}
 
 
+def test_folder_items_read_an_fma_audio_folder_and_only_its_nnn_folders(tmp_path):
+    from common.errors import FeatureCacheError
+    from common.metadata import audio_path
+
+    for track in (2, 1502, 153000):
+        path = audio_path(tmp_path / "fma_large", track)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    (tmp_path / "fma_large" / "extra").mkdir()
+    (tmp_path / "fma_large" / "extra" / "000009.mp3").write_bytes(b"")  # not an FMA folder: not listed
+    (tmp_path / "fma_large" / "README.txt").write_text("")
+    items = folder_items(tmp_path / "fma_large")
+    assert items == [(f"{t:06d}", audio_path(tmp_path / "fma_large", t)) for t in (2, 1502, 153000)]
+    (tmp_path / "fma_large" / "000002.mp3").write_bytes(b"")  # the same id twice
+    with pytest.raises(FeatureCacheError, match="000002"):
+        folder_items(tmp_path / "fma_large")
+
+
 def test_every_broken_kind_is_a_failure_row_and_the_run_completes(clean_cache, audio_folder):
     cache = FeatureCache.open(clean_cache)
     assert cache.settings == SETTINGS

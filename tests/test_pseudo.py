@@ -162,6 +162,24 @@ def test_pseudo_file_records_its_models_and_drops_leaking_tracks(pseudo_env, cap
     assert "exists" in capsys.readouterr().err
 
 
+def test_a_larger_subsets_audio_folder_gives_only_its_tracks_outside_the_folds_and_test_split(pseudo_env):
+    # `make pseudo UNLABELLED=data/fma_large` for a run trained on fma_small: the FMA layout is read
+    # as it is, and every fold track and test-split track in it is dropped
+    large = FmaDataset.open(pseudo_env["data"], "large")
+    out = pseudo_env["root"] / "out" / "large.csv"
+    base = [a if a != str(pseudo_env["unlabelled"]) else str(large.audio_dir) for a in pseudo_env["base"]]
+    assert pseudo.main([*base, *pseudo_env["guard"], "--out", str(out)]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    folds = read_folds(pseudo_env["folds"], tracks=FmaDataset.open(pseudo_env["data"], SUBSET).tracks)
+    on_disk = {int(p.stem) for p in large.audio_dir.glob("*/*.mp3")}
+    test_split = set(large.tracks.index[large.tracks[("set", "split")] == "test"])
+    assert rows["predicted"] == len(on_disk)
+    assert rows["refused"][LEAK_REASONS[0]] == len(on_disk & set(folds.index)) > 0
+    assert rows["refused"][LEAK_REASONS[1]] == len(on_disk & test_split - set(folds.index)) > 0
+    kept = {int(i) for i in read_pseudo_labels(out, class_names=TOP_GENRES).ids}
+    assert len(kept) == rows["kept"] > 0 and not kept & (set(folds.index) | test_split)
+
+
 def pseudo_config(directory: Path, name: str, *, path: Path):
     config = write_tiny_config(directory, name, epochs=3, batch_size=8, min_tracks=2,
                                optimizer={"name": "adam", "learning_rate": 0.01})
