@@ -36,7 +36,8 @@ def feature_stats(store: ClipStore, positions: np.ndarray, *, layout: str | None
 
     Rows are gathered in chunks of at most ``chunk_bytes`` (as float64; at least one row)
     and combined exactly (Chan et al.'s pairwise mean and variance update), so memory stays
-    bounded for 30-s waveforms of fma_large.
+    bounded for 30-s waveforms of fma_large. Where ``store.valid_lengths`` marks short clips
+    (``data.short_clips: mask``), only their frames (samples) of audio count, not the padding.
 
     Parameters
     ----------
@@ -57,16 +58,24 @@ def feature_stats(store: ClipStore, positions: np.ndarray, *, layout: str | None
     if len(positions) == 0:
         raise FeatureCacheError("feature statistics: no training clips")
     rows_per_chunk = max(1, chunk_bytes // (int(np.prod(store.clip_shape)) * 8))
+    lengths = None if layout == "vector" else store.valid_lengths
     count, mean, m2 = 0, 0.0, 0.0
     for start in range(0, len(positions), rows_per_chunk):
-        x = store.gather(positions[start:start + rows_per_chunk]).astype(np.float64)
+        chunk = positions[start:start + rows_per_chunk]
+        x = store.gather(chunk).astype(np.float64)
         if layout == "vector":
             x = x.reshape(len(x), -1, 1)
         else:
             x = x.reshape(len(x), -1, x.shape[-1]) if x.ndim == 3 else x.reshape(len(x), 1, -1)
-        n = x.shape[0] * x.shape[2]
-        chunk_mean = x.mean(axis=(0, 2))
-        chunk_m2 = np.square(x - chunk_mean[None, :, None]).sum(axis=(0, 2))
+        if lengths is None:
+            n = x.shape[0] * x.shape[2]
+            chunk_mean = x.mean(axis=(0, 2))
+            chunk_m2 = np.square(x - chunk_mean[None, :, None]).sum(axis=(0, 2))
+        else:  # (rows, 1, time): True on the audio, False on the padding
+            audio = (np.arange(x.shape[2])[None, :] < lengths[chunk][:, None])[:, None, :]
+            n = int(audio.sum())
+            chunk_mean = np.where(audio, x, 0.0).sum(axis=(0, 2)) / n
+            chunk_m2 = np.where(audio, np.square(x - chunk_mean[None, :, None]), 0.0).sum(axis=(0, 2))
         delta = chunk_mean - mean
         total = count + n
         mean = mean + delta * n / total

@@ -216,3 +216,21 @@ def test_an_experiment_masks_short_clips_only_when_its_config_asks(tiny_training
         assert lengths is None  # the demo fixture's 6-s clips read padded to 8 s, as before issue 23
     else:
         assert lengths is not None and (lengths < exp_data.store.clip_shape[-1]).mean() > 0.5
+
+
+def test_feature_statistics_of_masked_short_clips_leave_out_their_padding():
+    from common.data import feature_stats
+
+    rng = np.random.default_rng(1)
+    clips = rng.normal(-20, 5, size=(5, 3, 30))
+    valid = np.array([30, 12, 30, 7, 20])
+    for row, length in enumerate(valid):
+        clips[row, :, length:] = -100.0  # the padding's log-mel
+    audio = np.concatenate([clips[row, :, :length] for row, length in enumerate(valid)], axis=1)  # (3, frames)
+    masked = ClipStore.from_array(clips, valid_lengths=valid)
+    for chunk_bytes in (1, 10**9):  # chunked or whole: the same numbers
+        mean, std = feature_stats(masked, np.arange(5), chunk_bytes=chunk_bytes)
+        np.testing.assert_allclose(mean, audio.mean(axis=1), rtol=1e-5)
+        np.testing.assert_allclose(std, audio.std(axis=1), rtol=1e-5)
+    padded_mean, _ = feature_stats(masked.padded(), np.arange(5))
+    np.testing.assert_allclose(padded_mean, clips.mean(axis=(0, 2)), rtol=1e-5)  # pad: every frame counts
