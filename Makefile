@@ -55,6 +55,8 @@ WHEELHOUSE ?= .whl
 VERIFY    ?=
 FORCE     ?=
 ALLOW_DIVERGED ?=
+# `make bench-learn`: the training seeds of every variant (the median over them is reported).
+SEEDS     ?= 0,1,2
 
 # Quieter TensorFlow start-up (errors still show).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
@@ -66,6 +68,8 @@ DEMO_RUNS := runs/demo
 DEMO_CACHE := cache/demo
 DEMO_OUT   = $(OUT)/demo
 DEMO_TEST := $(DEMO_DATA)/crowdai_fma_test
+# The folds and runs of `make bench-learn` (on the demo data and cache; `make clean` removes them too).
+LEARN_RUNS := runs/bench-learn
 # The demo tags the largest demo song (never one of the broken files) with the trained
 # ensemble, and a real recording with musicnn where ../shared/audio exists. The song is
 # picked by the shell when the line runs: the demo data does not exist before the recipe starts.
@@ -90,15 +94,15 @@ SUBMIT_SOURCE = $(if $(BLEND),--blend $(call quote,$(BLEND)) $(SUBMIT_TRAINED),$
 # The variables recipes read, shown by `make help`.
 HELP_VARIABLES := DATA SUBSET EXP CONFIG CACHE RUNS K FOLDS FOLD JOBS SCHEDULER SOURCE TEST_DIR UNLABELLED THRESHOLD TEST FILE OUT \
                   WEIGHTS MEAN BLEND BLEND_WEIGHTS NAME BLEND_ARGS ZERO_SHOT_ARGS SUBMIT_ARGS TAG_ARGS SUBMISSION LABELS CHALLENGE \
-                  DRY_RUN SMOKE VERIFY FORCE ALLOW_DIVERGED PYTEST_ARGS WHEELHOUSE EXTRAS VENV PYTHON_SYSTEM
+                  DRY_RUN SMOKE VERIFY FORCE ALLOW_DIVERGED SEEDS PYTEST_ARGS WHEELHOUSE EXTRAS VENV PYTHON_SYSTEM
 
 .PHONY: help setup download demo-data features plots folds train compare zero-shot-oof blend submit pseudo validate upload package score tag \
-        weights demo test lint typecheck test-package gpu-check bench bench-features bench-train bench-predict bench-tag bench-metadata bench-blend clean
+        weights demo test lint typecheck test-package gpu-check bench bench-features bench-train bench-predict bench-tag bench-metadata bench-blend bench-learn clean
 
 # `make help` lists the targets in the order a newcomer runs them; a target missing here
 # is listed after these, in file order.
 HELP_ORDER := help setup download demo-data demo features plots folds train compare zero-shot-oof blend submit pseudo validate \
-              upload package score tag weights test lint typecheck test-package gpu-check bench-features bench-train bench-predict bench-tag bench-metadata bench-blend bench clean
+              upload package score tag weights test lint typecheck test-package gpu-check bench-features bench-train bench-predict bench-tag bench-metadata bench-blend bench-learn bench clean
 
 help: ## List the targets in the order a newcomer runs them, and what they do
 	@awk -v order="$(HELP_ORDER)" 'BEGIN {FS = ":.*## "} \
@@ -153,7 +157,7 @@ submit: setup $(if $(filter musicnn,$(EXP)),weights,) ## crowdAI CSV for TEST_DI
 	$(PY) -m crowdai.submit $(SUBMIT_SOURCE) --test-dir $(call quote,$(TEST_DIR)) --out submissions \
 	  --weights $(call quote,$(WEIGHTS)) $(SUBMIT_ARGS)
 
-pseudo: setup ## Soft targets of UNLABELLED/<id>.mp3 from EXP=a,b or BLEND=name (confidence >= THRESHOLD) into RUNS/pseudo/; drops tracks of FOLDS and the test split
+pseudo: setup ## Soft targets of UNLABELLED/<id>.mp3 (or an FMA audio folder's NNN/<id>.mp3) from EXP=a,b or BLEND=name (confidence >= THRESHOLD) into RUNS/pseudo/; drops tracks of FOLDS and the test split
 	$(PY) -m crowdai.pseudo $(if $(BLEND),--blend $(call quote,$(BLEND)),--exp $(EXP)) --runs $(call quote,$(RUNS)) \
 	  --unlabelled $(call quote,$(UNLABELLED)) --cache $(call quote,$(CACHE)) --threshold $(THRESHOLD) \
 	  --out $(call quote,$(RUNS)/pseudo/$(or $(BLEND),$(subst $(comma),+,$(EXP)))_$(notdir $(UNLABELLED))_t$(THRESHOLD).csv) \
@@ -237,13 +241,17 @@ bench-tag: setup weights ## Seconds of audio tagged per second: our musicnn vs t
 bench-blend: setup ## Cross-fitted OOF log loss of the demo runs: best single, each calibrated, the chosen blend (after make demo)
 	$(PY) -m bench.blend --runs $(call quote,$(DEMO_RUNS)) --exp demo,demo_crnn --out bench/blend.json
 
+bench-learn: setup demo-data ## CV log loss of the demo's data levers (multi-root, multi-task, pseudo-labels, short clips) against demo, median over SEEDS, 3 shared artist-grouped folds (about an hour on 2 cores)
+	$(PY) -m bench.learn --data $(DEMO_DATA) --cache $(DEMO_CACHE) --work $(LEARN_RUNS) --seeds $(SEEDS) \
+	  --threshold $(THRESHOLD) --out bench/learn.json
+
 bench-metadata: setup ## Seconds and peak memory of loading a generated full-size (106,574-row) tracks.csv
 	$(PY) -m bench.metadata --out bench/metadata.json
 
-bench: bench-features bench-train bench-predict bench-metadata bench-blend bench-tag ## All benchmarks (each bench-* target; bench-blend after make demo, bench-tag fetches WEIGHTS), summarised in bench/summary.json and bench/summary.md
+bench: bench-features bench-train bench-predict bench-metadata bench-blend bench-tag bench-learn ## All benchmarks (each bench-* target; bench-blend after make demo, bench-tag fetches WEIGHTS), summarised in bench/summary.json and bench/summary.md
 	$(PY) -m bench.summary --dir bench
 
-clean: ## Remove what make demo made: demo data, runs, feature caches and OUT/demo (never CACHE, RUNS or submissions/)
-	@removed=; for path in $(foreach path,$(DEMO_DATA) $(DEMO_RUNS) $(DEMO_CACHE) $(DEMO_OUT),$(call quote,$(path))); do \
+clean: ## Remove what make demo and make bench-learn made: demo data, runs, feature caches and OUT/demo (never CACHE, RUNS or submissions/)
+	@removed=; for path in $(foreach path,$(DEMO_DATA) $(DEMO_RUNS) $(LEARN_RUNS) $(DEMO_CACHE) $(DEMO_OUT),$(call quote,$(path))); do \
 	  if [ -e "$$path" ]; then rm -rf -- "$$path" && removed="$$removed $$path"; fi; \
 	done; echo "clean: removed$${removed:- nothing}"

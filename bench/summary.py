@@ -1,14 +1,15 @@
 """Collect the benchmark JSON files into ``summary.json`` and a Markdown table.
 
 ``python -m bench.summary --dir bench`` reads ``features.json``, ``train.json``,
-``pipeline.json``, ``predict.json``, ``tag.json``, ``metadata.json`` and ``blend.json`` where present (each
-written by its own ``make bench-*`` target) and records the machine they ran on (cores, GPUs, load
-average: the machine may be shared). The Markdown starts with the headline numbers:
-feature clips/s per core and the ratio to the original pipeline per mp3 set with the
-scaling agreement; the training pipeline against the naive loop; full-size training
-clips/s with what limits it and the input pipeline's share of a step; batched against
-per-clip prediction and the predicted hours of a 5-fold ensemble; loading a full-size tracks.csv; and
-the blend's out-of-fold log loss against the best single experiment.
+``pipeline.json``, ``predict.json``, ``tag.json``, ``metadata.json``, ``blend.json`` and
+``learn.json`` where present (each written by its own ``make bench-*`` target) and records
+the machine they ran on (cores, GPUs, load average: the machine may be shared). The Markdown
+starts with the headline numbers: feature clips/s per core and the ratio to the original
+pipeline per mp3 set with the scaling agreement; the training pipeline against the naive
+loop; full-size training clips/s with what limits it and the input pipeline's share of a
+step; batched against per-clip prediction and the predicted hours of a 5-fold ensemble;
+loading a full-size tracks.csv; the blend's out-of-fold log loss against the best single
+experiment; and each data lever's CV log loss against ``demo``, median over seeds.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import os
 import platform
 from pathlib import Path
 
+from bench.learn import summary_lines as learn_lines
 from common.cli import command
 from common.errors import ToolkitError
 from common.io import write_text_atomic
 
-BENCHMARKS: tuple[str, ...] = ("features", "train", "pipeline", "predict", "tag", "metadata", "blend")
+BENCHMARKS: tuple[str, ...] = ("features", "train", "pipeline", "predict", "tag", "metadata", "blend", "learn")
 
 
 def machine_info() -> dict:
@@ -101,6 +103,11 @@ def headlines(results: dict[str, dict], machine: dict) -> list[str]:
         lines.append(f"- Blend of {'+'.join(blend['experiments'])} ({blend['chosen']}): cross-fitted out-of-fold "
                      f"log loss {blend['chosen_log_loss']:.4f} = {blend['ratio_to_best_single']:.3f} x the best "
                      f"single experiment's {blend['best_single_log_loss']:.4f} (target <= {blend['target_ratio']})")
+    learn = results.get("learn", {})
+    if "levers" in learn:
+        lines.append(f"- Data levers on the demo ({learn['scored_tracks']} scored tracks, {learn['k']} folds, "
+                     f"seeds {learn['seeds']}; CV log loss, median [min, max] over seeds):")
+        lines += [f"  - {line}" for line in learn_lines(learn)]
     return lines
 
 

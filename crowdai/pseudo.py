@@ -6,8 +6,8 @@ Usage::
         --out runs/pseudo/crnn.csv [--threshold 0.6] [--data data --subset medium --folds data/folds-medium-k5.csv]
     python -m crowdai.pseudo --blend crnn+shortchunk ...
 
-Every ``<id>.mp3`` of the folder (a crowdAI test folder, or tracks of a larger subset copied
-flat as ``<track_id>.mp3``) is predicted as ``fma-submit`` predicts a test folder (features
+Every ``<id>.mp3`` of the folder (a crowdAI test folder, or the audio folder of a larger
+subset as unpacked, ``fma_large/NNN/<track_id>.mp3``: :func:`common.features.folder_items`) is predicted as ``fma-submit`` predicts a test folder (features
 cached under the folder's name, :func:`crowdai.submit.predict_members`; a blend's zero-shot
 member too), then combined by the experiments' arithmetic mean or the blend. Kept are the
 clips whose features are cached (a clip that failed extraction cannot train), that are no
@@ -23,6 +23,7 @@ overwriting (:func:`common.pseudo.write_pseudo_labels`). An experiment trains on
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import sys
 from collections.abc import Sequence
@@ -143,9 +144,30 @@ def guard_leaks(ids: Sequence[str], args: argparse.Namespace) -> dict[str, list[
     return find_leaks(ids, metadata_dir=dataset.metadata_dir, folds=read_folds(args.folds, tracks=dataset.tracks))
 
 
-@command("fma-pseudo")
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class PseudoLabelRun:
+    """What :func:`make_pseudo_labels` wrote.
+
+    Attributes
+    ----------
+    path : Path
+        The pseudo-label CSV (its sidecar beside it).
+    rows : dict
+        The counts of :func:`select_rows`.
+    leaks : dict of str to list of str
+        The clips dropped as tracks of the folds file or of the test split, by reason.
+    predictions : crowdai.submit.TestPredictions
+        The members' predictions of the folder (their feature extractions included).
+    """
+
+    path: Path
+    rows: dict[str, Any]
+    leaks: dict[str, list[str]]
+    predictions: TestPredictions
+
+
+def make_pseudo_labels(args: argparse.Namespace) -> PseudoLabelRun:
+    """Predict ``args.unlabelled``, select its clips and write ``args.out`` (``args``: :func:`build_parser`'s)."""
     check_arguments(args)
     combination = resolve_combination(exp=args.exp, blend=args.blend, blend_weights=None, mean=None, runs=args.runs)
     ensembles, predictions = predict_members(combination, runs=args.runs, test_dir=args.unlabelled,
@@ -160,14 +182,22 @@ def main(argv: list[str] | None = None) -> int:
                                class_names=TOP_GENRES,
                                record=provenance(predictions, combination=combination, ensembles=ensembles,
                                                  unlabelled=args.unlabelled, threshold=args.threshold, rows=rows))
-    for extraction in predictions.extractions:
+    return PseudoLabelRun(path=path, rows=rows, leaks=leaks, predictions=predictions)
+
+
+@command("fma-pseudo")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run = make_pseudo_labels(args)
+    for extraction in run.predictions.extractions:
         print(extraction.line())
-    dropped = describe_leaks(leaks)
+    dropped = describe_leaks(run.leaks)
     if dropped:
         print(f"fma-pseudo: dropped, as a track that is validated or scored must never train: {dropped}",
               file=sys.stderr)
+    rows = run.rows
     print(f"pseudo-labels: {rows['kept']} of {rows['predicted']} clips kept (confidence >= {args.threshold:g}; "
-          f"{rows['below_threshold']} below it, {rows['no_features']} without features) -> {path}")
+          f"{rows['below_threshold']} below it, {rows['no_features']} without features) -> {run.path}")
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 
@@ -160,3 +161,74 @@ def test_gpu_check_smoke_writes_every_section_of_the_full_check(tmp_path, demo_d
     for seconds in record["predicted"]["by_workload"].values():
         assert set(seconds) == {*gpu.SUBSET_CLIPS, "achieved_fraction_of_h100_peak"}
         assert all(seconds[name]["measured"] > 0 for name in gpu.SUBSET_CLIPS)
+
+
+def _learn_seed(seed: int, shift: dict[str, float]) -> dict:
+    """What :func:`bench.learn.run_seed` returns for one seed: every variant scored on the same 3 tracks."""
+    from bench.learn import BASELINE, LEVERS
+
+    return {name: {"ids": ["1", "2", "3"], "log_loss": 1.0 + 0.1 * seed + shift.get(name, 0.0), "accuracy": 0.5,
+                   "test_log_loss": 1.1, "seconds": 2.0} for name in (BASELINE, *LEVERS.values())}
+
+
+def test_learn_summary_pairs_each_lever_with_the_baseline_of_its_seed():
+    from bench.learn import summarise, summary_lines
+    from bench.summary import headlines
+    from common.errors import ToolkitError
+
+    # seeds move every variant together: the paired difference sees through them
+    shifts = {0: {"demo_multi_root": -0.2, "demo_pseudo": 0.05}, 1: {"demo_multi_root": -0.1, "demo_pseudo": -0.05},
+              2: {"demo_multi_root": -0.3, "demo_pseudo": 0.1}}
+    record = summarise({seed: _learn_seed(seed, shift) for seed, shift in shifts.items()})
+    assert record["scored_tracks"] == 3 and record["seeds"] == [0, 1, 2]
+    assert record["variants"]["demo"]["log_loss"]["median"] == pytest.approx(1.1)
+    assert record["variants"]["demo"]["log_loss"]["min"] == pytest.approx(1.0)
+    multi_root = record["levers"]["multi_root"]
+    assert multi_root["log_loss_difference"]["median"] == pytest.approx(-0.2)
+    assert multi_root["verdict"] == "lower in every seed"
+    assert record["levers"]["pseudo_labels"]["verdict"] == "mixed: lower in 1, higher in 2 of 3 seeds"
+    assert record["levers"]["multitask"]["verdict"] == "mixed: lower in 0, higher in 0 of 3 seeds"  # no change
+    record.update(k=3)
+    text = "\n".join(headlines({"learn": record}, {"cores": 2}))
+    assert "Data levers on the demo (3 scored tracks, 3 folds" in text
+    assert all(line in text for line in summary_lines(record))
+    assert "multi_root (demo_multi_root): 0.9000 [0.8000, 1.0000], difference -0.2000 [-0.3000, -0.1000]" in text
+    # variants scored on other tracks are not compared
+    other = _learn_seed(0, {})
+    other["demo_multitask"]["ids"] = ["1", "2"]
+    with pytest.raises(ToolkitError, match="demo_multitask scored other tracks"):
+        summarise({0: other})
+
+
+@pytest.mark.slow
+def test_learn_benchmark_trains_every_lever_on_the_same_folds_and_tracks(tmp_path, demo_data_dir):
+    from bench import learn
+    from common.folds import read_folds
+    from common.metadata import FmaDataset
+
+    out, work = tmp_path / "learn.json", tmp_path / "work"
+    argv = ["--data", str(demo_data_dir), "--cache", str(tmp_path / "cache"), "--work", str(work), "--seeds", "0",
+            "--k", "2", "--epochs", "1", "--jobs", "2", "--out", str(out)]
+    assert learn.main(argv) == 0
+    record = json.loads(out.read_text())
+    assert set(record["variants"]) == {"demo", *learn.LEVERS.values()} and set(record["levers"]) == set(learn.LEVERS)
+    tracks = FmaDataset.open(demo_data_dir, "large").tracks
+    folds = read_folds(work / "folds-large-k2.csv", tracks=tracks)
+    labelled = tracks.loc[folds.index, ("track", "genre_top")].notna()
+    seed_runs = work / "seed_0"
+    scored = {name: pd.read_csv(seed_runs / name / "oof.csv", dtype={"id": str})["id"] for name in record["variants"]}
+    # every variant is scored on the labelled fold tracks (those whose features decode), none on the others
+    assert record["scored_tracks"] == len(scored["demo"])
+    assert 0.8 * labelled.sum() <= len(scored["demo"]) <= labelled.sum()
+    assert all(set(ids) == set(scored["demo"]) for ids in scored.values())
+    assert set(scored["demo"].astype(int)) <= set(labelled.index[labelled])
+    # the levers changed training: more training rows with multi-root and pseudo-labels
+    n_train = {name: json.loads((seed_runs / name / "fold_0" / "summary.json").read_text())["n_train"]
+               for name in ("demo", "demo_multi_root", "demo_pseudo")}
+    assert n_train["demo_multi_root"] > n_train["demo"] and n_train["demo_pseudo"] > n_train["demo"]
+    assert record["pseudo_rows_seed_0"]["kept"] > 0
+    # a second call keeps what is finished and reports the same numbers
+    assert learn.main([*argv[:-1], str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    for name, measured in record["variants"].items():
+        assert again["variants"][name]["log_loss"] == measured["log_loss"], name

@@ -1,0 +1,276 @@
+"""Cross-validated log loss of the demo's data levers against `demo`, as a median over seeds.
+
+    python -m bench.learn --data data/demo --cache cache/demo --work runs/bench-learn \\
+        --seeds 0,1,2 --k 3 --out bench/learn.json
+
+Every variant trains on the demo's subset ``large`` (``make demo-data``: about half of its
+extra tracks have no ``genre_top``) with one artist-grouped K-fold file written once into
+``--work``, and is scored on the same out-of-fold tracks, those with a ``genre_top``; each
+seed trains every variant again (``training.seed``). The baseline is ``demo``; each lever
+(:data:`LEVERS`) is the demo config that asks for it, identical otherwise:
+
+- ``multi_root``: ``demo_multi_root``, the tracks without a ``genre_top`` as soft targets;
+- ``multitask``: ``demo_multitask``, an auxiliary sigmoid head over the genre tree;
+- ``pseudo_labels``: ``demo_pseudo``, trained again with the pseudo-labels that the same
+  seed's ``demo`` fold ensemble gives the demo's unlabelled test folder (``--threshold``);
+- ``short_clips``: ``demo_short_clips``, chunks and crops of clips under 9.5 s kept to their audio.
+
+Records per variant the out-of-fold log loss and accuracy of each seed (pooled over the
+scored tracks) with their median, min and max, the test-split log loss, and per lever the
+paired differences to the baseline of the same seed. ``--work`` keeps the runs: a second
+call reuses finished folds and pseudo-label files (delete it to measure afresh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from common.cli import command
+from common.config import ExperimentConfig, config_from_dict, load_config
+from common.errors import ToolkitError
+from common.io import write_text_atomic
+
+#: The experiment every lever is compared with.
+BASELINE = "demo"
+#: Lever name -> the demo config that asks for it.
+LEVERS: dict[str, str] = {"multi_root": "demo_multi_root", "multitask": "demo_multitask",
+                          "pseudo_labels": "demo_pseudo", "short_clips": "demo_short_clips"}
+#: The subset every variant trains on: the only demo subset with tracks without a genre_top.
+SUBSET = "large"
+#: The demo's unlabelled folder (crowdAI-style test clips), relative to ``--data``.
+UNLABELLED = "crowdai_fma_test"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Where the variants of one call train: data folder, folds file, feature cache root, runs root."""
+
+    data: Path
+    folds: Path
+    cache: Path
+    work: Path
+    pseudo_threshold: float
+
+
+def variant_config(name: str, *, seed: int, epochs: int | None, pseudo_labels: Path | None = None,
+                   config_dir: Path = CONFIG_DIR) -> ExperimentConfig:
+    """``config_dir/<name>.yaml`` with ``training.seed``, optionally ``training.epochs`` and the
+    path of ``data.pseudo_labels`` replaced."""
+    values = yaml.safe_load((config_dir / f"{name}.yaml").read_text())
+    values["training"] = {**values.get("training", {}), "seed": seed, **({"epochs": epochs} if epochs else {})}
+    if "pseudo_labels" in values.get("data", {}):
+        if pseudo_labels is None:
+            raise ToolkitError(f"{name}: trains on pseudo-labels; give the file to use")
+        values["data"]["pseudo_labels"] = {**values["data"]["pseudo_labels"], "path": str(pseudo_labels)}
+    return config_from_dict(values, name=name)
+
+
+def prepare(*, data: Path, cache: Path, work: Path, k: int, n_jobs: int, pseudo_threshold: float) -> Setup:
+    """Extract the demo features of subset ``large`` (only missing shards) and write the folds file once.
+
+    Raises
+    ------
+    ToolkitError
+        The variants do not share the baseline's feature settings, or the data folder is not
+        a demo dataset with a ``large`` subset (``make demo-data``).
+    """
+    from common.features import cache_dir_for, extract
+    from common.folds import make_folds, read_folds, write_folds
+    from common.metadata import FmaDataset
+
+    settings = load_config(CONFIG_DIR / f"{BASELINE}.yaml").features
+    for lever, name in LEVERS.items():
+        if load_config(CONFIG_DIR / f"{name}.yaml").features != settings:
+            raise ToolkitError(f"{name}.yaml: its features differ from {BASELINE}.yaml's; lever {lever!r} "
+                               "must change one thing only")
+    dataset = FmaDataset.open(data, SUBSET)
+    if not (data / UNLABELLED).is_dir():
+        raise ToolkitError(f"{data / UNLABELLED}: missing; generate the demo dataset with make demo-data")
+    extract(dataset.items(), settings=settings, cache_dir=cache_dir_for(cache, dataset.feature_source, settings),
+            n_jobs=n_jobs, progress=False)
+    folds = work / f"folds-{SUBSET}-k{k}.csv"
+    if folds.exists():
+        read_folds(folds, tracks=dataset.tracks)  # checked against the metadata
+    else:
+        write_folds(folds, make_folds(dataset.tracks, k=k, seed=0), subset=SUBSET, k=k, seed=0)
+    return Setup(data=data, folds=folds, cache=cache, work=work, pseudo_threshold=pseudo_threshold)
+
+
+def train_variant(config: ExperimentConfig, setup: Setup, *, runs: Path) -> dict:
+    """Train (or finish) every fold of ``config`` into ``runs/<name>``; the experiment summary."""
+    from experiments.experiment import open_experiment_data, train_experiment
+
+    exp_data = open_experiment_data(config, data=setup.data, subset=SUBSET, folds_path=setup.folds,
+                                    cache=setup.cache)
+    summary = train_experiment(config, exp_data, runs=runs)
+    if summary is None:
+        raise ToolkitError(f"{runs / config.name}: a fold failed (its loss stopped being finite); see its summary.json")
+    return summary
+
+
+def pseudo_label_file(setup: Setup, *, runs: Path) -> tuple[Path, dict[str, Any]]:
+    """The pseudo-labels of the unlabelled folder from ``runs/demo``'s fold ensemble (written once), and
+    the counts of its sidecar."""
+    from common.io import sidecar_path
+    from crowdai.pseudo import build_parser, make_pseudo_labels
+
+    out = runs / "pseudo" / f"{BASELINE}_t{setup.pseudo_threshold:g}.csv"
+    if not out.exists():
+        args = build_parser().parse_args([
+            "--exp", BASELINE, "--runs", str(runs), "--unlabelled", str(setup.data / UNLABELLED),
+            "--cache", str(setup.cache), "--out", str(out), "--threshold", str(setup.pseudo_threshold),
+            "--data", str(setup.data), "--subset", SUBSET, "--folds", str(setup.folds), "--no-progress"])
+        make_pseudo_labels(args)
+    return out, json.loads(sidecar_path(out).read_text())["rows"]
+
+
+def score_variant(runs: Path, name: str) -> dict[str, Any]:
+    """Out-of-fold log loss and accuracy of ``runs/<name>`` over all its scored tracks, and their ids."""
+    from common.metrics import accuracy, log_loss
+    from crowdai.blend import read_oof
+
+    oof = read_oof(runs, name)
+    classes = list(oof.columns[2:])
+    y = oof["target"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    probs = oof[classes].to_numpy(np.float64)
+    return {"ids": sorted(oof.index), "log_loss": log_loss(y, probs), "accuracy": accuracy(y, probs)}
+
+
+def run_seed(setup: Setup, *, seed: int, epochs: int | None,
+             report: Callable[[str], object] = lambda line: None) -> dict[str, dict[str, Any]]:
+    """Train and score the baseline and every lever with one seed, in ``work/seed_<seed>``.
+
+    Returns
+    -------
+    dict
+        Variant name -> ``log_loss``, ``accuracy``, ``test_log_loss``, ``seconds``, ``ids``
+        (and ``pseudo_rows`` for ``demo_pseudo``).
+    """
+    runs = setup.work / f"seed_{seed}"
+    results: dict[str, dict[str, Any]] = {}
+    for name in (BASELINE, *LEVERS.values()):
+        start = time.perf_counter()
+        extra: dict[str, Any] = {}
+        pseudo = None
+        if name == LEVERS["pseudo_labels"]:
+            pseudo, extra["pseudo_rows"] = pseudo_label_file(setup, runs=runs)
+        summary = train_variant(variant_config(name, seed=seed, epochs=epochs, pseudo_labels=pseudo), setup,
+                                runs=runs)
+        results[name] = {**score_variant(runs, name), **extra, "seconds": round(time.perf_counter() - start, 1),
+                         "test_log_loss": (summary.get("test") or {}).get("log_loss")}
+        report(f"seed {seed} {name}: out-of-fold log loss {results[name]['log_loss']:.4f}, "
+               f"accuracy {results[name]['accuracy']:.3f} ({results[name]['seconds']:.0f} s)")
+    return results
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """``{"values", "median", "min", "max"}`` of per-seed values."""
+    array = np.asarray(values, dtype=np.float64)
+    return {"values": [round(float(v), 5) for v in array], "median": float(np.median(array)),
+            "min": float(array.min()), "max": float(array.max())}
+
+
+def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The benchmark record of :func:`run_seed`'s results by seed.
+
+    Raises
+    ------
+    ToolkitError
+        The variants of a seed scored different tracks (they would not be comparable).
+    """
+    seeds = sorted(per_seed)
+    names = list(per_seed[seeds[0]])
+    for seed in seeds:
+        ids = per_seed[seed][BASELINE]["ids"]
+        for name in names:
+            if per_seed[seed][name]["ids"] != ids:
+                raise ToolkitError(f"seed {seed}: {name} scored other tracks than {BASELINE}; not comparable")
+    variants = {name: {"log_loss": spread([per_seed[s][name]["log_loss"] for s in seeds]),
+                       "accuracy": spread([per_seed[s][name]["accuracy"] for s in seeds]),
+                       "test_log_loss": spread([per_seed[s][name]["test_log_loss"] for s in seeds]),
+                       "seconds": round(sum(per_seed[s][name]["seconds"] for s in seeds), 1)}
+                for name in names}
+    levers = {}
+    for lever, name in LEVERS.items():
+        differences = [per_seed[s][name]["log_loss"] - per_seed[s][BASELINE]["log_loss"] for s in seeds]
+        lower, higher = sum(d < 0 for d in differences), sum(d > 0 for d in differences)
+        levers[lever] = {"config": name, "log_loss_difference": spread(differences), "lower_in_seeds": lower,
+                         "higher_in_seeds": higher,
+                         "verdict": ("lower in every seed" if lower == len(seeds) else
+                                     "higher in every seed" if higher == len(seeds) else
+                                     f"mixed: lower in {lower}, higher in {higher} of {len(seeds)} seeds")}
+    pseudo_rows = per_seed[seeds[0]][LEVERS["pseudo_labels"]].get("pseudo_rows")
+    return {"baseline": BASELINE, "subset": SUBSET, "seeds": seeds,
+            "scored_tracks": len(per_seed[seeds[0]][BASELINE]["ids"]), "variants": variants, "levers": levers,
+            "pseudo_rows_seed_0": pseudo_rows}
+
+
+def measure(*, data: Path, cache: Path, work: Path, seeds: Sequence[int], k: int, epochs: int | None,
+            n_jobs: int, pseudo_threshold: float, report: Callable[[str], object] = lambda line: None) -> dict:
+    """Prepare once, run every seed, summarise (see the module docstring)."""
+    setup = prepare(data=data, cache=cache, work=work, k=k, n_jobs=n_jobs, pseudo_threshold=pseudo_threshold)
+    per_seed = {seed: run_seed(setup, seed=seed, epochs=epochs, report=report) for seed in seeds}
+    return {**summarise(per_seed), "k": k, "epochs": epochs or "as configured",
+            "pseudo_threshold": pseudo_threshold, "folds": str(setup.folds)}
+
+
+def summary_lines(record: dict) -> list[str]:
+    """One line per variant: median log loss [min, max] over seeds, and the lever's paired difference."""
+    variants, levers = record["variants"], record["levers"]
+    base = variants[record["baseline"]]["log_loss"]
+    lines = [f"{record['baseline']}: CV log loss {base['median']:.4f} [{base['min']:.4f}, {base['max']:.4f}]"]
+    for lever, measured in levers.items():
+        loss = variants[measured["config"]]["log_loss"]
+        difference = measured["log_loss_difference"]
+        lines.append(f"{lever} ({measured['config']}): {loss['median']:.4f} [{loss['min']:.4f}, {loss['max']:.4f}], "
+                     f"difference {difference['median']:+.4f} [{difference['min']:+.4f}, {difference['max']:+.4f}]: "
+                     f"{measured['verdict']}")
+    return lines
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct seeds, e.g. 0,1,2")
+    return seeds
+
+
+@command("python -m bench.learn", resume="run it again: finished folds and pseudo-label files are kept")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.learn", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("data/demo"), help="demo dataset (make demo-data)")
+    parser.add_argument("--cache", type=Path, default=Path("cache/demo"), help="feature cache root")
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-learn"), help="folds and runs of the benchmark")
+    parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="training seeds (default: 0,1,2)")
+    parser.add_argument("--k", type=int, default=3, help="folds (default: 3)")
+    parser.add_argument("--epochs", type=int, default=None, help="override training.epochs (default: the configs')")
+    parser.add_argument("--threshold", type=float, default=0.0, help="pseudo-label confidence threshold (default 0)")
+    parser.add_argument("--jobs", type=int, default=-1, help="feature extraction processes (default: all cores)")
+    parser.add_argument("--out", type=Path, default=Path("bench/learn.json"), help="result JSON (replaced)")
+    args = parser.parse_args(argv)
+    record = measure(data=args.data, cache=args.cache, work=args.work, seeds=args.seeds, k=args.k,
+                     epochs=args.epochs, n_jobs=args.jobs, pseudo_threshold=args.threshold,
+                     report=lambda line: print(f"learn bench: {line}", flush=True))
+    write_text_atomic(args.out, json.dumps(record, indent=2) + "\n", overwrite=True)
+    print(f"learn bench: {record['scored_tracks']} scored tracks, {args.k} folds, seeds {record['seeds']} "
+          f"(median [min, max] over seeds) -> {args.out}")
+    for line in summary_lines(record):
+        print(f"  {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
