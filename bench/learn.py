@@ -16,8 +16,11 @@ seed trains every variant again (``training.seed``). The baseline is ``demo``; e
 - ``short_clips``: ``demo_short_clips``, chunks and crops of clips under 9.5 s kept to their audio.
 
 Records per variant the out-of-fold log loss and accuracy of each seed (pooled over the
-scored tracks) with their median, min and max, the test-split log loss, and per lever the
-paired differences to the baseline of the same seed. ``--work`` keeps the runs: a second
+scored tracks) with their median, min and max, the test-split log loss of the fold ensemble,
+and per lever the paired differences of both to the baseline of the same seed. The test split
+is the check on the pseudo-label lever's CV: its labels come from the ``demo`` fold ensemble,
+whose models saw every fold's validation tracks but fold k's own, so its CV can be optimistic;
+no model or pseudo-label ever saw a test-split track. ``--work`` keeps the runs: a second
 call reuses finished folds and pseudo-label files (delete it to measure afresh).
 """
 
@@ -204,8 +207,10 @@ def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     for lever, name in LEVERS.items():
         differences = [per_seed[s][name]["log_loss"] - per_seed[s][BASELINE]["log_loss"] for s in seeds]
         lower, higher = sum(d < 0 for d in differences), sum(d > 0 for d in differences)
+        test_differences = [per_seed[s][name]["test_log_loss"] - per_seed[s][BASELINE]["test_log_loss"]
+                            for s in seeds]
         levers[lever] = {"config": name, "log_loss_difference": spread(differences), "lower_in_seeds": lower,
-                         "higher_in_seeds": higher,
+                         "higher_in_seeds": higher, "test_log_loss_difference": spread(test_differences),
                          "verdict": ("lower in every seed" if lower == len(seeds) else
                                      "higher in every seed" if higher == len(seeds) else
                                      f"mixed: lower in {lower}, higher in {higher} of {len(seeds)} seeds")}
@@ -224,17 +229,22 @@ def measure(*, data: Path, cache: Path, work: Path, seeds: Sequence[int], k: int
             "pseudo_threshold": pseudo_threshold, "folds": str(setup.folds)}
 
 
+def _spread_text(measured: dict[str, Any], *, signed: bool = False) -> str:
+    """``"median [min, max]"`` of a :func:`spread`, 4 decimals (with the sign when ``signed``)."""
+    form = "+.4f" if signed else ".4f"
+    return f"{measured['median']:{form}} [{measured['min']:{form}}, {measured['max']:{form}}]"
+
+
 def summary_lines(record: dict) -> list[str]:
-    """One line per variant: median log loss [min, max] over seeds, and the lever's paired difference."""
-    variants, levers = record["variants"], record["levers"]
-    base = variants[record["baseline"]]["log_loss"]
-    lines = [f"{record['baseline']}: CV log loss {base['median']:.4f} [{base['min']:.4f}, {base['max']:.4f}]"]
-    for lever, measured in levers.items():
-        loss = variants[measured["config"]]["log_loss"]
-        difference = measured["log_loss_difference"]
-        lines.append(f"{lever} ({measured['config']}): {loss['median']:.4f} [{loss['min']:.4f}, {loss['max']:.4f}], "
-                     f"difference {difference['median']:+.4f} [{difference['min']:+.4f}, {difference['max']:+.4f}]: "
-                     f"{measured['verdict']}")
+    """One line per variant: median CV log loss [min, max] over seeds, and the lever's paired differences
+    (CV, then the test split's)."""
+    variants = record["variants"]
+    lines = [f"{record['baseline']}: CV log loss {_spread_text(variants[record['baseline']]['log_loss'])}"]
+    for lever, measured in record["levers"].items():
+        cv, test = measured["log_loss_difference"], measured["test_log_loss_difference"]
+        lines.append(f"{lever} ({measured['config']}): {_spread_text(variants[measured['config']]['log_loss'])}, "
+                     f"difference {_spread_text(cv, signed=True)}: {measured['verdict']}; "
+                     f"test split {_spread_text(test, signed=True)}")
     return lines
 
 
