@@ -11,17 +11,19 @@ seed trains every variant again (``training.seed``). The baseline is ``demo``; e
 
 - ``multi_root``: ``demo_multi_root``, the tracks without a ``genre_top`` as soft targets;
 - ``multitask``: ``demo_multitask``, an auxiliary sigmoid head over the genre tree;
-- ``pseudo_labels``: ``demo_pseudo``, trained again with the pseudo-labels that the same
-  seed's ``demo`` fold ensemble gives the demo's unlabelled test folder (``--threshold``);
+- ``pseudo_labels``: ``demo_pseudo``, trained again on the demo's unlabelled test folder with
+  the pseudo-labels of the same seed's ``demo`` fold models (``--threshold``), fold ``k`` on
+  those of fold ``k``'s model (``per_fold``);
+- ``pseudo_labels_ensemble``: the same with the whole fold ensemble's labels for every fold
+  (``per_fold: false``), whose other models saw fold ``k``'s validation tracks: how much
+  that flatters the CV;
 - ``short_clips``: ``demo_short_clips``, chunks and crops of clips under 9.5 s kept to their audio.
 
 Records per variant the out-of-fold log loss and accuracy of each seed (pooled over the
 scored tracks) with their median, min and max, the test-split log loss of the fold ensemble,
-and per lever the paired differences of both to the baseline of the same seed. The test split
-is the check on the pseudo-label lever's CV: its labels come from the ``demo`` fold ensemble,
-whose models saw every fold's validation tracks but fold k's own, so its CV can be optimistic;
-no model or pseudo-label ever saw a test-split track. ``--work`` keeps the runs: a second
-call reuses finished folds and pseudo-label files (delete it to measure afresh).
+and per lever the paired differences of both to the baseline of the same seed (no model or
+pseudo-label ever saw a test-split track). ``--work`` keeps the runs: a second call reuses
+finished folds and pseudo-label files (delete it to measure afresh).
 """
 
 from __future__ import annotations
@@ -44,9 +46,12 @@ from common.io import write_text_atomic
 
 #: The experiment every lever is compared with.
 BASELINE = "demo"
-#: Lever name -> the demo config that asks for it.
+#: Lever name -> the variant that pulls it: a demo config, or one of :data:`DERIVED`.
 LEVERS: dict[str, str] = {"multi_root": "demo_multi_root", "multitask": "demo_multitask",
-                          "pseudo_labels": "demo_pseudo", "short_clips": "demo_short_clips"}
+                          "pseudo_labels": "demo_pseudo", "pseudo_labels_ensemble": "demo_pseudo_ensemble_labels",
+                          "short_clips": "demo_short_clips"}
+#: Variants without a config of their own: name -> (the demo config, keys of its data.pseudo_labels replaced).
+DERIVED: dict[str, tuple[str, dict[str, Any]]] = {"demo_pseudo_ensemble_labels": ("demo_pseudo", {"per_fold": False})}
 #: The subset every variant trains on: the only demo subset with tracks without a genre_top.
 SUBSET = "large"
 #: The demo's unlabelled folder (crowdAI-style test clips), relative to ``--data``.
@@ -65,16 +70,19 @@ class Setup:
     pseudo_threshold: float
 
 
-def variant_config(name: str, *, seed: int, epochs: int | None, pseudo_labels: Path | None = None,
-                   config_dir: Path = CONFIG_DIR) -> ExperimentConfig:
-    """``config_dir/<name>.yaml`` with ``training.seed``, optionally ``training.epochs`` and the
-    path of ``data.pseudo_labels`` replaced."""
-    values = yaml.safe_load((config_dir / f"{name}.yaml").read_text())
+def config_file(name: str) -> Path:
+    """The demo config a variant trains (:data:`DERIVED` or its own name)."""
+    return CONFIG_DIR / f"{DERIVED.get(name, (name, {}))[0]}.yaml"
+
+
+def variant_config(name: str, *, seed: int, epochs: int | None, pseudo_labels: Path) -> ExperimentConfig:
+    """:func:`config_file` of ``name`` with ``training.seed``, optionally ``training.epochs``, and the
+    path (and :data:`DERIVED` keys) of its ``data.pseudo_labels`` replaced."""
+    values = yaml.safe_load(config_file(name).read_text())
     values["training"] = {**values.get("training", {}), "seed": seed, **({"epochs": epochs} if epochs else {})}
     if "pseudo_labels" in values.get("data", {}):
-        if pseudo_labels is None:
-            raise ToolkitError(f"{name}: trains on pseudo-labels; give the file to use")
-        values["data"]["pseudo_labels"] = {**values["data"]["pseudo_labels"], "path": str(pseudo_labels)}
+        values["data"]["pseudo_labels"] = {**values["data"]["pseudo_labels"], "path": str(pseudo_labels),
+                                           **DERIVED.get(name, (name, {}))[1]}
     return config_from_dict(values, name=name)
 
 
@@ -91,10 +99,10 @@ def prepare(*, data: Path, cache: Path, work: Path, k: int, n_jobs: int, pseudo_
     from common.folds import make_folds, read_folds, write_folds
     from common.metadata import FmaDataset
 
-    settings = load_config(CONFIG_DIR / f"{BASELINE}.yaml").features
+    settings = load_config(config_file(BASELINE)).features
     for lever, name in LEVERS.items():
-        if load_config(CONFIG_DIR / f"{name}.yaml").features != settings:
-            raise ToolkitError(f"{name}.yaml: its features differ from {BASELINE}.yaml's; lever {lever!r} "
+        if load_config(config_file(name)).features != settings:
+            raise ToolkitError(f"{config_file(name)}: its features differ from {BASELINE}.yaml's; lever {lever!r} "
                                "must change one thing only")
     dataset = FmaDataset.open(data, SUBSET)
     if not (data / UNLABELLED).is_dir():
@@ -121,20 +129,19 @@ def train_variant(config: ExperimentConfig, setup: Setup, *, runs: Path) -> dict
     return summary
 
 
-def pseudo_label_file(setup: Setup, *, runs: Path) -> tuple[Path, dict[str, Any]]:
-    """The pseudo-labels of the unlabelled folder from ``runs/demo``'s fold ensemble (written once), and
-    the counts of its sidecar."""
+def pseudo_label_file(setup: Setup, *, runs: Path, out: Path) -> dict[str, Any]:
+    """Write ``out`` once: the pseudo-labels of the unlabelled folder from ``runs/demo``'s fold models, with
+    labels per fold; the counts of its sidecar."""
     from common.io import sidecar_path
     from crowdai.pseudo import build_parser, make_pseudo_labels
 
-    out = runs / "pseudo" / f"{BASELINE}_t{setup.pseudo_threshold:g}.csv"
     if not out.exists():
         args = build_parser().parse_args([
             "--exp", BASELINE, "--runs", str(runs), "--unlabelled", str(setup.data / UNLABELLED),
             "--cache", str(setup.cache), "--out", str(out), "--threshold", str(setup.pseudo_threshold),
             "--data", str(setup.data), "--subset", SUBSET, "--folds", str(setup.folds), "--no-progress"])
         make_pseudo_labels(args)
-    return out, json.loads(sidecar_path(out).read_text())["rows"]
+    return json.loads(sidecar_path(out).read_text())["rows"]
 
 
 def score_variant(runs: Path, name: str) -> dict[str, Any]:
@@ -153,22 +160,22 @@ def run_seed(setup: Setup, *, seed: int, epochs: int | None,
              report: Callable[[str], object] = lambda line: None) -> dict[str, dict[str, Any]]:
     """Train and score the baseline and every lever with one seed, in ``work/seed_<seed>``.
 
+    The pseudo-labels come from the baseline's fold models once they are trained.
+
     Returns
     -------
     dict
         Variant name -> ``log_loss``, ``accuracy``, ``test_log_loss``, ``seconds``, ``ids``
-        (and ``pseudo_rows`` for ``demo_pseudo``).
+        (and ``pseudo_rows``, the counts of the pseudo-label file, for the variants that use it).
     """
     runs = setup.work / f"seed_{seed}"
+    pseudo = runs / "pseudo" / f"{BASELINE}_t{setup.pseudo_threshold:g}.csv"
     results: dict[str, dict[str, Any]] = {}
     for name in (BASELINE, *LEVERS.values()):
         start = time.perf_counter()
-        extra: dict[str, Any] = {}
-        pseudo = None
-        if name == LEVERS["pseudo_labels"]:
-            pseudo, extra["pseudo_rows"] = pseudo_label_file(setup, runs=runs)
-        summary = train_variant(variant_config(name, seed=seed, epochs=epochs, pseudo_labels=pseudo), setup,
-                                runs=runs)
+        config = variant_config(name, seed=seed, epochs=epochs, pseudo_labels=pseudo)
+        extra = {"pseudo_rows": pseudo_label_file(setup, runs=runs, out=pseudo)} if config.data.pseudo_labels else {}
+        summary = train_variant(config, setup, runs=runs)
         results[name] = {**score_variant(runs, name), **extra, "seconds": round(time.perf_counter() - start, 1),
                          "test_log_loss": (summary.get("test") or {}).get("log_loss")}
         report(f"seed {seed} {name}: out-of-fold log loss {results[name]['log_loss']:.4f}, "

@@ -124,11 +124,15 @@ class PseudoLabelsConfig:
     ``path`` is the CSV ``make pseudo`` wrote (relative to the working directory); its clips'
     features come from the feature cache of the unlabelled folder it records (``make features
     SOURCE=test TEST_DIR=<folder>``). ``weight`` is the loss weight of each of its rows (the
-    labelled tracks weigh 1).
+    labelled tracks weigh 1). ``per_fold``: fold ``k`` trains on the labels that fold ``k``'s
+    models alone gave (the file's ``.folds.csv``, written by ``make pseudo`` given FOLDS; the
+    same folds file is required), not on the fold ensemble's, whose other models saw fold
+    ``k``'s validation tracks: the CV of the run stays honest.
     """
 
     path: str = ""
     weight: float = 1.0
+    per_fold: bool = dataclasses.field(default=False, metadata=_WRITTEN_WHEN_SET)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,6 +295,10 @@ def _check_value(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
     if annotation in (int, str):
         if isinstance(value, bool) or not isinstance(value, annotation):
             raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}")

@@ -80,6 +80,16 @@ def track_ids_checksum(track_ids: Iterable[int]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def assignment_checksum(folds: pd.DataFrame) -> str:
+    """SHA-256 (hex) of which fold each track is in: ``track_id,fold`` lines sorted by track id.
+
+    Two folds files with this checksum split the same tracks the same way, whatever their path,
+    seed record or column order (:func:`read_folds`'s frame, index ``track_id``).
+    """
+    pairs = sorted(zip(folds.index.astype(int).tolist(), folds["fold"].astype(int).tolist()))
+    return hashlib.sha256("\n".join(f"{track},{fold}" for track, fold in pairs).encode()).hexdigest()
+
+
 def make_folds(tracks: pd.DataFrame, *, k: int = 5, seed: int = 0) -> pd.DataFrame:
     """Assign each eligible track a fold in ``[0, k)``.
 

@@ -12,6 +12,13 @@ The file
     (how many clips were predicted, kept and dropped, and why), ``experiments`` (each fold
     model with the sha256 its fold summary records), ``blend`` (file and sha256, or null) and
     ``mean``.
+    ``FILE.folds.csv`` (:func:`fold_labels_path`), written when the folds file is known:
+    ``id, fold`` and the 16 probabilities that fold ``fold``'s models alone gave each clip
+    (their blend or mean over the experiments, as in ``FILE.csv``), and the sidecar's
+    ``folds_checksum`` (:func:`common.folds.assignment_checksum`). With ``pseudo_labels:
+    {per_fold: true}`` fold ``k`` of an experiment on the same folds trains on the labels of
+    fold ``k``'s models, which never saw fold ``k``'s validation tracks, so its CV stays
+    honest; the ensemble's labels in ``FILE.csv`` come from models that did.
 
 Leakage
     A clip whose id is an FMA track id (all digits: ``000123`` is track 123) of the folds
@@ -60,17 +67,27 @@ class PseudoLabels:
         Soft targets; rows sum to 1.
     record : dict
         The sidecar (provenance).
+    fold_probs : dict of int to np.ndarray, shape (n, n_classes) float32 each, or None
+        The labels of each fold's models (``FILE.folds.csv``), rows in ``ids`` order; None
+        when the file has none.
     """
 
     path: Path
     ids: list[str]
     probs: np.ndarray
     record: dict[str, Any]
+    fold_probs: dict[int, np.ndarray] | None = None
 
     @property
     def source_name(self) -> str:
         """Source name of the unlabelled folder's feature cache (the folder's name)."""
         return str(self.record["source_name"])
+
+
+def fold_labels_path(path: str | Path) -> Path:
+    """``FILE.folds.csv`` beside the pseudo-label file ``FILE.csv``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.folds.csv")
 
 
 def confidence_of(probs: np.ndarray) -> np.ndarray:
@@ -134,8 +151,9 @@ def find_leaks(ids: Sequence[str], *, metadata_dir: str | Path, folds: pd.DataFr
 
 
 def write_pseudo_labels(path: str | Path, *, ids: Sequence[str], probs: np.ndarray, class_names: Sequence[str],
-                        record: dict[str, Any]) -> Path:
-    """Write the CSV and its sidecar (``record`` plus ``format`` and ``class_names``), never overwriting.
+                        record: dict[str, Any], fold_probs: dict[int, np.ndarray] | None = None) -> Path:
+    """Write the CSV, its fold labels when given, and its sidecar (``record`` plus ``format``,
+    ``class_names`` and ``fold_labels``), never overwriting.
 
     Parameters
     ----------
@@ -145,7 +163,9 @@ def write_pseudo_labels(path: str | Path, *, ids: Sequence[str], probs: np.ndarr
     probs : np.ndarray, shape (n, len(class_names))
     class_names : sequence of str
     record : dict
-        Provenance: at least ``source`` and ``source_name``.
+        Provenance: at least ``source`` and ``source_name`` (and ``folds_checksum`` with ``fold_probs``).
+    fold_probs : dict of int to np.ndarray, shape (n, len(class_names)) each, optional
+        The labels of each fold's models, rows in ``ids`` order (``FILE.folds.csv``).
 
     Returns
     -------
@@ -155,14 +175,20 @@ def write_pseudo_labels(path: str | Path, *, ids: Sequence[str], probs: np.ndarr
     Raises
     ------
     OutputExistsError
-        The CSV or its sidecar exists.
+        The CSV, its fold labels or its sidecar exists.
     """
     path = Path(path)
     frame = pd.DataFrame(np.asarray(probs, dtype=np.float64), columns=list(class_names))
     frame.insert(0, "id", list(ids))
     frame[CONFIDENCE] = confidence_of(probs)
-    document = {"format": PSEUDO_FORMAT, "class_names": list(class_names), **record}
+    document = {"format": PSEUDO_FORMAT, "class_names": list(class_names), **record,
+                "fold_labels": None if fold_probs is None else fold_labels_path(path).name}
     write_text_atomic(sidecar_path(path), json.dumps(document, indent=2) + "\n")
+    if fold_probs is not None:
+        folds = pd.concat([pd.DataFrame({"id": list(ids), "fold": fold}).join(
+            pd.DataFrame(np.asarray(fold_probs[fold], dtype=np.float64), columns=list(class_names)))
+            for fold in sorted(fold_probs)])
+        write_text_atomic(fold_labels_path(path), folds.to_csv(index=False, float_format="%.6f"))
     return write_text_atomic(path, frame.to_csv(index=False, float_format="%.6f"))
 
 
@@ -191,14 +217,50 @@ def read_pseudo_labels(path: str | Path, *, class_names: Sequence[str]) -> Pseud
     if list(frame.columns) != expected or record.get("class_names") != list(class_names):
         raise ConfigError(f"{path}: columns {list(frame.columns)[:4]}... differ from the task's "
                           f"id + {len(class_names)} classes + {CONFIDENCE}; {hint}")
+    probs = _probabilities(frame, class_names=class_names, path=path)
+    if frame["id"].duplicated().any():
+        raise ConfigError(f"{path}: repeated ids {frame['id'][frame['id'].duplicated()].tolist()[:3]}")
+    ids = frame["id"].tolist()
+    fold_probs = None if not record.get("fold_labels") else _read_fold_labels(path, ids=ids, class_names=class_names)
+    return PseudoLabels(path=path, ids=ids, probs=probs, record=record, fold_probs=fold_probs)
+
+
+def _probabilities(frame: pd.DataFrame, *, class_names: Sequence[str], path: Path) -> np.ndarray:
+    """The class columns of ``frame`` as float32 rows that sum to 1, shape ``(len(frame), len(class_names))``.
+
+    Raises
+    ------
+    ConfigError
+        Values that are not finite, negative, or rows that do not sum to 1 (naming ``path``).
+    """
     probs = frame[list(class_names)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
     sums = probs.sum(axis=1)
     if not np.isfinite(probs).all() or (probs < 0).any() or (np.abs(sums - 1) > ROW_SUM_TOLERANCE).any():
         raise ConfigError(f"{path}: every row must hold probabilities that sum to 1")
-    if frame["id"].duplicated().any():
-        raise ConfigError(f"{path}: repeated ids {frame['id'][frame['id'].duplicated()].tolist()[:3]}")
-    return PseudoLabels(path=path, ids=frame["id"].tolist(), probs=(probs / sums[:, None]).astype(np.float32),
-                        record=record)
+    return (probs / sums[:, None]).astype(np.float32)
+
+
+def _read_fold_labels(path: Path, *, ids: list[str], class_names: Sequence[str]) -> dict[int, np.ndarray]:
+    """``FILE.folds.csv``: each fold's labels of ``ids``, in that order.
+
+    Raises
+    ------
+    ConfigError
+        Missing or malformed file, or a fold that does not label exactly ``ids``.
+    """
+    folds_path = fold_labels_path(path)
+    if not folds_path.is_file():
+        raise ConfigError(f"{folds_path}: missing; its sidecar {sidecar_path(path)} names it; "
+                          "write the pseudo-labels again with `make pseudo`")
+    frame = pd.read_csv(folds_path, dtype={"id": str}, keep_default_na=False)
+    if list(frame.columns) != ["id", "fold", *class_names]:
+        raise ConfigError(f"{folds_path}: expected columns id, fold and the {len(class_names)} classes")
+    fold_probs = {}
+    for fold, rows in frame.groupby("fold", sort=True):
+        if rows["id"].tolist() != ids:
+            raise ConfigError(f"{folds_path}: fold {fold} does not label the clips of {path} in their order")
+        fold_probs[int(fold)] = _probabilities(rows, class_names=class_names, path=folds_path)
+    return fold_probs
 
 
 class JoinedCache:

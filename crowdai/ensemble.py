@@ -165,6 +165,19 @@ class FoldEnsemble:
         """
         return self._predict(self.models, features, batch_size=batch_size, on_batch=on_batch)
 
+    def predict_each_fold(self, features, *, batch_size: int | None = None) -> dict[int, np.ndarray]:
+        """Each fold model's probabilities alone, as :meth:`predict` gives their mean.
+
+        Returns
+        -------
+        dict of int to np.ndarray, shape (n, n_classes) float64 each
+            By fold number (``fold_<k>``), in fold order.
+        """
+        from common.runs import fold_number
+
+        return {fold: self._predict([model], features, batch_size=batch_size)
+                for fold_dir, model in zip(self.fold_dirs, self.models) if (fold := fold_number(fold_dir)) is not None}
+
     def predict_auxiliary(self, features, *, batch_size: int | None = None) -> np.ndarray:
         """Fold-ensemble probabilities of the auxiliary head, as :meth:`predict` gives the main head's.
 

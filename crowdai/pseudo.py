@@ -7,17 +7,21 @@ Usage::
     python -m crowdai.pseudo --blend crnn+shortchunk ...
 
 Every ``<id>.mp3`` of the folder (a crowdAI test folder, or the audio folder of a larger
-subset as unpacked, ``fma_large/NNN/<track_id>.mp3``: :func:`common.features.folder_items`) is predicted as ``fma-submit`` predicts a test folder (features
-cached under the folder's name, :func:`crowdai.submit.predict_members`; a blend's zero-shot
-member too), then combined by the experiments' arithmetic mean or the blend. Kept are the
-clips whose features are cached (a clip that failed extraction cannot train), that are no
-track of the folds file or of the test split (with ``--data/--subset/--folds``;
-:func:`common.pseudo.find_leaks`), and whose largest probability reaches ``--threshold``.
+subset as unpacked, ``fma_large/NNN/<track_id>.mp3``: :func:`common.features.folder_items`)
+is predicted as ``fma-submit`` predicts a test folder (features cached under the folder's
+name, :func:`crowdai.submit.predict_members`; a blend's zero-shot member too), then combined
+by the experiments' arithmetic mean or the blend. Kept are the clips whose features are
+cached (a clip that failed extraction cannot train), that are no track of the folds file or
+of the test split (with ``--data/--subset/--folds``; :func:`common.pseudo.find_leaks`), and
+whose largest probability reaches ``--threshold``.
 
 Writes ``--out`` (id, 16 probabilities, confidence) and its sidecar ``.json`` (the fold
 models with their sha256, the blend, the threshold, the folder, the counts), never
-overwriting (:func:`common.pseudo.write_pseudo_labels`). An experiment trains on it with
-``data: {pseudo_labels: {path: ..., weight: 0.5}}``.
+overwriting (:func:`common.pseudo.write_pseudo_labels`). With ``--folds``, when every
+trained experiment has a model of each fold of that file validated on that fold's tracks
+(:func:`folds_mismatch`), also the labels of each fold's models alone (``.folds.csv``,
+:func:`fold_labels`). An experiment trains on it with ``data: {pseudo_labels: {path: ...,
+weight: 0.5}}``, and on the fold labels with ``per_fold: true``.
 """
 
 from __future__ import annotations
@@ -31,12 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from common.cli import command
 from common.errors import ConfigError
+from common.folds import assignment_checksum
 from common.io import sidecar_path
 from common.metadata import TOP_GENRES
-from common.pseudo import confidence_of, describe_leaks, find_leaks, write_pseudo_labels
+from common.pseudo import confidence_of, describe_leaks, find_leaks, fold_labels_path, write_pseudo_labels
+from common.runs import fold_number
 from crowdai.ensemble import FoldEnsemble
 from crowdai.submit import (
     Combination,
@@ -124,7 +131,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     """Refuse a threshold outside [0, 1], an existing output, and a partial leakage guard."""
     if not 0.0 <= args.threshold <= 1.0:
         raise ConfigError(f"--threshold {args.threshold}: must lie in [0, 1]")
-    for path in (args.out, sidecar_path(args.out)):
+    for path in (args.out, sidecar_path(args.out), fold_labels_path(args.out)):
         if path.exists():
             raise ConfigError(f"{path}: exists; pseudo-label files are never overwritten (choose another --out)")
     given = [args.data is not None, args.subset is not None, args.folds is not None]
@@ -132,16 +139,70 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError("--data, --subset and --folds go together (the leakage guard needs all three)")
 
 
-def guard_leaks(ids: Sequence[str], args: argparse.Namespace) -> dict[str, list[str]]:
-    """Clips that are tracks of ``--folds`` or of the test split (nothing without the guard's arguments)."""
-    from common.folds import read_folds
+def guard_leaks(ids: Sequence[str], args: argparse.Namespace, folds: pd.DataFrame | None) -> dict[str, list[str]]:
+    """Clips that are tracks of ``folds`` (``--folds``, read by :func:`read_guard_folds`) or of the test split
+    (nothing without the guard's arguments)."""
     from common.metadata import FmaDataset
     from common.pseudo import LEAK_REASONS
 
-    if args.folds is None:
+    if folds is None:
         return {reason: [] for reason in LEAK_REASONS}
-    dataset = FmaDataset.open(args.data, args.subset)
-    return find_leaks(ids, metadata_dir=dataset.metadata_dir, folds=read_folds(args.folds, tracks=dataset.tracks))
+    return find_leaks(ids, metadata_dir=FmaDataset.open(args.data, args.subset).metadata_dir, folds=folds)
+
+
+def read_guard_folds(args: argparse.Namespace) -> pd.DataFrame | None:
+    """The folds file of ``--folds`` checked against ``--data``/``--subset`` (:func:`common.folds.read_folds`),
+    or None without the guard's arguments."""
+    from common.folds import read_folds
+    from common.metadata import FmaDataset
+
+    return None if args.folds is None else read_folds(args.folds, tracks=FmaDataset.open(args.data, args.subset).tracks)
+
+
+def folds_mismatch(ensembles: Sequence[FoldEnsemble], folds: pd.DataFrame) -> str | None:
+    """Why the trained experiments' folds are not ``folds``, or None when they are.
+
+    Each must have a model for every fold of ``folds``, and fold ``k``'s model must have been
+    validated on tracks of fold ``k`` only (its ``oof.csv``): then it never trained on them.
+    """
+    wanted = sorted(set(folds["fold"].astype(int)))
+    for ensemble in ensembles:
+        numbers = sorted(n for n in map(fold_number, ensemble.fold_dirs) if n is not None)
+        if numbers != wanted:
+            return f"{ensemble.name} has models of folds {numbers}, the folds file has folds {wanted}"
+        for fold_dir in ensemble.fold_dirs:
+            validated = pd.read_csv(fold_dir / "oof.csv", dtype={"id": str})["id"].astype(int)
+            if not validated.isin(folds.index[folds["fold"] == fold_number(fold_dir)]).all():
+                return f"{fold_dir} was validated on tracks outside fold {fold_number(fold_dir)} of the folds file"
+    return None
+
+
+def fold_labels(combination: Combination, ensembles: Sequence[FoldEnsemble], predictions: TestPredictions, *,
+                keep: np.ndarray, folds: pd.DataFrame, cache_root: Path, unlabelled: Path,
+                batch_size: int | None) -> dict[int, np.ndarray]:
+    """The labels of each fold's models alone for the kept clips, combined as the ensembles are.
+
+    Parameters
+    ----------
+    keep : np.ndarray of bool, shape (n,)
+        The kept clips of ``predictions.ids`` (all cached: :func:`select_rows`).
+
+    Returns
+    -------
+    dict of int to np.ndarray, shape (n_kept, C) each
+        By fold of ``folds``: each trained experiment's fold model, the zero-shot members of a
+        blend as they are (they never trained), through ``combination``.
+    """
+    from common.features import FeatureCache, cache_dir_for
+    from common.store import ClipStore
+
+    ids = [i for i, k in zip(predictions.ids, keep) if k]
+    per_fold = {e.name: e.predict_each_fold(
+        ClipStore(FeatureCache.open(cache_dir_for(cache_root, unlabelled.resolve().name, e.settings)), ids),
+        batch_size=batch_size) for e in ensembles}
+    untrained = {name: probs[keep] for name, probs in predictions.per_experiment.items() if name not in per_fold}
+    return {fold: combination.apply({**{name: by_fold[fold] for name, by_fold in per_fold.items()}, **untrained})
+            for fold in sorted(set(folds["fold"].astype(int)))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,12 +219,16 @@ class PseudoLabelRun:
         The clips dropped as tracks of the folds file or of the test split, by reason.
     predictions : crowdai.submit.TestPredictions
         The members' predictions of the folder (their feature extractions included).
+    fold_labels_refused : str or None
+        Why no labels per fold were written although the folds file was given
+        (:func:`folds_mismatch`); None when they were, or without a folds file.
     """
 
     path: Path
     rows: dict[str, Any]
     leaks: dict[str, list[str]]
     predictions: TestPredictions
+    fold_labels_refused: str | None = None
 
 
 def make_pseudo_labels(args: argparse.Namespace) -> PseudoLabelRun:
@@ -175,14 +240,23 @@ def make_pseudo_labels(args: argparse.Namespace) -> PseudoLabelRun:
                                              progress=not args.no_progress, weights_dir=args.weights,
                                              allow_diverged=args.allow_diverged)
     probs = combination.apply(predictions.per_experiment)
-    leaks = guard_leaks(predictions.ids, args)
+    folds = read_guard_folds(args)
+    leaks = guard_leaks(predictions.ids, args, folds)
     keep, rows = select_rows(predictions.ids, probs, no_features={f["id"] for f in predictions.fallbacks},
                              leaks=leaks, threshold=args.threshold)
+    record = provenance(predictions, combination=combination, ensembles=ensembles, unlabelled=args.unlabelled,
+                        threshold=args.threshold, rows=rows)
+    by_fold = None
+    if folds is not None:
+        record["fold_labels_refused"] = folds_mismatch(ensembles, folds)
+        if record["fold_labels_refused"] is None:
+            record["folds_checksum"] = assignment_checksum(folds)
+            by_fold = fold_labels(combination, ensembles, predictions, keep=keep, folds=folds, cache_root=args.cache,
+                                  unlabelled=args.unlabelled, batch_size=args.batch_size)
     path = write_pseudo_labels(args.out, ids=[i for i, k in zip(predictions.ids, keep) if k], probs=probs[keep],
-                               class_names=TOP_GENRES,
-                               record=provenance(predictions, combination=combination, ensembles=ensembles,
-                                                 unlabelled=args.unlabelled, threshold=args.threshold, rows=rows))
-    return PseudoLabelRun(path=path, rows=rows, leaks=leaks, predictions=predictions)
+                               class_names=TOP_GENRES, record=record, fold_probs=by_fold)
+    return PseudoLabelRun(path=path, rows=rows, leaks=leaks, predictions=predictions,
+                          fold_labels_refused=record.get("fold_labels_refused"))
 
 
 @command("fma-pseudo")
@@ -196,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fma-pseudo: dropped, as a track that is validated or scored must never train: {dropped}",
               file=sys.stderr)
     rows = run.rows
+    if run.fold_labels_refused:
+        print(f"fma-pseudo: no labels per fold (data.pseudo_labels.per_fold cannot use this file): "
+              f"{run.fold_labels_refused}", file=sys.stderr)
     print(f"pseudo-labels: {rows['kept']} of {rows['predicted']} clips kept (confidence >= {args.threshold:g}; "
           f"{rows['below_threshold']} below it, {rows['no_features']} without features) -> {run.path}")
     return 0

@@ -28,7 +28,7 @@ import pandas as pd
 
 from common.config import ExperimentConfig, PseudoLabelsConfig
 from common.errors import ConfigError, FeatureCacheError, MetadataError, ToolkitError
-from common.pseudo import PSEUDO_PREFIX, JoinedCache
+from common.pseudo import PSEUDO_PREFIX, JoinedCache, PseudoLabels
 from common.runs import FOLD_SUMMARY, fold_dir, folds_complete
 from common.store import ClipStore
 from common.tasks import Task, build_task
@@ -70,6 +70,9 @@ class ExperimentData:
     weights : np.ndarray, shape (n_fold_tracks + n_pseudo,), float32, or None
         Loss weight of each fold and pseudo-label row (``task.multi_root_weight``,
         ``data.pseudo_labels.weight``, 1 for the others); None: all weigh 1.
+    pseudo_fold_targets : dict of int to np.ndarray, shape (n_pseudo, n_classes) each, or None
+        With ``data.pseudo_labels.per_fold``: the pseudo-label rows' targets when fold ``k``
+        trains (the labels of fold ``k``'s models); ``y`` then holds the ensemble's.
     """
 
     task: Task
@@ -82,6 +85,16 @@ class ExperimentData:
     y_auxiliary: np.ndarray | None = None
     n_pseudo: int = 0
     weights: np.ndarray | None = None
+    pseudo_fold_targets: dict[int, np.ndarray] | None = None
+
+    def train_targets(self, fold: int, positions: np.ndarray) -> np.ndarray:
+        """Targets of the training rows ``positions`` of fold ``fold``, shape ``(len(positions), n_classes)``:
+        ``y``'s, but the pseudo-label rows' come from :attr:`pseudo_fold_targets` when it is set."""
+        y = self.y[positions]
+        if self.pseudo_fold_targets is not None:
+            pseudo = (positions >= len(self.folds)) & (positions < len(self.folds) + self.n_pseudo)
+            y[pseudo] = self.pseudo_fold_targets[fold][positions[pseudo] - len(self.folds)]
+        return y
 
     def fold_rows(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
         """Training and validation rows of ``store`` for fold ``fold``.
@@ -187,7 +200,8 @@ def open_experiment_data(config: ExperimentConfig, *, data: Path, subset: str, f
                                             y_all[:0] if pseudo is None else pseudo.probs,
                                             y_all[[row[t] for t in test_ids]]]),
                           n_test=len(test_ids), train_only=train_only, n_pseudo=len(pseudo_ids),
-                          weights=None if weights is None else weights.astype(np.float32))
+                          weights=None if weights is None else weights.astype(np.float32),
+                          pseudo_fold_targets=None if pseudo is None else pseudo.fold_probs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,12 +218,15 @@ class PseudoRows:
         The unlabelled folder's features under the experiment's settings.
     weight : float
         Loss weight of each.
+    fold_probs : dict of int to np.ndarray, shape (n, n_classes) float32 each, or None
+        With ``per_fold``: the labels of each fold's models, for every fold of the folds file.
     """
 
     ids: list[str]
     probs: np.ndarray
     cache: FeatureCache
     weight: float
+    fold_probs: dict[int, np.ndarray] | None = None
 
 
 def open_pseudo_rows(pseudo_labels: PseudoLabelsConfig, *, config: ExperimentConfig, task: Task,
@@ -221,7 +238,8 @@ def open_pseudo_rows(pseudo_labels: PseudoLabelsConfig, *, config: ExperimentCon
     ConfigError
         The file is missing or malformed, is not over the task's classes, or holds clips that are
         tracks of the folds file or of the test split (:func:`common.pseudo.find_leaks`): the
-        message says how many of each.
+        message says how many of each; with ``per_fold``, it has no fold labels, or they were
+        made on another folds file (:func:`check_fold_labels`).
     FeatureCacheError
         No cache of the unlabelled folder for the experiment's features, or clips missing from it.
     """
@@ -234,6 +252,8 @@ def open_pseudo_rows(pseudo_labels: PseudoLabelsConfig, *, config: ExperimentCon
         raise ConfigError(f"data.pseudo_labels: {labels.path}: refused: {describe_leaks(leaks)}; a track that is "
                           f"validated or scored must never train; write the file again with `make pseudo` given "
                           f"DATA, SUBSET and FOLDS (it drops them)")
+    if pseudo_labels.per_fold:
+        check_fold_labels(labels, folds=folds)
     cache_dir = cache_dir_for(cache, labels.source_name, config.features)
     hint = (f"run `make features EXP={config.name} SOURCE=test TEST_DIR={labels.record.get('source')} "
             f"CACHE={cache}`")
@@ -245,7 +265,29 @@ def open_pseudo_rows(pseudo_labels: PseudoLabelsConfig, *, config: ExperimentCon
     if absent:
         raise FeatureCacheError(f"{cache_dir}: {len(absent)} pseudo-labelled clips of {labels.path} (e.g. "
                                 f"{absent[:3]}) are not in the feature cache; {hint}")
-    return PseudoRows(ids=labels.ids, probs=labels.probs, cache=features, weight=pseudo_labels.weight)
+    return PseudoRows(ids=labels.ids, probs=labels.probs, cache=features, weight=pseudo_labels.weight,
+                      fold_probs=labels.fold_probs if pseudo_labels.per_fold else None)
+
+
+def check_fold_labels(labels: PseudoLabels, *, folds: pd.DataFrame) -> None:
+    """Refuse fold labels (``data.pseudo_labels.per_fold``) that are missing or were made on other folds.
+
+    Raises
+    ------
+    ConfigError
+        The file has no ``.folds.csv``, or its ``folds_checksum`` is not that of ``folds``
+        (:func:`common.folds.assignment_checksum`): its fold ``k`` labels came from models that
+        may have seen this run's fold ``k`` validation tracks.
+    """
+    from common.folds import assignment_checksum
+
+    remedy = ("write them with `make pseudo` given DATA, SUBSET and the FOLDS this experiment trains on, "
+              "from experiments trained on those folds")
+    if labels.fold_probs is None:
+        raise ConfigError(f"data.pseudo_labels.per_fold: {labels.path} has no labels per fold; {remedy}")
+    if labels.record.get("folds_checksum") != assignment_checksum(folds):
+        raise ConfigError(f"data.pseudo_labels.per_fold: {labels.path}: its labels per fold were made on "
+                          f"other folds than this experiment's; {remedy}")
 
 
 def auxiliary_targets(config: ExperimentConfig, *, tracks: pd.DataFrame, genres: pd.DataFrame,
@@ -358,8 +400,8 @@ def train_one_fold(config: ExperimentConfig, exp_data: ExperimentData, *, runs: 
 
     train, val = exp_data.fold_rows(fold)
     weights = None if exp_data.weights is None else exp_data.weights[train]
-    return train_fold(config, task=exp_data.task, fold=fold, store=exp_data.store,
-                      train_positions=train, y_train=exp_data.y[train], val_positions=val, y_val=exp_data.y[val],
+    return train_fold(config, task=exp_data.task, fold=fold, store=exp_data.store, train_positions=train,
+                      y_train=exp_data.train_targets(fold, train), val_positions=val, y_val=exp_data.y[val],
                       sample_weights=weights, auxiliary=exp_data.auxiliary,
                       y_auxiliary=None if exp_data.y_auxiliary is None else exp_data.y_auxiliary[train],
                       run_dir=fold_dir(Path(runs) / config.name, fold),

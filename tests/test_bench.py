@@ -168,7 +168,8 @@ def _learn_seed(seed: int, shift: dict[str, float]) -> dict:
     from bench.learn import BASELINE, LEVERS
 
     return {name: {"ids": ["1", "2", "3"], "log_loss": 1.0 + 0.1 * seed + shift.get(name, 0.0), "accuracy": 0.5,
-                   "test_log_loss": 1.2 + 0.1 * seed + shift.get(name, 0.0) / 2, "seconds": 2.0} for name in (BASELINE, *LEVERS.values())}
+                   "test_log_loss": 1.2 + 0.1 * seed + shift.get(name, 0.0) / 2, "seconds": 2.0}
+            for name in (BASELINE, *LEVERS.values())}
 
 
 def test_learn_summary_pairs_each_lever_with_the_baseline_of_its_seed():

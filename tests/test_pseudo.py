@@ -253,3 +253,101 @@ def pseudo_env_cache(env, config):
     from common.features import FeatureCache, cache_dir_for
 
     return FeatureCache.open(cache_dir_for(env["cache"], env["unlabelled"].name, config.features))
+
+
+# --- labels per fold: fold k trains on what fold k's models alone said ----------------------------
+
+
+def test_fold_labels_round_trip_and_a_damaged_fold_file_is_refused(tmp_path):
+    from common.pseudo import fold_labels_path
+
+    probs = random_probs(3, seed=1)
+    by_fold = {0: random_probs(3, seed=2), 1: random_probs(3, seed=3)}
+    path = write_pseudo_labels(tmp_path / "p.csv", ids=["a", "b", "c"], probs=probs, class_names=TOP_GENRES,
+                               record={"source": "/x", "source_name": "x", "folds_checksum": "abc"},
+                               fold_probs=by_fold)
+    labels = read_pseudo_labels(path, class_names=TOP_GENRES)
+    for fold, expected in by_fold.items():
+        np.testing.assert_allclose(labels.fold_probs[fold], expected, atol=1e-5)
+    table = pd.read_csv(fold_labels_path(path), dtype={"id": str})
+    table.drop(index=4).to_csv(fold_labels_path(path), index=False)  # fold 1 loses clip "b"
+    with pytest.raises(ConfigError, match="fold 1 does not label the clips"):
+        read_pseudo_labels(path, class_names=TOP_GENRES)
+    fold_labels_path(path).unlink()
+    with pytest.raises(ConfigError, match="p.folds.csv: missing"):
+        read_pseudo_labels(path, class_names=TOP_GENRES)
+
+
+def test_a_guarded_pseudo_label_file_holds_each_fold_models_labels(pseudo_env):
+    from common.folds import assignment_checksum
+    from common.pseudo import fold_labels_path
+    from crowdai.ensemble import load_ensemble
+
+    out = pseudo_env["out"]
+    record = json.loads(out.with_suffix(".json").read_text())
+    folds = read_folds(pseudo_env["folds"], tracks=FmaDataset.open(pseudo_env["data"], SUBSET).tracks)
+    assert record["fold_labels"] == fold_labels_path(out).name == "p.folds.csv"
+    assert record["folds_checksum"] == assignment_checksum(folds) and record["fold_labels_refused"] is None
+    labels = read_pseudo_labels(out, class_names=TOP_GENRES)
+    assert sorted(labels.fold_probs) == [0, 1]
+    ensemble = load_ensemble(pseudo_env["runs"], "tiny")
+    with_config = pseudo_config(pseudo_env["root"], "fold_probe", path=out)
+    from common.store import ClipStore
+
+    store = ClipStore(pseudo_env_cache(pseudo_env, with_config), labels.ids)
+    for fold, probs in ensemble.predict_each_fold(store).items():
+        np.testing.assert_allclose(labels.fold_probs[fold], probs, atol=2e-6)  # fold k's model alone
+    # the ensemble's labels are the mean of its folds' (one experiment, arithmetic mean)
+    np.testing.assert_allclose(np.mean([labels.fold_probs[0], labels.fold_probs[1]], axis=0), labels.probs, atol=2e-6)
+    assert np.abs(labels.fold_probs[0] - labels.fold_probs[1]).max() > 1e-3  # the folds' models disagree
+
+
+def test_per_fold_training_takes_fold_ks_labels_for_fold_k(pseudo_env, tmp_path, monkeypatch):
+    labels = read_pseudo_labels(pseudo_env["out"], class_names=TOP_GENRES)
+    config = pseudo_config(tmp_path, "per_fold", path=pseudo_env["out"])
+    values = yaml.safe_load((tmp_path / "per_fold.yaml").read_text())
+    values["data"]["pseudo_labels"]["per_fold"] = True
+    (tmp_path / "per_fold.yaml").write_text(yaml.safe_dump(values))
+    config = load_config(tmp_path / "per_fold.yaml")
+    assert config.to_dict()["data"]["pseudo_labels"]["per_fold"] is True
+    exp_data = open_data(config, pseudo_env)
+    fed = {}
+    monkeypatch.setattr(common.training, "train_fold",
+                        lambda config, *, fold, y_train, train_positions, **kwargs: fed.update(
+                            {fold: (train_positions, y_train)}) or {})
+    n_fold, n = len(exp_data.folds), exp_data.n_pseudo
+    for fold in (0, 1):
+        experiment.train_one_fold(config, exp_data, runs=tmp_path / "runs", fold=fold)
+        positions, y = fed[fold]
+        pseudo = (positions >= n_fold) & (positions < n_fold + n)
+        assert pseudo.sum() == n == len(labels.ids)
+        np.testing.assert_allclose(y[pseudo], labels.fold_probs[fold])
+        np.testing.assert_array_equal(y[~pseudo], exp_data.y[positions[~pseudo]])  # labelled rows as ever
+    assert np.abs(fed[0][1][-n:] - fed[1][1][-n:]).max() > 1e-3
+
+
+def test_per_fold_labels_are_refused_without_them_or_on_other_folds(pseudo_env, tmp_path):
+    from common.folds import make_folds, write_folds
+    from crowdai.ensemble import load_ensemble
+
+    tracks = FmaDataset.open(pseudo_env["data"], SUBSET).tracks
+    folds = read_folds(pseudo_env["folds"], tracks=tracks)
+    bare = pseudo_env["root"] / "out" / "bare.csv"
+    if not bare.exists():
+        assert pseudo.main([*pseudo_env["base"], "--out", str(bare)]) == 0
+    with pytest.raises(ConfigError, match="has no labels per fold"):
+        experiment.check_fold_labels(read_pseudo_labels(bare, class_names=TOP_GENRES), folds=folds)
+    other_path = write_folds(tmp_path / "other.csv", make_folds(tracks, k=2, seed=7), subset=SUBSET, k=2, seed=7)
+    other = read_folds(other_path, tracks=tracks)
+    assert not other["fold"].equals(folds.loc[other.index, "fold"])
+    with pytest.raises(ConfigError, match="made on other folds"):
+        experiment.check_fold_labels(read_pseudo_labels(pseudo_env["out"], class_names=TOP_GENRES), folds=other)
+    # models trained on other folds give no labels per fold
+    reason = pseudo.folds_mismatch([load_ensemble(pseudo_env["runs"], "tiny")], other)
+    assert reason is not None and "was validated on tracks outside fold" in reason
+    out = tmp_path / "other_folds.csv"
+    guard = ["--data", str(pseudo_env["data"]), "--subset", SUBSET, "--folds", str(other_path)]
+    assert pseudo.main([*pseudo_env["base"], *guard, "--out", str(out)]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["fold_labels"] is None and "outside fold" in record["fold_labels_refused"]
+    assert read_pseudo_labels(out, class_names=TOP_GENRES).fold_probs is None
