@@ -252,11 +252,15 @@ def _read_fold_labels(path: Path, *, ids: list[str], class_names: Sequence[str])
     if not folds_path.is_file():
         raise ConfigError(f"{folds_path}: missing; its sidecar {sidecar_path(path)} names it; "
                           "write the pseudo-labels again with `make pseudo`")
-    frame = pd.read_csv(folds_path, dtype={"id": str}, keep_default_na=False)
+    try:
+        frame = pd.read_csv(folds_path, dtype={"id": str, "fold": np.int64}, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as error:
+        raise ConfigError(f"{folds_path}: not a fold-label file ({error})") from error
     if list(frame.columns) != ["id", "fold", *class_names]:
         raise ConfigError(f"{folds_path}: expected columns id, fold and the {len(class_names)} classes")
     fold_probs = {}
-    for fold, rows in frame.groupby("fold", sort=True):
+    for fold in sorted(frame["fold"].unique()):
+        rows = frame[frame["fold"] == fold]
         if rows["id"].tolist() != ids:
             raise ConfigError(f"{folds_path}: fold {fold} does not label the clips of {path} in their order")
         fold_probs[int(fold)] = _probabilities(rows, class_names=class_names, path=folds_path)
