@@ -168,7 +168,7 @@ def _learn_seed(seed: int, shift: dict[str, float]) -> dict:
     from bench.learn import BASELINE, LEVERS
 
     return {name: {"ids": ["1", "2", "3"], "log_loss": 1.0 + 0.1 * seed + shift.get(name, 0.0), "accuracy": 0.5,
-                   "test_log_loss": 1.2 + 0.1 * seed + shift.get(name, 0.0) / 2, "seconds": 2.0}
+                   "test_log_loss": 1.2 + 0.1 * seed + shift.get(name, 0.0) / 2, "train_seconds": 2.0}
             for name in (BASELINE, *LEVERS.values())}
 
 
@@ -234,3 +234,4 @@ def test_learn_benchmark_trains_every_lever_on_the_same_folds_and_tracks(tmp_pat
     again = json.loads((tmp_path / "again.json").read_text())
     for name, measured in record["variants"].items():
         assert again["variants"][name]["log_loss"] == measured["log_loss"], name
+        assert again["variants"][name]["train_seconds"] == measured["train_seconds"] > 0, name
