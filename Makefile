@@ -241,7 +241,7 @@ bench-tag: setup weights ## Seconds of audio tagged per second: our musicnn vs t
 bench-blend: setup ## Cross-fitted OOF log loss of the demo runs: best single, each calibrated, the chosen blend (after make demo)
 	$(PY) -m bench.blend --runs $(call quote,$(DEMO_RUNS)) --exp demo,demo_crnn --out bench/blend.json
 
-bench-learn: setup demo-data ## CV log loss of the demo's data levers (multi-root, multi-task, pseudo-labels, short clips) against demo, median over SEEDS, 3 shared artist-grouped folds (about an hour on 2 cores)
+bench-learn: setup demo-data ## CV log loss of the demo's data levers (multi-root, multi-task, pseudo-labels, short clips) against demo, median over SEEDS, 3 shared artist-grouped folds (about 20 minutes on 2 cores)
 	$(PY) -m bench.learn --data $(DEMO_DATA) --cache $(DEMO_CACHE) --work $(LEARN_RUNS) --seeds $(SEEDS) \
 	  --threshold $(THRESHOLD) --out bench/learn.json
 
