@@ -210,7 +210,7 @@ demo: setup ## Whole chain on the generated mini-FMA: data, features, folds, tra
 	$(MAKE) tag FILE=$(REAL_SONG) OUT=$(call quote,$(DEMO_OUT))
 	$(MAKE) upload TEST_DIR=$(DEMO_TEST) DRY_RUN=1 SUBMISSION="$$(ls submissions/*_demo+demo_crnn.csv | tail -n 1)"
 
-test: setup ## Run the test suite (small sizes; about 12 minutes on 2 cores)
+test: setup ## Run the test suite (small sizes; about 13 minutes on 2 cores)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup typecheck ## Check the code with ruff (pyflakes, pycodestyle, import order, bugbear, pyupgrade) and mypy (settings in pyproject.toml)

@@ -160,9 +160,9 @@ def training_seconds(summary: dict) -> float:
     return round(sum(fold["epochs"] * (fold["seconds_per_epoch"] or 0.0) for fold in summary["folds"]), 1)
 
 
-def run_seed(setup: Setup, *, seed: int, epochs: int | None,
+def run_seed(setup: Setup, *, seed: int, epochs: int | None, levers: Sequence[str] = tuple(LEVERS),
              report: Callable[[str], object] = lambda line: None) -> dict[str, dict[str, Any]]:
-    """Train and score the baseline and every lever with one seed, in ``work/seed_<seed>``.
+    """Train and score the baseline and the ``levers`` (names of :data:`LEVERS`) with one seed, in ``work/seed_<seed>``.
 
     The pseudo-labels come from the baseline's fold models once they are trained.
 
@@ -176,7 +176,7 @@ def run_seed(setup: Setup, *, seed: int, epochs: int | None,
     runs = setup.work / f"seed_{seed}"
     pseudo = runs / "pseudo" / f"{BASELINE}_t{setup.pseudo_threshold:g}.csv"
     results: dict[str, dict[str, Any]] = {}
-    for name in (BASELINE, *LEVERS.values()):
+    for name in (BASELINE, *(LEVERS[lever] for lever in levers)):
         config = variant_config(name, seed=seed, epochs=epochs, pseudo_labels=pseudo)
         extra = {"pseudo_rows": pseudo_label_file(setup, runs=runs, out=pseudo)} if config.data.pseudo_labels else {}
         summary = train_variant(config, setup, runs=runs)
@@ -215,7 +215,7 @@ def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
                        "train_seconds": round(sum(per_seed[s][name]["train_seconds"] for s in seeds), 1)}
                 for name in names}
     levers = {}
-    for lever, name in LEVERS.items():
+    for lever, name in ((lever, name) for lever, name in LEVERS.items() if name in names):
         differences = [per_seed[s][name]["log_loss"] - per_seed[s][BASELINE]["log_loss"] for s in seeds]
         lower, higher = sum(d < 0 for d in differences), sum(d > 0 for d in differences)
         test_differences = [per_seed[s][name]["test_log_loss"] - per_seed[s][BASELINE]["test_log_loss"]
@@ -225,17 +225,18 @@ def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
                          "verdict": ("lower in every seed" if lower == len(seeds) else
                                      "higher in every seed" if higher == len(seeds) else
                                      f"mixed: lower in {lower}, higher in {higher} of {len(seeds)} seeds")}
-    pseudo_rows = per_seed[seeds[0]][LEVERS["pseudo_labels"]].get("pseudo_rows")
+    pseudo_rows = next((v["pseudo_rows"] for v in per_seed[seeds[0]].values() if "pseudo_rows" in v), None)
     return {"baseline": BASELINE, "subset": SUBSET, "seeds": seeds,
             "scored_tracks": len(per_seed[seeds[0]][BASELINE]["ids"]), "variants": variants, "levers": levers,
             "pseudo_rows_seed_0": pseudo_rows}
 
 
 def measure(*, data: Path, cache: Path, work: Path, seeds: Sequence[int], k: int, epochs: int | None,
-            n_jobs: int, pseudo_threshold: float, report: Callable[[str], object] = lambda line: None) -> dict:
+            n_jobs: int, pseudo_threshold: float, levers: Sequence[str] = tuple(LEVERS),
+            report: Callable[[str], object] = lambda line: None) -> dict:
     """Prepare once, run every seed, summarise (see the module docstring)."""
     setup = prepare(data=data, cache=cache, work=work, k=k, n_jobs=n_jobs, pseudo_threshold=pseudo_threshold)
-    per_seed = {seed: run_seed(setup, seed=seed, epochs=epochs, report=report) for seed in seeds}
+    per_seed = {seed: run_seed(setup, seed=seed, epochs=epochs, levers=levers, report=report) for seed in seeds}
     return {**summarise(per_seed), "k": k, "epochs": epochs or "as configured",
             "pseudo_threshold": pseudo_threshold, "folds": str(setup.folds)}
 
@@ -259,6 +260,14 @@ def summary_lines(record: dict) -> list[str]:
     return lines
 
 
+def _levers(text: str) -> list[str]:
+    levers = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = sorted(set(levers) - set(LEVERS))
+    if not levers or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: unknown lever(s) {unknown}; choose from {','.join(LEVERS)}")
+    return levers
+
+
 def _seeds(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
@@ -277,13 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("runs/bench-learn"), help="folds and runs of the benchmark")
     parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="training seeds (default: 0,1,2)")
     parser.add_argument("--k", type=int, default=3, help="folds (default: 3)")
+    parser.add_argument("--levers", type=_levers, default=list(LEVERS),
+                        help=f"levers to measure, comma-separated (default: all of {','.join(LEVERS)})")
     parser.add_argument("--epochs", type=int, default=None, help="override training.epochs (default: the configs')")
     parser.add_argument("--threshold", type=float, default=0.0, help="pseudo-label confidence threshold (default 0)")
     parser.add_argument("--jobs", type=int, default=-1, help="feature extraction processes (default: all cores)")
     parser.add_argument("--out", type=Path, default=Path("bench/learn.json"), help="result JSON (replaced)")
     args = parser.parse_args(argv)
     record = measure(data=args.data, cache=args.cache, work=args.work, seeds=args.seeds, k=args.k,
-                     epochs=args.epochs, n_jobs=args.jobs, pseudo_threshold=args.threshold,
+                     epochs=args.epochs, n_jobs=args.jobs, pseudo_threshold=args.threshold, levers=args.levers,
                      report=lambda line: print(f"learn bench: {line}", flush=True))
     write_text_atomic(args.out, json.dumps(record, indent=2) + "\n", overwrite=True)
     print(f"learn bench: {record['scored_tracks']} scored tracks, {args.k} folds, seeds {record['seeds']} "
