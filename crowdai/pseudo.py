@@ -139,24 +139,27 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError("--data, --subset and --folds go together (the leakage guard needs all three)")
 
 
-def guard_leaks(ids: Sequence[str], args: argparse.Namespace, folds: pd.DataFrame | None) -> dict[str, list[str]]:
-    """Clips that are tracks of ``folds`` (``--folds``, read by :func:`read_guard_folds`) or of the test split
-    (nothing without the guard's arguments)."""
-    from common.metadata import FmaDataset
+def guard_leaks(ids: Sequence[str], guard: tuple[pd.DataFrame, Path] | None) -> dict[str, list[str]]:
+    """Clips that are tracks of the folds or of the test split of the guard (:func:`read_guard`; nothing without
+    one)."""
     from common.pseudo import LEAK_REASONS
 
-    if folds is None:
+    if guard is None:
         return {reason: [] for reason in LEAK_REASONS}
-    return find_leaks(ids, metadata_dir=FmaDataset.open(args.data, args.subset).metadata_dir, folds=folds)
+    folds, metadata_dir = guard
+    return find_leaks(ids, metadata_dir=metadata_dir, folds=folds)
 
 
-def read_guard_folds(args: argparse.Namespace) -> pd.DataFrame | None:
-    """The folds file of ``--folds`` checked against ``--data``/``--subset`` (:func:`common.folds.read_folds`),
-    or None without the guard's arguments."""
+def read_guard(args: argparse.Namespace) -> tuple[pd.DataFrame, Path] | None:
+    """The folds file of ``--folds`` checked against ``--data``/``--subset`` (:func:`common.folds.read_folds`)
+    and the metadata folder of that dataset, or None without the guard's arguments."""
     from common.folds import read_folds
     from common.metadata import FmaDataset
 
-    return None if args.folds is None else read_folds(args.folds, tracks=FmaDataset.open(args.data, args.subset).tracks)
+    if args.folds is None:
+        return None
+    dataset = FmaDataset.open(args.data, args.subset)
+    return read_folds(args.folds, tracks=dataset.tracks), dataset.metadata_dir
 
 
 def folds_mismatch(ensembles: Sequence[FoldEnsemble], folds: pd.DataFrame) -> str | None:
@@ -178,7 +181,7 @@ def folds_mismatch(ensembles: Sequence[FoldEnsemble], folds: pd.DataFrame) -> st
 
 
 def fold_labels(combination: Combination, ensembles: Sequence[FoldEnsemble], predictions: TestPredictions, *,
-                keep: np.ndarray, folds: pd.DataFrame, cache_root: Path, unlabelled: Path,
+                keep: np.ndarray, kept_ids: list[str], folds: pd.DataFrame, cache_root: Path, unlabelled: Path,
                 batch_size: int | None) -> dict[int, np.ndarray]:
     """The labels of each fold's models alone for the kept clips, combined as the ensembles are.
 
@@ -186,6 +189,8 @@ def fold_labels(combination: Combination, ensembles: Sequence[FoldEnsemble], pre
     ----------
     keep : np.ndarray of bool, shape (n,)
         The kept clips of ``predictions.ids`` (all cached: :func:`select_rows`).
+    kept_ids : list of str, shape (n_kept,)
+        Their ids, in order.
 
     Returns
     -------
@@ -196,9 +201,8 @@ def fold_labels(combination: Combination, ensembles: Sequence[FoldEnsemble], pre
     from common.features import FeatureCache, cache_dir_for
     from common.store import ClipStore
 
-    ids = [i for i, k in zip(predictions.ids, keep) if k]
     per_fold = {e.name: e.predict_each_fold(
-        ClipStore(FeatureCache.open(cache_dir_for(cache_root, unlabelled.resolve().name, e.settings)), ids),
+        ClipStore(FeatureCache.open(cache_dir_for(cache_root, unlabelled.resolve().name, e.settings)), kept_ids),
         batch_size=batch_size) for e in ensembles}
     untrained = {name: probs[keep] for name, probs in predictions.per_experiment.items() if name not in per_fold}
     return {fold: combination.apply({**{name: by_fold[fold] for name, by_fold in per_fold.items()}, **untrained})
@@ -240,20 +244,22 @@ def make_pseudo_labels(args: argparse.Namespace) -> PseudoLabelRun:
                                              progress=not args.no_progress, weights_dir=args.weights,
                                              allow_diverged=args.allow_diverged)
     probs = combination.apply(predictions.per_experiment)
-    folds = read_guard_folds(args)
-    leaks = guard_leaks(predictions.ids, args, folds)
+    guard = read_guard(args)
+    leaks = guard_leaks(predictions.ids, guard)
     keep, rows = select_rows(predictions.ids, probs, no_features={f["id"] for f in predictions.fallbacks},
                              leaks=leaks, threshold=args.threshold)
+    kept_ids = [i for i, k in zip(predictions.ids, keep) if k]
     record = provenance(predictions, combination=combination, ensembles=ensembles, unlabelled=args.unlabelled,
                         threshold=args.threshold, rows=rows)
     by_fold = None
-    if folds is not None:
+    if guard is not None:
+        folds = guard[0]
         record["fold_labels_refused"] = folds_mismatch(ensembles, folds)
         if record["fold_labels_refused"] is None:
             record["folds_checksum"] = assignment_checksum(folds)
-            by_fold = fold_labels(combination, ensembles, predictions, keep=keep, folds=folds, cache_root=args.cache,
-                                  unlabelled=args.unlabelled, batch_size=args.batch_size)
-    path = write_pseudo_labels(args.out, ids=[i for i, k in zip(predictions.ids, keep) if k], probs=probs[keep],
+            by_fold = fold_labels(combination, ensembles, predictions, keep=keep, kept_ids=kept_ids, folds=folds,
+                                  cache_root=args.cache, unlabelled=args.unlabelled, batch_size=args.batch_size)
+    path = write_pseudo_labels(args.out, ids=kept_ids, probs=probs[keep],
                                class_names=TOP_GENRES, record=record, fold_probs=by_fold)
     return PseudoLabelRun(path=path, rows=rows, leaks=leaks, predictions=predictions,
                           fold_labels_refused=record.get("fold_labels_refused"))
